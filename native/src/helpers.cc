@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+// Free functions: ids and cookies the data path keys on, feature probes, versions.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "common.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+namespace nodemesh {
+namespace {
+
+// cgroupId(path) -> bigint: the id the kernel reports from bpf_get_current_cgroup_id().
+Napi::Value CgroupId(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ArgString(info, 0, "cgroup_id", "cgroup path", &path)) return env.Undefined();
+  struct {
+    file_handle fh;
+    uint64_t id;
+  } h;
+  h.fh.handle_bytes = sizeof(uint64_t);
+  int mount_id;
+  if (name_to_handle_at(AT_FDCWD, path.c_str(), &h.fh, &mount_id, 0) != 0)
+    return ThrowBpf(env, "cgroup_id", errno, "read cgroup id of " + path);
+  uint64_t id;
+  memcpy(&id, h.fh.f_handle, sizeof(id));
+  return Napi::BigInt::New(env, id);
+}
+
+// socketCookie(fd) -> bigint: the socket cookie (SO_COOKIE) the BPF programs key on.
+Napi::Value SocketCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t fd;
+  if (!ArgU32(info, 0, "socket_cookie", "socket fd", &fd)) return env.Undefined();
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0)
+    return ThrowBpf(env, "socket_cookie", errno, "read SO_COOKIE of fd " + std::to_string(fd));
+  return Napi::BigInt::New(env, cookie);
+}
+
+// Reads the netns cookie of a netns file. setns() only ever runs on a thread
+// made for it, which ends right after, so no thread of Node's (main or pool)
+// ever changes namespace.
+class NetnsCookieWorker : public Napi::AsyncWorker {
+ public:
+  NetnsCookieWorker(Napi::Env env, std::string path)
+      : Napi::AsyncWorker(env, "nodemesh:netnsCookie"), path_(std::move(path)), deferred_(env) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::thread t([this] {
+      int nsfd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+      if (nsfd < 0) {
+        err_ = errno;
+        step_ = "open netns " + path_;
+        return;
+      }
+      if (setns(nsfd, CLONE_NEWNET) != 0) {
+        err_ = errno;
+        step_ = "enter netns " + path_;
+        close(nsfd);
+        return;
+      }
+      close(nsfd);
+      int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (s < 0) {
+        err_ = errno;
+        step_ = "socket in netns " + path_;
+        return;
+      }
+      socklen_t len = sizeof(cookie_);
+      if (getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie_, &len) != 0) {
+        err_ = errno;
+        step_ = "read SO_NETNS_COOKIE in " + path_ + " (needs Linux 5.14+)";
+      }
+      close(s);
+    });
+    t.join();
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ != 0) {
+      ThrowBpf(env, "netns_cookie", err_, step_);
+      Napi::Error e = env.GetAndClearPendingException();
+      deferred_.Reject(e.Value());
+      return;
+    }
+    deferred_.Resolve(Napi::BigInt::New(env, cookie_));
+  }
+
+ private:
+  std::string path_;
+  Napi::Promise::Deferred deferred_;
+  int err_ = 0;
+  std::string step_;
+  uint64_t cookie_ = 0;
+};
+
+Napi::Value NetnsCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ArgString(info, 0, "netns_cookie", "netns path", &path)) return env.Undefined();
+  auto* w = new NetnsCookieWorker(env, path);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// probeProgType(name) / probeMapType(name) -> 1 supported, 0 not, <0 -errno.
+// Names are libbpf's ("cgroup_sock_addr", "lru_hash").
+Napi::Value ProbeProgType(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name;
+  if (!ArgString(info, 0, "probe", "program type", &name)) return env.Undefined();
+  for (int t = 1;; t++) {
+    const char* s = libbpf_bpf_prog_type_str(static_cast<bpf_prog_type>(t));
+    if (s == nullptr) break;
+    if (name == s) return Napi::Number::New(env, libbpf_probe_bpf_prog_type(static_cast<bpf_prog_type>(t), nullptr));
+  }
+  return ThrowBpf(env, "probe", EINVAL, "this libbpf knows no program type " + name);
+}
+
+Napi::Value ProbeMapType(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name;
+  if (!ArgString(info, 0, "probe", "map type", &name)) return env.Undefined();
+  for (int t = 1;; t++) {
+    const char* s = libbpf_bpf_map_type_str(static_cast<bpf_map_type>(t));
+    if (s == nullptr) break;
+    if (name == s) return Napi::Number::New(env, libbpf_probe_bpf_map_type(static_cast<bpf_map_type>(t), nullptr));
+  }
+  return ThrowBpf(env, "probe", EINVAL, "this libbpf knows no map type " + name);
+}
+
+// pinnedKind(path) -> "map" | "prog" | "link" | null (nothing pinned there)
+Napi::Value PinnedKind(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ArgString(info, 0, "obj_get", "pin path", &path)) return env.Undefined();
+  int fd = bpf_obj_get(path.c_str());
+  if (fd < 0) {
+    if (errno == ENOENT) return env.Null();
+    return ThrowBpf(env, "obj_get", errno, "open pinned object " + path);
+  }
+  std::string kind = FdKind(fd);
+  close(fd);
+  return Napi::String::New(env, kind);
+}
+
+Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), std::to_string(libbpf_major_version()) + "." +
+                                           std::to_string(libbpf_minor_version()));
+}
+
+Napi::Value NumPossibleCpus(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), libbpf_num_possible_cpus());
+}
+
+}  // namespace
+
+void InitHelpers(Napi::Env env, Napi::Object exports) {
+  exports.Set("cgroupId", Napi::Function::New(env, CgroupId, "cgroupId"));
+  exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
+  exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
+  exports.Set("probeProgType", Napi::Function::New(env, ProbeProgType, "probeProgType"));
+  exports.Set("probeMapType", Napi::Function::New(env, ProbeMapType, "probeMapType"));
+  exports.Set("pinnedKind", Napi::Function::New(env, PinnedKind, "pinnedKind"));
+  exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion, "libbpfVersion"));
+  exports.Set("numPossibleCpus", Napi::Function::New(env, NumPossibleCpus, "numPossibleCpus"));
+}
+
+}  // namespace nodemesh
