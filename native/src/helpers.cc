@@ -161,6 +161,15 @@ Napi::Value PinnedKind(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, kind);
 }
 
+// bpfAccess() -> 0, or -errno when this process may not use bpf() (EPERM
+// without CAP_BPF). libbpf's probes say only "no" in that case.
+Napi::Value BpfAccess(const Napi::CallbackInfo& info) {
+  int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "nm_probe", 4, 4, 1, nullptr);
+  if (fd < 0) return Napi::Number::New(info.Env(), -errno);
+  close(fd);
+  return Napi::Number::New(info.Env(), 0);
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), std::to_string(libbpf_major_version()) + "." +
                                            std::to_string(libbpf_minor_version()));
@@ -179,6 +188,7 @@ void InitHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("probeProgType", Napi::Function::New(env, ProbeProgType, "probeProgType"));
   exports.Set("probeMapType", Napi::Function::New(env, ProbeMapType, "probeMapType"));
   exports.Set("pinnedKind", Napi::Function::New(env, PinnedKind, "pinnedKind"));
+  exports.Set("bpfAccess", Napi::Function::New(env, BpfAccess, "bpfAccess"));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion, "libbpfVersion"));
   exports.Set("numPossibleCpus", Napi::Function::New(env, NumPossibleCpus, "numPossibleCpus"));
 }

@@ -113,6 +113,7 @@ export interface Addon {
   probeProgType(name: string): number;
   probeMapType(name: string): number;
   pinnedKind(path: string): 'map' | 'prog' | 'link' | '' | null;
+  bpfAccess(): number;
   libbpfVersion(): string;
   numPossibleCpus(): number;
 }

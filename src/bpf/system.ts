@@ -172,18 +172,27 @@ export function probeFeatures(): FeatureReport {
     problems.push('the libbpf addon is not built: run `npm run build`');
   } else {
     libbpf = addon.libbpfVersion();
-    let denied = false;
-    for (const t of REQUIRED_PROG_TYPES) {
-      progTypes[t] = probeWord(addon.probeProgType(t));
-      if (progTypes[t] === 'EPERM' || progTypes[t] === 'EACCES') denied = true;
-      else if (progTypes[t] !== 'yes') problems.push(`the kernel lacks BPF program type ${t} (${progTypes[t]})`);
+    const access = addon.bpfAccess();
+    if (access !== 0) {
+      // Without bpf() every probe says "no"; name the real cause once.
+      const why = probeWord(access);
+      for (const t of REQUIRED_PROG_TYPES) progTypes[t] = why;
+      for (const t of REQUIRED_MAP_TYPES) mapTypes[t] = why;
+      problems.push(
+        why === 'EPERM' || why === 'EACCES'
+          ? `bpf() is not permitted to this process (${why}): run as root or grant CAP_BPF and CAP_SYS_ADMIN`
+          : `bpf() fails here (${why}): the kernel may lack CONFIG_BPF_SYSCALL`,
+      );
+    } else {
+      for (const t of REQUIRED_PROG_TYPES) {
+        progTypes[t] = probeWord(addon.probeProgType(t));
+        if (progTypes[t] !== 'yes') problems.push(`the kernel lacks BPF program type ${t} (${progTypes[t]})`);
+      }
+      for (const t of REQUIRED_MAP_TYPES) {
+        mapTypes[t] = probeWord(addon.probeMapType(t));
+        if (mapTypes[t] !== 'yes') problems.push(`the kernel lacks BPF map type ${t} (${mapTypes[t]})`);
+      }
     }
-    for (const t of REQUIRED_MAP_TYPES) {
-      mapTypes[t] = probeWord(addon.probeMapType(t));
-      if (mapTypes[t] === 'EPERM' || mapTypes[t] === 'EACCES') denied = true;
-      else if (mapTypes[t] !== 'yes') problems.push(`the kernel lacks BPF map type ${t} (${mapTypes[t]})`);
-    }
-    if (denied) problems.push('BPF is not permitted to this process: run as root or grant CAP_BPF and CAP_SYS_ADMIN');
   }
   return { kernel, libbpf, btf, cgroup2, bpffs, progTypes, mapTypes, usable: problems.length === 0, problems };
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env node
+'use strict';
+// Entry point of the `nodemesh` executable; the code lives in dist/ (npm run build).
+let cli;
+try {
+  cli = require('../dist/src/cli/main.js');
+} catch (err) {
+  if (err && err.code === 'MODULE_NOT_FOUND' && String(err.message).includes('dist/src/cli/main.js')) {
+    process.stderr.write('nodemesh is not built yet: run `npm run build` (or `npm test`, which also installs what is missing)\n');
+    process.exit(1);
+  }
+  throw err;
+}
+cli.main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`nodemesh: unexpected error: ${err && err.stack ? err.stack : err}\n`);
+    process.exitCode = 70;
+  },
+);

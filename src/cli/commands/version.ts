@@ -1,0 +1,56 @@
+import { probeFeatures, type FeatureReport } from '../../bpf';
+import { VERSION } from '../../version';
+import { defineCommand, EXIT, UsageError } from '../command';
+
+export interface VersionReport {
+  nodemesh: string;
+  node: string;
+  features: FeatureReport;
+}
+
+export function versionReport(): VersionReport {
+  return { nodemesh: VERSION, node: process.version, features: probeFeatures() };
+}
+
+function yesNo(r: Record<string, string>): string {
+  return Object.entries(r)
+    .map(([k, v]) => (v === 'yes' ? k : `${k} (${v})`))
+    .join(', ');
+}
+
+export function formatVersion(r: VersionReport): string {
+  const f = r.features;
+  const lines = [
+    `nodemesh  ${r.nodemesh}`,
+    `Node.js   ${r.node}`,
+    `libbpf    ${f.libbpf ?? 'unavailable'}`,
+    `kernel    ${f.kernel}`,
+    `BTF       ${f.btf ? '/sys/kernel/btf/vmlinux' : 'missing'}`,
+    `cgroup2   ${f.cgroup2 ?? 'not mounted'}`,
+    `bpffs     ${f.bpffs ?? 'not mounted'}`,
+  ];
+  if (Object.keys(f.progTypes).length) lines.push(`programs  ${yesNo(f.progTypes)}`);
+  if (Object.keys(f.mapTypes).length) lines.push(`maps      ${yesNo(f.mapTypes)}`);
+  lines.push(`BPF       ${f.usable ? 'usable' : 'NOT usable'}`);
+  for (const p of f.problems) lines.push(`  - ${p}`);
+  return lines.join('\n') + '\n';
+}
+
+export const versionCommand = defineCommand({
+  name: 'version',
+  summary: 'Print versions and whether BPF, cgroup v2 and bpffs are usable here',
+  usage: 'version [-o text|json]',
+  description:
+    'Prints the nodemesh, Node.js, libbpf and kernel versions, then what this host and\n' +
+    'process can do: BPF program and map types, the cgroup v2 and bpffs mounts. When\n' +
+    'something is missing, each problem is listed with its fix.',
+  options: { output: { type: 'string', short: 'o', default: 'text' } },
+  optionHelp: { output: 'output format: text or json' },
+  async run(values, _positionals, io) {
+    const report = versionReport();
+    if (values.output === 'json') io.out(JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v), 2) + '\n');
+    else if (values.output === 'text') io.out(formatVersion(report));
+    else throw new UsageError(`nodemesh version: --output must be text or json, not ${String(values.output)}`);
+    return EXIT.ok;
+  },
+});

@@ -1,0 +1,32 @@
+/** The `nodemesh` executable: one binary, kubectl-style subcommands. */
+import { MeshError } from '../errors';
+import { dispatch, EXIT, type Command, type Io } from './command';
+import { versionCommand } from './commands/version';
+
+export const COMMANDS: Command[] = [versionCommand];
+
+const root: Command = {
+  name: '',
+  summary: 'nodemesh: a service mesh with one proxy per node, steered by eBPF',
+  usage: '<command> [flags]',
+  options: {},
+  optionHelp: {},
+  subcommands: COMMANDS,
+};
+
+const stdio: Io = {
+  out: (s) => process.stdout.write(s),
+  err: (s) => process.stderr.write(s),
+};
+
+export async function main(argv: string[], io: Io = stdio): Promise<number> {
+  try {
+    return await dispatch(root, argv, io, 'nodemesh');
+  } catch (err) {
+    if (err instanceof MeshError) {
+      io.err(`error: ${err.message}\n`);
+      return err.code === 'NM_ERR_USAGE' ? EXIT.usage : EXIT.rejected;
+    }
+    throw err;
+  }
+}

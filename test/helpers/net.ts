@@ -1,0 +1,22 @@
+import * as net from 'node:net';
+
+/** A loopback TCP server that accepts and closes; `accepted` counts connections. */
+export async function acceptServer(): Promise<{ server: net.Server; port: number; accepted: () => number }> {
+  let n = 0;
+  const server = net.createServer((s) => {
+    n++;
+    s.on('error', () => {});
+    s.end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as net.AddressInfo).port, accepted: () => n };
+}
+
+/** A loopback port nothing listens on (bound, read, released). */
+export async function unusedPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}

@@ -1,0 +1,106 @@
+/**
+ * Kernel objects a test makes (cgroups, pin directories, network namespaces),
+ * removed at teardown, and also on exit and on SIGINT/SIGTERM, so a failed or
+ * interrupted test leaves nothing behind on the host.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import type { Test } from 'tap';
+
+import { findCgroup2Mount } from '../../src/bpf';
+
+const pending = new Set<() => void>();
+
+function runAll(): void {
+  for (const fn of [...pending].reverse()) {
+    pending.delete(fn);
+    try {
+      fn();
+    } catch {
+      // best effort: keep cleaning the rest
+    }
+  }
+}
+
+process.once('exit', runAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    runAll();
+    process.kill(process.pid, sig);
+  });
+}
+
+/** Registers `fn` to run at teardown of `t` (or at exit/signal, whichever comes first). */
+export function onCleanup(t: Test, fn: () => void): void {
+  let done = false;
+  const once = (): void => {
+    if (done) return;
+    done = true;
+    pending.delete(once);
+    fn();
+  };
+  pending.add(once);
+  t.teardown(once);
+}
+
+/** A short unique name, prefixed so leftovers are recognisable as ours. */
+export function scratchName(kind: string): string {
+  return `nodemesh-test-${kind}-${process.pid}-${randomBytes(3).toString('hex')}`;
+}
+
+/** Removes a cgroup directory after moving any process left in it to the root cgroup. */
+export function removeCgroup(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  const root = findCgroup2Mount();
+  try {
+    const pids = fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
+    for (const pid of pids) {
+      try {
+        if (root) fs.writeFileSync(path.join(root, 'cgroup.procs'), pid);
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  } catch {
+    // no procs file: not a cgroup
+  }
+  // A task that just exited may still pin the cgroup for a moment: retry.
+  for (let i = 0; ; i++) {
+    try {
+      fs.rmdirSync(dir);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i >= 200) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+  }
+}
+
+/** A fresh cgroup v2 directory under the cgroup2 mount. */
+export function tempCgroup(t: Test): string {
+  const root = findCgroup2Mount();
+  if (!root) throw new Error('cgroup v2 is not mounted');
+  const dir = path.join(root, scratchName('cg'));
+  fs.mkdirSync(dir);
+  onCleanup(t, () => removeCgroup(dir));
+  return dir;
+}
+
+/** A fresh pin directory on bpffs. */
+export function tempPinDir(t: Test): string {
+  const dir = path.join('/sys/fs/bpf', scratchName('pins'));
+  onCleanup(t, () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A fresh named network namespace (ip netns add); returns its name and path. */
+export function tempNetns(t: Test): { name: string; path: string } {
+  const name = scratchName('ns').slice(0, 40);
+  execFileSync('ip', ['netns', 'add', name]);
+  onCleanup(t, () => execFileSync('ip', ['netns', 'delete', name], { stdio: 'ignore' }));
+  return { name, path: `/run/netns/${name}` };
+}
