@@ -65,9 +65,22 @@ export class BpfMap<K = Buffer, V = Buffer> {
   }
 
   #encodeKey(key: K): Buffer {
-    if (Buffer.isBuffer(key) && key.length !== this.info.keySize)
-      throw bpfError('map_key', 'EINVAL', `map ${this.name} has ${this.info.keySize}-byte keys, got ${key.length} bytes`, 22);
-    return this.key.encode(key);
+    return this.#encode(this.key, key, 'map_key', 'keys', this.info.keySize);
+  }
+
+  #encodeValue(value: V): Buffer {
+    return this.#encode(this.value, value, 'map_value', 'values', this.info.valueSize);
+  }
+
+  /** Codec failures (wrong Buffer size, bad address) become BpfErrors naming the map. */
+  #encode<T>(codec: Codec<T>, x: T, op: string, what: string, size: number): Buffer {
+    if (Buffer.isBuffer(x) && x.length !== size)
+      throw bpfError(op, 'EINVAL', `map ${this.name} has ${size}-byte ${what}, got ${x.length} bytes`, 22);
+    try {
+      return codec.encode(x);
+    } catch (err) {
+      throw bpfError(op, 'EINVAL', `map ${this.name}: ${err instanceof Error ? err.message : String(err)}`, 22);
+    }
   }
 
   #notPerCpu(op: string): void {
@@ -101,9 +114,7 @@ export class BpfMap<K = Buffer, V = Buffer> {
   set(key: K, value: V, flag: UpdateFlag = 'any'): void {
     this.#notPerCpu('map_update');
     const k = this.#encodeKey(key);
-    const v = this.value.encode(value);
-    if (v.length !== this.info.valueSize)
-      throw bpfError('map_update', 'EINVAL', `map ${this.name} has ${this.info.valueSize}-byte values, got ${v.length} bytes`, 22);
+    const v = this.#encodeValue(value);
     call(() => this.#raw.update(k, v, FLAGS[flag]));
   }
 

@@ -1,0 +1,76 @@
+/** The nodemesh executable as a user runs it. */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { t } from 'tap';
+
+import { COMMANDS } from '../../src/cli/main';
+import { PACKAGE_ROOT } from '../../src/paths';
+import { bpfTest } from '../helpers/bpf';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
+
+function nodemesh(args: string[], wrap: string[] = []): { code: number | null; stdout: string; stderr: string } {
+  const argv = [...wrap, process.execPath, BIN, ...args];
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+t.test('--help answers for nodemesh and every subcommand', async (t) => {
+  const top = nodemesh(['--help']);
+  t.equal(top.code, 0);
+  for (const c of COMMANDS) {
+    t.match(top.stdout, new RegExp(`\\n  ${c.name} +${c.summary}`), `listed: ${c.name}`);
+    const r = nodemesh([c.name, '--help']);
+    t.equal(r.code, 0, `${c.name} --help exits 0`);
+    t.match(r.stdout, new RegExp(`Usage: nodemesh ${c.name}`), `${c.name} --help shows usage`);
+    for (const sub of c.subcommands ?? []) {
+      const s = nodemesh([c.name, sub.name, '--help']);
+      t.equal(s.code, 0, `${c.name} ${sub.name} --help exits 0`);
+      t.match(s.stdout, new RegExp(`Usage: nodemesh ${c.name} ${sub.name}`));
+    }
+  }
+  const none = nodemesh([]);
+  t.equal(none.code, 64, 'no command: usage, exit 64');
+  t.match(none.stdout, /Commands:/);
+});
+
+t.test('wrong input names the problem', async (t) => {
+  let r = nodemesh(['frobnicate']);
+  t.equal(r.code, 64);
+  t.match(r.stderr, /unknown command "nodemesh frobnicate": see `nodemesh --help`/);
+  r = nodemesh(['version', '--bogus']);
+  t.equal(r.code, 64);
+  t.match(r.stderr, /nodemesh version: unknown flag '--bogus'/);
+  r = nodemesh(['version', '-o', 'xml']);
+  t.equal(r.code, 64);
+  t.match(r.stderr, /--output must be text or json, not xml/);
+});
+
+bpfTest(t, 'version: versions and a usable BPF report, as text and JSON', async (t) => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string };
+  const json = nodemesh(['version', '-o', 'json']);
+  t.equal(json.code, 0);
+  const r = JSON.parse(json.stdout) as { nodemesh: string; node: string; features: { libbpf: string; kernel: string; usable: boolean; bpffs: string } };
+  t.equal(r.nodemesh, pkg.version);
+  t.equal(r.node, process.version);
+  t.match(r.features.libbpf, /^\d+\.\d+$/);
+  t.equal(r.features.kernel, (await import('node:os')).release());
+  t.equal(r.features.usable, true);
+  t.equal(r.features.bpffs, '/sys/fs/bpf');
+
+  const text = nodemesh(['version']);
+  t.equal(text.code, 0);
+  t.match(text.stdout, new RegExp(`^nodemesh +${pkg.version.replace(/\./g, '\\.')}\\n`));
+  t.match(text.stdout, /\nlibbpf +\d+\.\d+\n/);
+  t.match(text.stdout, /\nBPF +usable\n/);
+});
+
+bpfTest(t, 'version without privileges says why BPF is not usable', async (t) => {
+  // As root but with CAP_BPF and CAP_SYS_ADMIN dropped.
+  const r = nodemesh(['version'], ['setpriv', '--bounding-set', '-bpf,-sys_admin,-perfmon,-net_admin', '--inh-caps', '-all', '--']);
+  t.equal(r.code, 0, 'version still answers');
+  t.match(r.stdout, /\nBPF +NOT usable\n/);
+  t.match(r.stdout, /bpf\(\) is not permitted to this process \(EPERM\): run as root or grant CAP_BPF and CAP_SYS_ADMIN/);
+});
