@@ -41,4 +41,88 @@ struct nm_selftest_event {
 	__u8 _pad[4];
 };
 
+/* --- redirect.bpf.o: the node's data path (DESIGN §3) --- */
+
+/* Addresses are 16 bytes, network order; IPv4 as IPv4-mapped IPv6
+ * (::ffff:a.b.c.d), so one layout serves both families. */
+
+/* nm_config[0]: what the hooks redirect to, and whether to. */
+struct nm_config {
+	__u8 proxy_ip6[16];  /* native IPv6 proxy address; all zero: none */
+	__u32 proxy_ip4;     /* IPv4 proxy address, network order; 0: none */
+	__u16 proxy_port;    /* host order (15001) */
+	__u8 ready;          /* 0: the proxy is not accepting; see fail_closed */
+	__u8 fail_closed;    /* when not ready: 1 refuses pod connects (EPERM), 0 lets them through */
+};
+
+/* nm_pods value, keyed by the pod's netns cookie (__u64). */
+struct nm_pod {
+	__u32 index;  /* the proxy's index of this workload */
+	__u32 flags;  /* NM_POD_* */
+};
+
+#define NM_POD_STRICT (1U << 0) /* inbound plaintext refused (later) */
+
+/* nm_exclude key: an LPM trie over IPv4-mapped/IPv6 addresses. */
+struct nm_cidr_key {
+	__u32 prefixlen; /* 96 + n for an IPv4 /n */
+	__u8 addr[16];
+};
+
+/* nm_exclude_ports key: a destination port never redirected, for one pod
+ * (its netns cookie) or for every pod (netns_cookie 0). */
+struct nm_port_key {
+	__u64 netns_cookie;
+	__u16 port; /* host order */
+	__u8 _pad[6];
+};
+
+/* Where a redirected connection was going, and who opened it. */
+struct nm_origin {
+	__u8 orig_ip[16];     /* original destination */
+	__u64 netns_cookie;   /* the pod's netns */
+	__u64 cgroup_id;      /* cgroup of the connecting task */
+	__u64 start_ns;       /* bpf_ktime_get_ns() at connect */
+	__u32 pid;            /* tgid of the connecting task */
+	__u16 orig_port;      /* host order */
+	__u8 family;          /* 4 or 6: the socket's address family */
+	__u8 flags;           /* NM_ORIGIN_* */
+};
+
+#define NM_ORIGIN_CONNECTED (1U << 0) /* sockops saw TCP_CONNECT_CB */
+
+/* nm_orig_tuple key: the connection as the proxy sees it on accept. */
+struct nm_tuple {
+	__u8 src_ip[16];  /* the pod's address */
+	__u8 dst_ip[16];  /* the proxy's address */
+	__u16 src_port;   /* host order */
+	__u16 dst_port;   /* host order */
+	__u32 _pad;
+};
+
+/* nm_events record: one per redirected connection, when it closes. */
+struct nm_flow_event {
+	struct nm_origin origin;
+	__u8 src_ip[16];
+	__u64 socket_cookie;
+	__u64 end_ns;
+	__u64 bytes_sent;     /* bytes_acked of the pod's socket */
+	__u64 bytes_received; /* bytes_received of the pod's socket */
+	__u16 src_port;       /* host order */
+	__u8 established;     /* 0: the connect never completed */
+	__u8 _pad[5];
+};
+
+/* nm_stats index (per-CPU __u64 counters). */
+enum nm_stat {
+	NM_STAT_REDIRECTED = 0,
+	NM_STAT_EXCLUDED,
+	NM_STAT_NOT_ENROLLED,
+	NM_STAT_PROXY_DOWN,
+	NM_STAT_LOOKUP_MISS,
+	NM_STAT_MAP_FULL,
+	NM_STAT_CLOSED,
+	NM_STAT_MAX,
+};
+
 #endif /* NODEMESH_ABI_H */

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The node's data path (DESIGN §3): TCP connects from enrolled pods are sent
+ * to the node proxy, and the proxy can learn where each was going.
+ *
+ *   connect4/connect6  origin stored by socket cookie, destination rewritten
+ *   sockops            on TCP_CONNECT_CB the origin is copied under the
+ *                      4-tuple the proxy will see on accept; on close a flow
+ *                      event is sent and the socket's entry removed
+ *   sock_release       removes what a socket that never connected left
+ *                      (it runs before the TCP close, so a connected socket's
+ *                      entry stays for the close event)
+ *
+ * The proxy takes (looks up and deletes) the tuple entry after accept. The
+ * close of a pod's socket does not delete it, because a short connection can
+ * close before the proxy has accepted it; an entry the proxy never takes is
+ * bounded by the LRU. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "nodemesh_abi.h"
+#include "nm_net.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define NM_TCP_SYN_SENT 2
+#define NM_TCP_CLOSE 7
+
+/* [0]: struct nm_config, written by the proxy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nm_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_config SEC(".maps");
+
+/* Pod netns cookie -> struct nm_pod: the enrolled pods of this node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct nm_pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_pods SEC(".maps");
+
+/* Destinations never redirected (LPM over IPv4-mapped/IPv6) -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nm_cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_exclude SEC(".maps");
+
+/* Destination ports never redirected, per pod or for all (cookie 0) -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct nm_port_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_exclude_ports SEC(".maps");
+
+/* Socket cookie -> struct nm_origin, for pod sockets that were redirected. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct nm_origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_orig_cookie SEC(".maps");
+
+/* struct nm_tuple (as the proxy sees it) -> struct nm_origin, until the proxy takes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct nm_tuple);
+	__type(value, struct nm_origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_orig_tuple SEC(".maps");
+
+/* struct nm_flow_event records. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_events SEC(".maps");
+
+/* enum nm_stat -> per-CPU count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NM_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_stats SEC(".maps");
+
+NM_BTF_KEEP(nm_flow_event);
+
+static __always_inline void stat_inc(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&nm_stats, &which);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void ip4_mapped(__u8 out[16], __u32 ip4)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &ip4, 4);
+}
+
+static __always_inline int is_ip4_mapped(const __u8 a[16])
+{
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return 0;
+	return a[10] == 0xff && a[11] == 0xff;
+}
+
+static __always_inline int excluded(const __u8 dst[16], __u16 port, __u64 netns_cookie)
+{
+	struct nm_cidr_key ck = { .prefixlen = 128 };
+	__builtin_memcpy(ck.addr, dst, 16);
+	if (bpf_map_lookup_elem(&nm_exclude, &ck))
+		return 1;
+	struct nm_port_key pk = { .netns_cookie = netns_cookie, .port = port };
+	if (bpf_map_lookup_elem(&nm_exclude_ports, &pk))
+		return 1;
+	pk.netns_cookie = 0;
+	return bpf_map_lookup_elem(&nm_exclude_ports, &pk) != NULL;
+}
+
+/* Decides for one connect. Returns 1 to redirect, 0 to leave the socket
+ * alone, -1 to refuse the connect. On 1, *cfg_out is the config to use. */
+static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16], __u16 port, int loopback,
+				  struct nm_config **cfg_out, __u64 *netns_cookie)
+{
+	if (ctx->protocol != NM_IPPROTO_TCP)
+		return 0; /* UDP (DNS) untouched */
+
+	*netns_cookie = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&nm_pods, netns_cookie)) {
+		stat_inc(NM_STAT_NOT_ENROLLED);
+		return 0;
+	}
+	if (loopback || excluded(dst, port, *netns_cookie)) {
+		stat_inc(NM_STAT_EXCLUDED);
+		return 0;
+	}
+	__u32 zero = 0;
+	struct nm_config *cfg = bpf_map_lookup_elem(&nm_config, &zero);
+	if (!cfg || !cfg->ready) {
+		stat_inc(NM_STAT_PROXY_DOWN);
+		return cfg && cfg->fail_closed ? -1 : 0;
+	}
+	*cfg_out = cfg;
+	return 1;
+}
+
+static __always_inline int record_origin(struct bpf_sock_addr *ctx, const __u8 dst[16], __u16 port,
+					 __u64 netns_cookie, __u8 family)
+{
+	struct nm_origin o = {
+		.netns_cookie = netns_cookie,
+		.cgroup_id = bpf_get_current_cgroup_id(),
+		.start_ns = bpf_ktime_get_ns(),
+		.pid = bpf_get_current_pid_tgid() >> 32,
+		.orig_port = port,
+		.family = family,
+	};
+	__builtin_memcpy(o.orig_ip, dst, 16);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&nm_orig_cookie, &cookie, &o, BPF_ANY) != 0) {
+		stat_inc(NM_STAT_MAP_FULL);
+		return -1;
+	}
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int nm_connect4(struct bpf_sock_addr *ctx)
+{
+	__u8 dst[16];
+	__u32 ip4 = ctx->user_ip4;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	ip4_mapped(dst, ip4);
+
+	struct nm_config *cfg = NULL;
+	__u64 netns_cookie = 0;
+	int loopback = (bpf_ntohl(ip4) >> 24) == 127;
+	int verdict = decide(ctx, dst, port, loopback, &cfg, &netns_cookie);
+	if (verdict <= 0)
+		return verdict < 0 ? 0 : 1;
+	if (!cfg->proxy_ip4) {
+		stat_inc(NM_STAT_PROXY_DOWN);
+		return cfg->fail_closed ? 0 : 1;
+	}
+	/* Never loop the proxy's own address back into itself. */
+	if (ip4 == cfg->proxy_ip4 && port == cfg->proxy_port)
+		return 1;
+	if (record_origin(ctx, dst, port, netns_cookie, 4) != 0)
+		return 1; /* no room to remember the origin: do not redirect */
+	ctx->user_ip4 = cfg->proxy_ip4;
+	ctx->user_port = bpf_htons(cfg->proxy_port);
+	stat_inc(NM_STAT_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int nm_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 dst[16];
+	__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+	__builtin_memcpy(dst, w, 16);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+
+	int mapped = is_ip4_mapped(dst);
+	int loopback = mapped ? dst[12] == 127 : (w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1));
+
+	struct nm_config *cfg = NULL;
+	__u64 netns_cookie = 0;
+	int verdict = decide(ctx, dst, port, loopback, &cfg, &netns_cookie);
+	if (verdict <= 0)
+		return verdict < 0 ? 0 : 1;
+
+	/* A dual-stack socket reaching an IPv4 destination goes to the IPv4
+	 * proxy address, mapped; a native IPv6 one to the IPv6 address. */
+	__u32 p[4];
+	if (mapped) {
+		if (!cfg->proxy_ip4) {
+			stat_inc(NM_STAT_PROXY_DOWN);
+			return cfg->fail_closed ? 0 : 1;
+		}
+		p[0] = 0;
+		p[1] = 0;
+		p[2] = bpf_htonl(0xffff);
+		p[3] = cfg->proxy_ip4;
+	} else {
+		__builtin_memcpy(p, cfg->proxy_ip6, 16);
+		if (!(p[0] | p[1] | p[2] | p[3])) {
+			stat_inc(NM_STAT_PROXY_DOWN);
+			return cfg->fail_closed ? 0 : 1;
+		}
+	}
+	if (w[0] == p[0] && w[1] == p[1] && w[2] == p[2] && w[3] == p[3] && port == cfg->proxy_port)
+		return 1;
+	if (record_origin(ctx, dst, port, netns_cookie, 6) != 0)
+		return 1;
+	ctx->user_ip6[0] = p[0];
+	ctx->user_ip6[1] = p[1];
+	ctx->user_ip6[2] = p[2];
+	ctx->user_ip6[3] = p[3];
+	ctx->user_port = bpf_htons(cfg->proxy_port);
+	stat_inc(NM_STAT_REDIRECTED);
+	return 1;
+}
+
+/* The 4-tuple of a sock_ops socket, as seen from its peer (the proxy). */
+static __always_inline void sockops_tuple(struct bpf_sock_ops *skops, struct nm_tuple *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (skops->family == NM_AF_INET) {
+		ip4_mapped(t->src_ip, skops->local_ip4);
+		ip4_mapped(t->dst_ip, skops->remote_ip4);
+	} else {
+		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+		__builtin_memcpy(t->src_ip, l, 16);
+		__builtin_memcpy(t->dst_ip, r, 16);
+	}
+	t->src_port = (__u16)skops->local_port;
+	/* remote_port holds the network-order port in its upper 16 bits. */
+	t->dst_port = bpf_ntohs((__u16)(skops->remote_port >> 16));
+}
+
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct nm_origin *o = bpf_map_lookup_elem(&nm_orig_cookie, &cookie);
+	if (!o)
+		return; /* not a redirected socket */
+	struct nm_tuple t;
+	sockops_tuple(skops, &t);
+	o->flags |= NM_ORIGIN_CONNECTED;
+	if (bpf_map_update_elem(&nm_orig_tuple, &t, o, BPF_ANY) != 0) {
+		stat_inc(NM_STAT_MAP_FULL);
+		return;
+	}
+	/* Ask for state changes, to see the close. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *skops, __u32 old_state)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct nm_origin *o = bpf_map_lookup_elem(&nm_orig_cookie, &cookie);
+	if (!o)
+		return;
+	struct nm_tuple t;
+	sockops_tuple(skops, &t);
+	int established = old_state != NM_TCP_SYN_SENT;
+	/* A connect that never completed will never be accepted: drop its tuple. */
+	if (!established)
+		bpf_map_delete_elem(&nm_orig_tuple, &t);
+
+	struct nm_flow_event *e = bpf_ringbuf_reserve(&nm_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memcpy(&e->origin, o, sizeof(*o));
+		__builtin_memcpy(e->src_ip, t.src_ip, 16);
+		e->socket_cookie = cookie;
+		e->end_ns = bpf_ktime_get_ns();
+		e->bytes_sent = skops->bytes_acked;
+		e->bytes_received = skops->bytes_received;
+		e->src_port = t.src_port;
+		e->established = established;
+		__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&nm_orig_cookie, &cookie);
+	stat_inc(NM_STAT_CLOSED);
+}
+
+SEC("sockops")
+int nm_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == NM_TCP_CLOSE)
+			on_close(skops, skops->args[0]);
+		break;
+	}
+	return 1;
+}
+
+SEC("cgroup/sock_release")
+int nm_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct nm_origin *o = bpf_map_lookup_elem(&nm_orig_cookie, &cookie);
+	if (o && !(o->flags & NM_ORIGIN_CONNECTED))
+		bpf_map_delete_elem(&nm_orig_cookie, &cookie);
+	return 1;
+}
