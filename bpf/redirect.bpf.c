@@ -98,6 +98,7 @@ struct {
 } nm_stats SEC(".maps");
 
 NM_BTF_KEEP(nm_flow_event);
+NM_BTF_KEEP_ENUM(nm_stat);
 
 static __always_inline void stat_inc(__u32 which)
 {

@@ -13,6 +13,8 @@
  * libbpf skips: it costs no map and no memory in the kernel. */
 #define NM_BTF_KEEP(name) \
 	struct name *__nm_btf_keep_##name __attribute__((section(".nm_btf"), used))
+#define NM_BTF_KEEP_ENUM(name) \
+	enum name *__nm_btf_keep_##name __attribute__((section(".nm_btf"), used))
 
 /* --- selftest.bpf.o: the program the binding tests load --- */
 

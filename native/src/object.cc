@@ -27,6 +27,7 @@ class Object : public Napi::ObjectWrap<Object> {
                            InstanceMethod("globalInfo", &Object::GlobalInfo),
                            InstanceMethod("setGlobal", &Object::SetGlobal),
                            InstanceMethod("btfStruct", &Object::BtfStruct),
+                           InstanceMethod("btfEnum", &Object::BtfEnum),
                            InstanceMethod("openMap", &Object::OpenMap),
                            InstanceMethod("attachCgroup", &Object::AttachCgroup),
                            InstanceAccessor("loaded", &Object::Loaded, nullptr),
@@ -265,6 +266,23 @@ class Object : public Napi::ObjectWrap<Object> {
       members.Set(i, mo);
     }
     o.Set("members", members);
+    return o;
+  }
+
+  // btfEnum(name): {NAME: value} of an enum in the object's BTF, or null.
+  Napi::Value BtfEnum(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string name;
+    if (!ArgString(info, 0, "object_btf", "enum name", &name)) return env.Undefined();
+    if (!Usable(env, "object_btf")) return env.Undefined();
+    btf* b = bpf_object__btf(obj_);
+    if (b == nullptr) return ThrowBpf(env, "object_btf", ENODATA, path_ + " has no BTF (build with clang -g)");
+    int id = btf__find_by_name_kind(b, name.c_str(), BTF_KIND_ENUM);
+    if (id < 0) return env.Null();
+    const btf_type* t = btf__type_by_id(b, id);
+    Napi::Object o = Napi::Object::New(env);
+    const struct btf_enum* e = btf_enum(t);
+    for (uint16_t i = 0; i < btf_vlen(t); i++, e++) o.Set(btf__name_by_offset(b, e->name_off), e->val);
     return o;
   }
 

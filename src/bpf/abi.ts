@@ -29,9 +29,77 @@ export const SelftestEvent = struct('nm_selftest_event', {
   _pad: 'pad4',
 });
 
+// --- redirect.bpf.o: the node's data path ---
+
+export const Config = struct('nm_config', {
+  proxy_ip6: 'ipv6',
+  proxy_ip4: 'ipv4',
+  proxy_port: 'u16',
+  ready: 'u8',
+  fail_closed: 'u8',
+});
+
+export const Pod = struct('nm_pod', {
+  index: 'u32',
+  flags: 'u32',
+});
+
+export const CidrKey = struct('nm_cidr_key', {
+  prefixlen: 'u32',
+  addr: 'ip',
+});
+
+export const PortKey = struct('nm_port_key', {
+  netns_cookie: 'u64',
+  port: 'u16',
+  _pad: 'pad6',
+});
+
+export const Origin = struct('nm_origin', {
+  orig_ip: 'ip',
+  netns_cookie: 'u64',
+  cgroup_id: 'u64',
+  start_ns: 'u64',
+  pid: 'u32',
+  orig_port: 'u16',
+  family: 'u8',
+  flags: 'u8',
+});
+
+export const Tuple = struct('nm_tuple', {
+  src_ip: 'ip',
+  dst_ip: 'ip',
+  src_port: 'u16',
+  dst_port: 'u16',
+  _pad: 'pad4',
+});
+
+export const FlowEvent = struct('nm_flow_event', {
+  origin: 'bytes48', // struct nm_origin: decode with Origin
+  src_ip: 'ip',
+  socket_cookie: 'u64',
+  end_ns: 'u64',
+  bytes_sent: 'u64',
+  bytes_received: 'u64',
+  src_port: 'u16',
+  established: 'u8',
+  _pad: 'pad5',
+});
+
+/** enum nm_stat, in order: the index of each per-CPU counter in nm_stats. */
+export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed'] as const;
+export type StatName = (typeof STATS)[number];
+
 /** Every shared struct, with the object (bpf/<object>.bpf.c) whose BTF has it. */
 export const ABI_STRUCTS: readonly { object: string; codec: Codec<unknown> }[] = [
   { object: 'selftest', codec: SelftestKey as Codec<unknown> },
   { object: 'selftest', codec: SelftestCount as Codec<unknown> },
   { object: 'selftest', codec: SelftestEvent as Codec<unknown> },
+  { object: 'redirect', codec: Config as Codec<unknown> },
+  { object: 'redirect', codec: Pod as Codec<unknown> },
+  { object: 'redirect', codec: CidrKey as Codec<unknown> },
+  { object: 'redirect', codec: PortKey as Codec<unknown> },
+  { object: 'redirect', codec: Origin as Codec<unknown> },
+  { object: 'redirect', codec: Tuple as Codec<unknown> },
+  { object: 'redirect', codec: FlowEvent as Codec<unknown> },
 ];

@@ -17,12 +17,13 @@ export type FieldType =
   | 'be16' // network order, decoded to a number
   | 'ipv4' // 4 bytes network order <-> "198.18.0.1"
   | 'ipv6' // 16 bytes network order <-> "fd00::1"
+  | 'ip' // 16 bytes, IPv4 as IPv4-mapped IPv6 <-> "198.18.0.1" or "fd00::1"
   | `bytes${number}` // raw bytes <-> Buffer (copied)
   | `pad${number}`; // explicit padding: zero on encode, skipped on decode
 
 type ValueOf<F> = F extends 'u64'
   ? bigint
-  : F extends 'ipv4' | 'ipv6'
+  : F extends 'ipv4' | 'ipv6' | 'ip'
     ? string
     : F extends `bytes${number}`
       ? Buffer
@@ -117,6 +118,27 @@ function ipv6Read(buf: Buffer, off: number): string {
   return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
 }
 
+function isMapped(buf: Buffer, off: number): boolean {
+  for (let i = 0; i < 10; i++) if (buf[off + i] !== 0) return false;
+  return buf[off + 10] === 0xff && buf[off + 11] === 0xff;
+}
+
+function ipRead(buf: Buffer, off: number): string {
+  return isMapped(buf, off) ? ipv4Read(buf, off + 12) : ipv6Read(buf, off);
+}
+
+function ipWrite(buf: Buffer, off: number, v: unknown): void {
+  const s = String(v);
+  if (net.isIPv4(s)) {
+    buf.fill(0, off, off + 10);
+    buf[off + 10] = 0xff;
+    buf[off + 11] = 0xff;
+    ipv4Write(buf, off + 12, s);
+  } else {
+    ipv6Write(buf, off, s);
+  }
+}
+
 function fieldCodec(type: FieldType): FieldCodec {
   switch (type) {
     case 'u8':
@@ -141,6 +163,9 @@ function fieldCodec(type: FieldType): FieldCodec {
     case 'ipv6':
       // __u32[4] in C.
       return { size: 16, align: 4, read: ipv6Read, write: ipv6Write };
+    case 'ip':
+      // __u8[16] in C.
+      return { size: 16, align: 1, read: ipRead, write: ipWrite };
     default: {
       const m = /^(bytes|pad)(\d+)$/.exec(type);
       if (!m) throw new TypeError(`unknown field type ${type}`);

@@ -39,6 +39,7 @@ export interface RawObject {
   globalInfo(name: string): { size: number; offset: number; section: string } | null;
   setGlobal(name: string, value: Buffer): void;
   btfStruct(name: string): RawBtfStruct | null;
+  btfEnum(name: string): Record<string, number> | null;
   openMap(name: string): RawMap;
   attachCgroup(program: string, cgroupPath: string): RawLink;
 }

@@ -93,6 +93,11 @@ export class BpfObject {
     return call(() => this.#raw.btfStruct(name));
   }
 
+  /** An enum's constants as the object's BTF records them, or null. */
+  btfEnum(name: string): Record<string, number> | null {
+    return call(() => this.#raw.btfEnum(name));
+  }
+
   /** A handle on one of the object's maps (a separate owner: close it too). */
   map<K = Buffer, V = Buffer>(name: string, codecs: MapCodecs<K, V> = {}): BpfMap<K, V> {
     return new BpfMap(call(() => this.#raw.openMap(name)), codecs);

@@ -23,6 +23,16 @@ for (const { object, codec } of abi.ABI_STRUCTS) {
   });
 }
 
+t.test('enum nm_stat matches STATS', async (t) => {
+  const obj = openObject(bpfObjectPath('redirect'));
+  t.teardown(() => obj.close());
+  const e = obj.btfEnum('nm_stat');
+  if (!e) return void t.fail('enum nm_stat is not in redirect.bpf.o BTF');
+  const expected: Record<string, number> = Object.fromEntries(abi.STATS.map((s, i) => [`NM_STAT_${s.toUpperCase()}`, i]));
+  expected.NM_STAT_MAX = abi.STATS.length;
+  t.same(e, expected);
+});
+
 t.test('a codec that disagrees with BTF is caught', async (t) => {
   const obj = openObject(bpfObjectPath('selftest'));
   t.teardown(() => obj.close());
