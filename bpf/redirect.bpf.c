@@ -100,6 +100,10 @@ struct {
 NM_BTF_KEEP(nm_flow_event);
 NM_BTF_KEEP_ENUM(nm_stat);
 
+/* Context fields must be read one 32-bit load at a time: clang may merge
+ * neighbouring __u32 reads into a 64-bit load the verifier refuses. */
+#define CTX_U32(field) (*(volatile __u32 *)&(field))
+
 static __always_inline void stat_inc(__u32 which)
 {
 	__u64 *c = bpf_map_lookup_elem(&nm_stats, &which);
@@ -216,7 +220,8 @@ SEC("cgroup/connect6")
 int nm_connect6(struct bpf_sock_addr *ctx)
 {
 	__u8 dst[16];
-	__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+	__u32 w[4] = { CTX_U32(ctx->user_ip6[0]), CTX_U32(ctx->user_ip6[1]), CTX_U32(ctx->user_ip6[2]),
+		       CTX_U32(ctx->user_ip6[3]) };
 	__builtin_memcpy(dst, w, 16);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
@@ -269,8 +274,10 @@ static __always_inline void sockops_tuple(struct bpf_sock_ops *skops, struct nm_
 		ip4_mapped(t->src_ip, skops->local_ip4);
 		ip4_mapped(t->dst_ip, skops->remote_ip4);
 	} else {
-		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
-		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+		__u32 l[4] = { CTX_U32(skops->local_ip6[0]), CTX_U32(skops->local_ip6[1]),
+			       CTX_U32(skops->local_ip6[2]), CTX_U32(skops->local_ip6[3]) };
+		__u32 r[4] = { CTX_U32(skops->remote_ip6[0]), CTX_U32(skops->remote_ip6[1]),
+			       CTX_U32(skops->remote_ip6[2]), CTX_U32(skops->remote_ip6[3]) };
 		__builtin_memcpy(t->src_ip, l, 16);
 		__builtin_memcpy(t->dst_ip, r, 16);
 	}

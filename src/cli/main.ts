@@ -1,9 +1,12 @@
 /** The `nodemesh` executable: one binary, kubectl-style subcommands. */
 import { MeshError } from '../errors';
 import { dispatch, EXIT, type Command, type Io } from './command';
+import { datapathCommand } from './commands/datapath';
+import { labCommand } from './commands/lab';
+import { statusCommand } from './commands/status';
 import { versionCommand } from './commands/version';
 
-export const COMMANDS: Command[] = [versionCommand];
+export const COMMANDS: Command[] = [labCommand, datapathCommand, statusCommand, versionCommand];
 
 const root: Command = {
   name: '',

@@ -1,6 +1,7 @@
 import { probeFeatures, type FeatureReport } from '../../bpf';
 import { VERSION } from '../../version';
-import { defineCommand, EXIT, UsageError } from '../command';
+import { defineCommand, EXIT } from '../command';
+import { outputFormat, toJson } from '../output';
 
 export interface VersionReport {
   nodemesh: string;
@@ -48,9 +49,8 @@ export const versionCommand = defineCommand({
   optionHelp: { output: 'output format: text or json' },
   async run(values, _positionals, io) {
     const report = versionReport();
-    if (values.output === 'json') io.out(JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v), 2) + '\n');
-    else if (values.output === 'text') io.out(formatVersion(report));
-    else throw new UsageError(`nodemesh version: --output must be text or json, not ${String(values.output)}`);
+    const format = outputFormat('nodemesh version', values.output);
+    io.out(format === 'json' ? toJson(report) : formatVersion(report));
     return EXIT.ok;
   },
 });

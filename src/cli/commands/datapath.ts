@@ -1,0 +1,165 @@
+import * as net from 'node:net';
+
+import { Datapath, DEFAULT_PROXY_PORT, type Origin } from '../../node-proxy/datapath';
+import { defineCommand, EXIT, type Command, type Io } from '../command';
+import { intFlag, requiredFlag, toJson } from '../output';
+
+const install = defineCommand({
+  name: 'install',
+  summary: "Load the redirect programs, attach them to the node's pod cgroup and pin them",
+  usage: 'datapath install --node N --cgroup PATH --proxy-ip IP [--proxy-port 15001] [--fail-closed] [--ready]',
+  description:
+    'Maps and links are pinned under /sys/fs/bpf/nodemesh/<node>/, so redirection outlives this\n' +
+    'command. Run again on an installed node, it adopts the pins and switches the programs in\n' +
+    'place. Pods are redirected only once enrolled and once the proxy is marked ready.',
+  options: {
+    node: { type: 'string' },
+    cgroup: { type: 'string' },
+    'proxy-ip': { type: 'string' },
+    'proxy-ip6': { type: 'string' },
+    'proxy-port': { type: 'string', default: String(DEFAULT_PROXY_PORT) },
+    'fail-closed': { type: 'boolean', default: false },
+    ready: { type: 'boolean' },
+  },
+  optionHelp: {
+    node: 'node name (required)',
+    cgroup: 'cgroup v2 directory holding the node pods (required)',
+    'proxy-ip': "the node proxy's IPv4 address (required)",
+    'proxy-ip6': "the node proxy's IPv6 address",
+    'proxy-port': 'the outbound port of the proxy',
+    'fail-closed': 'refuse pod connects while the proxy is not ready',
+    ready: 'mark the proxy ready now (otherwise the proxy does it)',
+  },
+  async run(values, _p, io) {
+    const cmd = 'nodemesh datapath install';
+    const dp = Datapath.install({
+      node: requiredFlag(cmd, 'node', values.node),
+      cgroup: requiredFlag(cmd, 'cgroup', values.cgroup),
+      proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
+      proxyIp6: values['proxy-ip6'] as string | undefined,
+      proxyPort: intFlag(cmd, 'proxy-port', values['proxy-port'], 1, 65535),
+      failClosed: values['fail-closed'] as boolean,
+      ready: values.ready as boolean | undefined,
+    });
+    const c = dp.config();
+    io.out(`datapath ${dp.node}: attached to ${dp.cgroup()}, redirecting to ${c.proxyIp}:${c.proxyPort} (${c.ready ? 'ready' : 'not ready'}, fail-${c.failClosed ? 'closed' : 'open'}), pinned at ${dp.pinDir}\n`);
+    dp.close();
+    return EXIT.ok;
+  },
+});
+
+const enrollOptions = {
+  node: { type: 'string' },
+  netns: { type: 'string' },
+  index: { type: 'string', default: '0' },
+} as const;
+
+const enroll = defineCommand({
+  name: 'enroll',
+  summary: "Redirect a pod's TCP connects to the node proxy (by its network namespace)",
+  usage: 'datapath enroll --node N --netns PATH [--index I]',
+  options: enrollOptions,
+  optionHelp: { node: 'node name (required)', netns: "the pod's netns file, e.g. /run/netns/NAME (required)", index: "the proxy's index of this workload" },
+  async run(values, _p, io) {
+    const cmd = 'nodemesh datapath enroll';
+    const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));
+    try {
+      const netns = requiredFlag(cmd, 'netns', values.netns);
+      const cookie = await dp.enroll(netns, { index: intFlag(cmd, 'index', values.index, 0, 2 ** 32 - 1) });
+      io.out(`enrolled ${netns} (netns cookie ${cookie}) on ${dp.node}\n`);
+    } finally {
+      dp.close();
+    }
+    return EXIT.ok;
+  },
+});
+
+const unenroll = defineCommand({
+  name: 'unenroll',
+  summary: 'Stop redirecting a pod',
+  usage: 'datapath unenroll --node N --netns PATH',
+  options: { node: enrollOptions.node, netns: enrollOptions.netns },
+  optionHelp: { node: 'node name (required)', netns: "the pod's netns file (required)" },
+  async run(values, _p, io) {
+    const cmd = 'nodemesh datapath unenroll';
+    const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));
+    try {
+      const netns = requiredFlag(cmd, 'netns', values.netns);
+      io.out((await dp.unenroll(netns)) ? `unenrolled ${netns} from ${dp.node}\n` : `${netns} was not enrolled on ${dp.node}\n`);
+    } finally {
+      dp.close();
+    }
+    return EXIT.ok;
+  },
+});
+
+const uninstall = defineCommand({
+  name: 'uninstall',
+  summary: 'Detach the programs and remove every pin of a node (idempotent)',
+  usage: 'datapath uninstall --node N',
+  options: { node: { type: 'string' } },
+  optionHelp: { node: 'node name (required)' },
+  async run(values, _p, io) {
+    const node = requiredFlag('nodemesh datapath uninstall', 'node', values.node);
+    const was = Datapath.installed(node);
+    Datapath.uninstall(node);
+    io.out(was ? `datapath ${node}: detached and unpinned\n` : `datapath ${node}: nothing was installed\n`);
+    return EXIT.ok;
+  },
+});
+
+/** One line of JSON per connection: what the data path says about it. */
+export function echoOrigins(dp: Datapath, server: net.Server, io: Io): void {
+  server.on('connection', (sock) => {
+    sock.on('error', () => {});
+    const origin: Origin | undefined = dp.originOf(sock);
+    const line = toJson({ peer: `${sock.remoteAddress}:${sock.remotePort}`, origin: origin ?? null }).replace(/\n\s*/g, ' ');
+    io.out(line.trim() + '\n');
+    sock.end(line.trim() + '\n');
+  });
+}
+
+const echo = defineCommand({
+  name: 'echo',
+  summary: 'Stand in for the proxy: answer each redirected connection with its origin',
+  usage: 'datapath echo --node N [--listen 0.0.0.0] [--port 15001]',
+  description:
+    "Listens on the proxy port (run it where the proxy would run: in a lab, `nodemesh lab exec\n" +
+    'n1 -- nodemesh datapath echo --node <lab>-n1`) and writes back, as one JSON line, the\n' +
+    'original destination, netns cookie, cgroup id and pid the kernel recorded. Marks the data\n' +
+    'path ready while it listens.',
+  options: {
+    node: { type: 'string' },
+    listen: { type: 'string', default: '0.0.0.0' },
+    port: { type: 'string', default: String(DEFAULT_PROXY_PORT) },
+  },
+  optionHelp: { node: 'node name (required)', listen: 'address to listen on', port: 'port to listen on' },
+  async run(values, _p, io) {
+    const cmd = 'nodemesh datapath echo';
+    const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));
+    const server = net.createServer();
+    echoOrigins(dp, server, io);
+    const port = intFlag(cmd, 'port', values.port, 1, 65535);
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, values.listen as string, resolve));
+    // Ready while something listens; not ready (fail open or closed) after.
+    dp.setReady(true);
+    io.out(`listening on ${values.listen as string}:${port} for ${dp.node}\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    dp.setReady(false);
+    server.close();
+    dp.close();
+    return EXIT.ok;
+  },
+});
+
+export const datapathCommand: Command = {
+  name: 'datapath',
+  summary: "Install, inspect and remove a node's eBPF redirection",
+  usage: 'datapath <install|enroll|unenroll|uninstall|echo> [flags]',
+  options: {},
+  optionHelp: {},
+  subcommands: [install, enroll, unenroll, uninstall, echo],
+};

@@ -1,0 +1,64 @@
+import { probeFeatures } from '../../bpf';
+import { Datapath, DatapathError, type DatapathStatus } from '../../node-proxy/datapath';
+import { defineCommand, EXIT } from '../command';
+import { outputFormat, requiredFlag, table, toJson } from '../output';
+
+export function formatStatus(s: DatapathStatus): string {
+  const out: string[] = [];
+  const c = s.config;
+  out.push(`node      ${s.node}`);
+  out.push(`cgroup    ${s.cgroup ?? 'unknown (no install record)'}`);
+  out.push(`pins      ${s.pinDir}`);
+  out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${c.ready ? 'ready' : 'NOT ready'}  fail-${c.failClosed ? 'closed' : 'open'}`);
+  out.push('', 'programs');
+  out.push(table(['PROGRAM', 'ATTACHED', 'PROG ID', 'PIN'], s.links.map((l) => [l.program, l.attached ? 'yes' : 'NO', l.progId ?? '-', l.pinned ? l.pinPath : '-'])).trimEnd());
+  out.push('', `pods (${s.pods.length} enrolled)`);
+  if (s.pods.length) out.push(table(['NETNS COOKIE', 'INDEX', 'FLAGS'], s.pods.map((p) => [p.netnsCookie, p.index, p.flags])).trimEnd());
+  if (s.excludedCidrs.length || s.excludedPorts.length) {
+    out.push('', 'excluded');
+    for (const x of s.excludedCidrs) out.push(`  ${x}`);
+    for (const p of s.excludedPorts) out.push(`  port ${p.port}${p.netnsCookie ? ` (netns ${p.netnsCookie})` : ''}`);
+  }
+  out.push('', 'maps');
+  out.push(table(['MAP', 'ENTRIES', 'MAX', 'FILL'], s.maps.map((m) => [m.name, m.entries, m.maxEntries, `${((100 * m.entries) / m.maxEntries).toFixed(1)}%`])).trimEnd());
+  out.push('', 'counters');
+  out.push(table(['COUNTER', 'VALUE'], Object.entries(s.counters).map(([k, v]) => [k, v])).trimEnd());
+  return out.join('\n') + '\n';
+}
+
+export const statusCommand = defineCommand({
+  name: 'status',
+  summary: "A node's data path: what is attached where, enrolled pods, map fill, counters",
+  usage: 'status --node N [-o text|json]',
+  options: { node: { type: 'string' }, output: { type: 'string', short: 'o', default: 'text' } },
+  optionHelp: { node: 'node name (required)', output: 'text or json' },
+  async run(values, _p, io) {
+    const format = outputFormat('nodemesh status', values.output);
+    const node = requiredFlag('nodemesh status', 'node', values.node);
+    const features = probeFeatures();
+    if (!features.usable) {
+      const report = { node, features };
+      if (format === 'json') io.out(toJson(report));
+      else io.out(`node ${node}: cannot read the data path here:\n${features.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      return EXIT.rejected;
+    }
+    let dp: Datapath;
+    try {
+      dp = Datapath.open(node);
+    } catch (err) {
+      if (err instanceof DatapathError && err.code === 'NM_ERR_DATAPATH_NOT_INSTALLED') {
+        if (format === 'json') io.out(toJson({ node, installed: false, features }));
+        else io.out(`${err.message}\n`);
+        return EXIT.rejected;
+      }
+      throw err;
+    }
+    try {
+      const status = dp.status();
+      io.out(format === 'json' ? toJson({ ...status, installed: true, features }) : formatStatus(status));
+    } finally {
+      dp.close();
+    }
+    return EXIT.ok;
+  },
+});

@@ -1,0 +1,561 @@
+/**
+ * The node's data path (DESIGN §3): loads bpf/redirect.bpf.c, attaches it to
+ * the cgroup that holds the node's pods, pins maps and links under
+ * /sys/fs/bpf/nodemesh/<node>/ so redirection outlives the proxy process,
+ * enrolls pods, and answers "where was this connection going?" for the proxy.
+ *
+ * Install adopts what an earlier run pinned: the maps are reused as they are
+ * and each pinned link is switched to the newly loaded program atomically, so
+ * a proxy restart never leaves a moment without redirection.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+import { abi, BpfMap, cgroupId, isCgroup2, Link, loadObject, netnsCookie, RingBuffer, scalar, type BpfObject } from '../../bpf';
+import { native } from '../../bpf/native';
+import { MeshError } from '../../errors';
+import { bpfObjectPath } from '../../paths';
+
+export const DEFAULT_PIN_BASE = '/sys/fs/bpf/nodemesh';
+export const DEFAULT_STATE_DIR = '/run/nodemesh/datapath';
+export const DEFAULT_PROXY_PORT = 15001;
+
+/** Programs of redirect.bpf.o and the pinned link name of each. */
+const PROGRAMS = ['nm_connect4', 'nm_connect6', 'nm_sockops', 'nm_sock_release'] as const;
+type Program = (typeof PROGRAMS)[number];
+
+const MAPS = {
+  config: 'nm_config',
+  pods: 'nm_pods',
+  exclude: 'nm_exclude',
+  excludePorts: 'nm_exclude_ports',
+  origCookie: 'nm_orig_cookie',
+  origTuple: 'nm_orig_tuple',
+  events: 'nm_events',
+  stats: 'nm_stats',
+} as const;
+
+export class DatapathError extends MeshError {}
+
+export interface DatapathConfig {
+  proxyIp: string | null;
+  proxyIp6: string | null;
+  proxyPort: number;
+  ready: boolean;
+  failClosed: boolean;
+}
+
+export interface InstallOptions {
+  node: string;
+  /** cgroup v2 directory holding the node's pods (kubepods.slice; lab: its node cgroup). */
+  cgroup: string;
+  proxyIp: string;
+  proxyIp6?: string;
+  proxyPort?: number;
+  /** Refuse pod connects while the proxy is not ready (default: let them through). */
+  failClosed?: boolean;
+  /** Mark the proxy ready now. Default: keep what an earlier run set, else not ready. */
+  ready?: boolean;
+  pinBase?: string;
+  stateDir?: string;
+}
+
+export interface OpenOptions {
+  pinBase?: string;
+  stateDir?: string;
+}
+
+export interface PodEntry {
+  netnsCookie: bigint;
+  index: number;
+  flags: number;
+}
+
+/** The origin of a redirected connection, as the kernel recorded it. */
+export interface Origin {
+  /** Where the pod was connecting: the original destination. */
+  ip: string;
+  port: number;
+  netnsCookie: bigint;
+  cgroupId: bigint;
+  pid: number;
+  family: 4 | 6;
+  startNs: bigint;
+}
+
+export interface FlowRecord {
+  origin: Origin;
+  srcIp: string;
+  srcPort: number;
+  socketCookie: bigint;
+  endNs: bigint;
+  bytesSent: bigint;
+  bytesReceived: bigint;
+  established: boolean;
+}
+
+export interface LinkStatus {
+  program: string;
+  pinPath: string;
+  pinned: boolean;
+  attached: boolean;
+  cgroupId?: string;
+  progId?: number;
+}
+
+export interface DatapathStatus {
+  node: string;
+  pinDir: string;
+  cgroup: string | null;
+  config: DatapathConfig;
+  links: LinkStatus[];
+  pods: PodEntry[];
+  excludedCidrs: string[];
+  excludedPorts: { port: number; netnsCookie: bigint }[];
+  maps: { name: string; entries: number; maxEntries: number }[];
+  counters: Record<abi.StatName, bigint>;
+}
+
+interface InstallRecord {
+  node: string;
+  cgroup: string;
+  cgroupId: string;
+  installedAt: string;
+}
+
+/** Parses "198.18.0.0/24" or "fd00::/8" into the LPM key (IPv4 mapped). */
+export function parseCidr(cidr: string): { prefixlen: number; addr: string } {
+  const [ip, lenText] = cidr.split('/');
+  const family = net.isIP(ip ?? '');
+  if (!family) throw new DatapathError('NM_ERR_DATAPATH_CIDR', `"${cidr}" is not a CIDR (e.g. 198.18.0.0/24 or fd00::/8)`);
+  const max = family === 4 ? 32 : 128;
+  const len = lenText === undefined ? max : Number(lenText);
+  if (!Number.isInteger(len) || len < 0 || len > max || (lenText !== undefined && !/^\d+$/.test(lenText)))
+    throw new DatapathError('NM_ERR_DATAPATH_CIDR', `"${cidr}": prefix length must be 0..${max}`);
+  return { prefixlen: family === 4 ? 96 + len : len, addr: ip! };
+}
+
+function formatCidr(k: { prefixlen: number; addr: string }): string {
+  return net.isIPv4(k.addr) ? `${k.addr}/${k.prefixlen - 96}` : `${k.addr}/${k.prefixlen}`;
+}
+
+function toOrigin(o: ReturnType<typeof abi.Origin.decode>): Origin {
+  return {
+    ip: o.orig_ip,
+    port: o.orig_port,
+    netnsCookie: o.netns_cookie,
+    cgroupId: o.cgroup_id,
+    pid: o.pid,
+    family: o.family === 6 ? 6 : 4,
+    startNs: o.start_ns,
+  };
+}
+
+/** Strips the ::ffff: of an IPv4 peer seen on a dual-stack socket. */
+function plainIp(ip: string): string {
+  return ip.startsWith('::ffff:') && net.isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
+}
+
+interface Handles {
+  config: BpfMap<number, ReturnType<typeof abi.Config.decode>>;
+  pods: BpfMap<bigint, ReturnType<typeof abi.Pod.decode>>;
+  exclude: BpfMap<ReturnType<typeof abi.CidrKey.decode>, number>;
+  excludePorts: BpfMap<ReturnType<typeof abi.PortKey.decode>, number>;
+  origCookie: BpfMap<bigint, ReturnType<typeof abi.Origin.decode>>;
+  origTuple: BpfMap<ReturnType<typeof abi.Tuple.decode>, ReturnType<typeof abi.Origin.decode>>;
+  events: BpfMap;
+  stats: BpfMap<number, bigint>;
+}
+
+function openMaps(open: (name: string, codecs: { key?: unknown; value?: unknown }) => BpfMap<unknown, unknown>): Handles {
+  const opened: BpfMap<unknown, unknown>[] = [];
+  const o = <K, V>(name: string, key?: unknown, value?: unknown): BpfMap<K, V> => {
+    const m = open(name, { key, value }) as BpfMap<K, V>;
+    opened.push(m as BpfMap<unknown, unknown>);
+    return m;
+  };
+  try {
+    return {
+      config: o(MAPS.config, scalar('u32'), abi.Config),
+      pods: o(MAPS.pods, scalar('u64'), abi.Pod),
+      exclude: o(MAPS.exclude, abi.CidrKey, scalar('u8')),
+      excludePorts: o(MAPS.excludePorts, abi.PortKey, scalar('u8')),
+      origCookie: o(MAPS.origCookie, scalar('u64'), abi.Origin),
+      origTuple: o(MAPS.origTuple, abi.Tuple, abi.Origin),
+      events: o(MAPS.events),
+      stats: o(MAPS.stats, scalar('u32'), scalar('u64')),
+    };
+  } catch (err) {
+    for (const m of opened) m.close();
+    throw err;
+  }
+}
+
+function validNode(node: string): void {
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/.test(node))
+    throw new DatapathError('NM_ERR_DATAPATH_NODE', `node name "${node}" must be 1-63 letters, digits, ".", "_" or "-"`);
+}
+
+export class Datapath {
+  readonly node: string;
+  readonly pinDir: string;
+  readonly #stateFile: string;
+  readonly #maps: Handles;
+  readonly #links: Map<Program, Link>;
+  /** Reused for every origin lookup: no allocation per key. */
+  readonly #tupleKey = Buffer.alloc(abi.Tuple.size);
+
+  private constructor(node: string, pinDir: string, stateFile: string, maps: Handles, links: Map<Program, Link>) {
+    this.node = node;
+    this.pinDir = pinDir;
+    this.#stateFile = stateFile;
+    this.#maps = maps;
+    this.#links = links;
+  }
+
+  static pinDirOf(node: string, pinBase = DEFAULT_PIN_BASE): string {
+    return path.join(pinBase, node);
+  }
+
+  /**
+   * Loads, attaches and pins the data path for `node`, or adopts an earlier
+   * install of it (same cgroup): maps kept, links switched to the new programs.
+   * On failure, whatever this call added is removed again.
+   */
+  static install(opts: InstallOptions): Datapath {
+    validNode(opts.node);
+    const pinDir = Datapath.pinDirOf(opts.node, opts.pinBase);
+    const stateFile = path.join(opts.stateDir ?? DEFAULT_STATE_DIR, `${opts.node}.json`);
+    if (!net.isIPv4(opts.proxyIp)) throw new DatapathError('NM_ERR_DATAPATH_CONFIG', `--proxy-ip "${opts.proxyIp}" is not an IPv4 address`);
+    if (opts.proxyIp6 !== undefined && !net.isIPv6(opts.proxyIp6))
+      throw new DatapathError('NM_ERR_DATAPATH_CONFIG', `--proxy-ip6 "${opts.proxyIp6}" is not an IPv6 address`);
+    const port = opts.proxyPort ?? DEFAULT_PROXY_PORT;
+    if (!Number.isInteger(port) || port < 1 || port > 65535)
+      throw new DatapathError('NM_ERR_DATAPATH_CONFIG', `--proxy-port ${port} is not a port (1-65535)`);
+    if (!fs.existsSync(opts.cgroup) || !isCgroup2(opts.cgroup))
+      throw new DatapathError('NM_ERR_DATAPATH_CGROUP', `${opts.cgroup} is not a cgroup v2 directory: give the cgroup that holds the node's pods`);
+    const cgid = cgroupId(opts.cgroup);
+
+    // Validate what an earlier run left before changing anything.
+    const linkPath = (p: Program): string => path.join(pinDir, 'links', p);
+    const existing = new Map<Program, Link>();
+    try {
+      for (const p of PROGRAMS) {
+        if (native().pinnedKind(linkPath(p)) !== 'link') continue;
+        const link = Link.openPinned(linkPath(p));
+        existing.set(p, link);
+        const info = link.info();
+        if (info.attached && info.cgroupId !== cgid)
+          throw new DatapathError(
+            'NM_ERR_DATAPATH_CGROUP',
+            `node ${opts.node} is installed on another cgroup (id ${info.cgroupId}), not ${opts.cgroup} (id ${cgid}): run \`nodemesh datapath uninstall --node ${opts.node}\` first`,
+          );
+      }
+    } catch (err) {
+      for (const l of existing.values()) l.close();
+      throw err;
+    }
+
+    const hadPins = fs.existsSync(pinDir);
+    const made: Link[] = [];
+    let obj: BpfObject | undefined;
+    try {
+      obj = loadObject(bpfObjectPath('redirect'), { pinRoot: pinDir });
+      const links = new Map<Program, Link>();
+      for (const p of PROGRAMS) {
+        const old = existing.get(p);
+        if (old && old.info().attached) {
+          old.update(obj, p);
+          links.set(p, old);
+          continue;
+        }
+        if (old) {
+          old.unpin();
+          old.close();
+        }
+        const link = obj.attachCgroup(p, opts.cgroup);
+        made.push(link);
+        link.pin(linkPath(p));
+        links.set(p, link);
+      }
+      const maps = openMaps((name, codecs) => obj!.map(name, codecs as never));
+      const dp = new Datapath(opts.node, pinDir, stateFile, maps, links);
+      obj.close();
+      obj = undefined;
+
+      const cur = dp.config();
+      dp.configure({
+        proxyIp: opts.proxyIp,
+        proxyIp6: opts.proxyIp6 ?? null,
+        proxyPort: port,
+        failClosed: opts.failClosed ?? cur.failClosed,
+        ready: opts.ready ?? (cur.proxyPort === 0 ? false : cur.ready),
+      });
+      const record: InstallRecord = { node: opts.node, cgroup: opts.cgroup, cgroupId: String(cgid), installedAt: new Date().toISOString() };
+      fs.mkdirSync(path.dirname(stateFile), { recursive: true });
+      fs.writeFileSync(stateFile, JSON.stringify(record, null, 2) + '\n');
+      return dp;
+    } catch (err) {
+      for (const l of made) {
+        try {
+          l.detach();
+          l.unpin();
+        } catch {
+          // keep rolling back
+        }
+        l.close();
+      }
+      for (const l of existing.values()) l.close();
+      obj?.close();
+      if (!hadPins) fs.rmSync(pinDir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /** Opens an installed data path from its pins, changing nothing. */
+  static open(node: string, opts: OpenOptions = {}): Datapath {
+    validNode(node);
+    const pinDir = Datapath.pinDirOf(node, opts.pinBase);
+    const stateFile = path.join(opts.stateDir ?? DEFAULT_STATE_DIR, `${node}.json`);
+    if (!fs.existsSync(path.join(pinDir, MAPS.config)))
+      throw new DatapathError(
+        'NM_ERR_DATAPATH_NOT_INSTALLED',
+        `no data path is installed for node ${node} (nothing pinned at ${pinDir}): run \`nodemesh datapath install --node ${node} …\``,
+      );
+    const maps = openMaps((name, codecs) => BpfMap.openPinned(path.join(pinDir, name), codecs as never));
+    const links = new Map<Program, Link>();
+    for (const p of PROGRAMS) {
+      const lp = path.join(pinDir, 'links', p);
+      if (native().pinnedKind(lp) === 'link') links.set(p, Link.openPinned(lp));
+    }
+    return new Datapath(node, pinDir, stateFile, maps, links);
+  }
+
+  /** Whether something is pinned for `node`. */
+  static installed(node: string, pinBase = DEFAULT_PIN_BASE): boolean {
+    return fs.existsSync(path.join(Datapath.pinDirOf(node, pinBase), MAPS.config));
+  }
+
+  /**
+   * Detaches every program and removes every pin and record of `node`, from
+   * whatever is there (a full install, a half one, or nothing). Idempotent.
+   */
+  static uninstall(node: string, opts: OpenOptions = {}): void {
+    validNode(node);
+    const pinDir = Datapath.pinDirOf(node, opts.pinBase);
+    const linksDir = path.join(pinDir, 'links');
+    // Detach first, so redirection stops before its maps go.
+    if (fs.existsSync(linksDir)) {
+      for (const name of fs.readdirSync(linksDir)) {
+        const lp = path.join(linksDir, name);
+        if (native().pinnedKind(lp) !== 'link') continue;
+        const link = Link.openPinned(lp);
+        try {
+          if (link.info().attached) link.detach();
+        } finally {
+          link.close();
+        }
+      }
+    }
+    fs.rmSync(pinDir, { recursive: true, force: true });
+    fs.rmSync(path.join(opts.stateDir ?? DEFAULT_STATE_DIR, `${node}.json`), { force: true });
+  }
+
+  /** The cgroup recorded at install, if the record is there. */
+  cgroup(): string | null {
+    try {
+      return (JSON.parse(fs.readFileSync(this.#stateFile, 'utf8')) as InstallRecord).cgroup;
+    } catch {
+      return null;
+    }
+  }
+
+  config(): DatapathConfig {
+    const c = this.#maps.config.get(0)!;
+    return {
+      proxyIp: c.proxy_ip4 === '0.0.0.0' ? null : c.proxy_ip4,
+      proxyIp6: c.proxy_ip6 === '::' ? null : c.proxy_ip6,
+      proxyPort: c.proxy_port,
+      ready: c.ready !== 0,
+      failClosed: c.fail_closed !== 0,
+    };
+  }
+
+  /** Changes the config the hooks read; the kernel sees it at the next connect. */
+  configure(change: Partial<DatapathConfig>): void {
+    const next = { ...this.config(), ...change };
+    this.#maps.config.set(0, {
+      proxy_ip4: next.proxyIp ?? '0.0.0.0',
+      proxy_ip6: next.proxyIp6 ?? '::',
+      proxy_port: next.proxyPort,
+      ready: next.ready ? 1 : 0,
+      fail_closed: next.failClosed ? 1 : 0,
+    });
+  }
+
+  setReady(ready: boolean): void {
+    this.configure({ ready });
+  }
+
+  /** Enrolls the pod whose network namespace is `netnsPath`; returns its netns cookie. */
+  async enroll(netnsPath: string, pod: { index?: number; flags?: number } = {}): Promise<bigint> {
+    const cookie = await netnsCookie(netnsPath);
+    this.enrollCookie(cookie, pod);
+    return cookie;
+  }
+
+  enrollCookie(cookie: bigint, pod: { index?: number; flags?: number } = {}): void {
+    this.#maps.pods.set(cookie, { index: pod.index ?? 0, flags: pod.flags ?? 0 });
+  }
+
+  /** Unenrolls a pod by netns path; false when it was not enrolled. */
+  async unenroll(netnsPath: string): Promise<boolean> {
+    return this.#maps.pods.delete(await netnsCookie(netnsPath));
+  }
+
+  unenrollCookie(cookie: bigint): boolean {
+    return this.#maps.pods.delete(cookie);
+  }
+
+  pods(): PodEntry[] {
+    return this.#maps.pods.entries().map(([netnsCookie, p]) => ({ netnsCookie, index: p.index, flags: p.flags }));
+  }
+
+  /** Destinations in `cidr` are never redirected. */
+  excludeCidr(cidr: string): void {
+    this.#maps.exclude.set(parseCidr(cidr), 1);
+  }
+
+  includeCidr(cidr: string): boolean {
+    return this.#maps.exclude.delete(parseCidr(cidr));
+  }
+
+  excludedCidrs(): string[] {
+    return [...this.#maps.exclude.keys()].map(formatCidr);
+  }
+
+  /** Destination `port` is never redirected, for one pod (netns cookie) or every pod (0n). */
+  excludePort(port: number, netnsCookie = 0n): void {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new DatapathError('NM_ERR_DATAPATH_CONFIG', `${port} is not a port (1-65535)`);
+    this.#maps.excludePorts.set({ netns_cookie: netnsCookie, port }, 1);
+  }
+
+  includePort(port: number, netnsCookie = 0n): boolean {
+    return this.#maps.excludePorts.delete({ netns_cookie: netnsCookie, port });
+  }
+
+  excludedPorts(): { port: number; netnsCookie: bigint }[] {
+    return [...this.#maps.excludePorts.keys()].map((k) => ({ port: k.port, netnsCookie: k.netns_cookie }));
+  }
+
+  /**
+   * The origin of an accepted connection, by the 4-tuple the proxy sees
+   * (peer = the pod, local = the proxy). Removes it from the kernel map:
+   * each origin is handed out once. Counts a miss in nm_stats' lookup_miss.
+   */
+  takeOrigin(peerIp: string, peerPort: number, localIp: string, localPort: number): Origin | undefined {
+    const key = this.#tupleKey;
+    try {
+      abi.Tuple.encode({ src_ip: plainIp(peerIp), dst_ip: plainIp(localIp), src_port: peerPort, dst_port: localPort }, key);
+    } catch {
+      return undefined;
+    }
+    const raw = this.#maps.origTuple.raw.lookupAndDelete(key);
+    if (raw === null) {
+      this.#countMiss();
+      return undefined;
+    }
+    return toOrigin(abi.Origin.decode(raw));
+  }
+
+  /** takeOrigin() for an accepted socket. */
+  originOf(socket: net.Socket): Origin | undefined {
+    const { remoteAddress, remotePort, localAddress, localPort } = socket;
+    if (!remoteAddress || !remotePort || !localAddress || !localPort) return undefined;
+    return this.takeOrigin(remoteAddress, remotePort, localAddress, localPort);
+  }
+
+  #countMiss(): void {
+    const idx = abi.STATS.indexOf('lookup_miss');
+    const cur = this.#maps.stats.getPerCpu(idx) ?? [];
+    cur[0] = (cur[0] ?? 0n) + 1n;
+    this.#maps.stats.setPerCpu(idx, cur);
+  }
+
+  /** The data path's counters, summed over CPUs. */
+  counters(): Record<abi.StatName, bigint> {
+    const out = {} as Record<abi.StatName, bigint>;
+    abi.STATS.forEach((name, i) => (out[name] = this.#maps.stats.getSum(i) ?? 0n));
+    return out;
+  }
+
+  /** Entries waiting in the origin maps: [by socket cookie, by tuple]. */
+  originEntries(): { byCookie: number; byTuple: number } {
+    return { byCookie: this.#maps.origCookie.count(), byTuple: this.#maps.origTuple.count() };
+  }
+
+  /** Flow records of closed redirected connections, delivered in batches. */
+  flowEvents(onRecords: (records: FlowRecord[]) => void, onError?: (err: Error) => void): RingBuffer<FlowRecord> {
+    const codec = {
+      ...abi.FlowEvent,
+      decode: (buf: Buffer, at = 0): FlowRecord => {
+        const e = abi.FlowEvent.decode(buf, at);
+        return {
+          origin: toOrigin(abi.Origin.decode(e.origin)),
+          srcIp: e.src_ip,
+          srcPort: e.src_port,
+          socketCookie: e.socket_cookie,
+          endNs: e.end_ns,
+          bytesSent: e.bytes_sent,
+          bytesReceived: e.bytes_received,
+          established: e.established !== 0,
+        };
+      },
+      encode: () => {
+        throw new TypeError('flow events are read-only');
+      },
+    };
+    return new RingBuffer(this.#maps.events as BpfMap<unknown, unknown>, codec, { onRecords, onError });
+  }
+
+  links(): LinkStatus[] {
+    return PROGRAMS.map((program) => {
+      const pinPath = path.join(this.pinDir, 'links', program);
+      const link = this.#links.get(program);
+      if (!link) return { program, pinPath, pinned: false, attached: false };
+      const info = link.info();
+      return { program, pinPath, pinned: link.pinPath !== null, attached: info.attached === true, cgroupId: String(info.cgroupId), progId: info.progId };
+    });
+  }
+
+  status(): DatapathStatus {
+    const maps = Object.values(this.#maps) as BpfMap<unknown, unknown>[];
+    return {
+      node: this.node,
+      pinDir: this.pinDir,
+      cgroup: this.cgroup(),
+      config: this.config(),
+      links: this.links(),
+      pods: this.pods(),
+      excludedCidrs: this.excludedCidrs(),
+      excludedPorts: this.excludedPorts(),
+      maps: maps
+        .filter((m) => m.info.type !== 'ringbuf')
+        .map((m) => ({ name: m.name, entries: m.count(), maxEntries: m.info.maxEntries })),
+      counters: this.counters(),
+    };
+  }
+
+  /** Detaches and removes everything of this node's data path, then closes. */
+  uninstall(): void {
+    this.close();
+    Datapath.uninstall(this.node, { pinBase: path.dirname(this.pinDir), stateDir: path.dirname(this.#stateFile) });
+  }
+
+  /** Releases this process's handles; pins (and so redirection) stay. Safe twice. */
+  close(): void {
+    for (const m of Object.values(this.#maps) as BpfMap<unknown, unknown>[]) m.close();
+    for (const l of this.#links.values()) l.close();
+  }
+}

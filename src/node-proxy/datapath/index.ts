@@ -1,0 +1,15 @@
+export {
+  Datapath,
+  DatapathError,
+  DEFAULT_PIN_BASE,
+  DEFAULT_PROXY_PORT,
+  DEFAULT_STATE_DIR,
+  parseCidr,
+  type DatapathConfig,
+  type DatapathStatus,
+  type FlowRecord,
+  type InstallOptions,
+  type LinkStatus,
+  type Origin,
+  type PodEntry,
+} from './datapath';
