@@ -46,6 +46,23 @@ export function onCleanup(t: Test, fn: () => void): void {
   t.teardown(once);
 }
 
+/**
+ * Registers async `fn` for teardown of `t`, and `syncFallback` for exit or a
+ * signal before teardown ran (only synchronous work runs then).
+ */
+export function onCleanupAsync(t: Test, fn: () => Promise<unknown>, syncFallback: () => void): void {
+  let done = false;
+  const fallback = (): void => {
+    if (!done) syncFallback();
+  };
+  pending.add(fallback);
+  t.teardown(async () => {
+    pending.delete(fallback);
+    done = true;
+    await fn();
+  });
+}
+
 /** A short unique name, prefixed so leftovers are recognisable as ours. */
 export function scratchName(kind: string): string {
   return `nodemesh-test-${kind}-${process.pid}-${randomBytes(3).toString('hex')}`;

@@ -1,0 +1,65 @@
+/** A lab made for one test and removed at its end (and on exit or signal). */
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+
+import type { Test } from 'tap';
+
+import { labDown, labSpawn, labUp, type LabState } from '../../src/lab';
+import { PACKAGE_ROOT } from '../../src/paths';
+import { onCleanup, onCleanupAsync } from './scratch';
+
+/** A lab name unique to this test run (lab names are 1-8 characters). */
+export function labName(): string {
+  return `t${randomBytes(3).toString('hex')}`;
+}
+
+export async function testLab(t: Test, nodes = 2, podsPerNode = 2): Promise<LabState> {
+  const name = labName();
+  // Registered before up: a failed up is swept too.
+  onCleanupAsync(
+    t,
+    async () => {
+      const r = await labDown(name);
+      if (r.errors.length) t.fail(`lab down ${name}: ${r.errors.join('; ')}`);
+    },
+    // At exit only synchronous work runs: sweep from a child process.
+    () => void spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js'), 'lab', 'down', '--name', name], { stdio: 'inherit' }),
+  );
+  return labUp({ name, nodes, podsPerNode });
+}
+
+/** Starts argv in a lab pod or node; resolves once it prints `readyLine`, killed at teardown. */
+export async function labProcess(t: Test, lab: LabState, target: string, argv: string[], readyLine?: RegExp): Promise<{ child: ChildProcess; output: () => string }> {
+  const child = labSpawn(lab, target, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  onCleanup(t, () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  if (readyLine) {
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (readyLine.test(out)) resolve();
+      };
+      child.stdout!.on('data', check);
+      child.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}) before it was ready: ${out}`)));
+      check();
+    });
+  }
+  return { child, output: () => out };
+}
+
+/** Runs argv in a lab pod or node to completion; resolves to its exit code and output. */
+export function labRun(lab: LabState, target: string, argv: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = labSpawn(lab, target, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -1,0 +1,226 @@
+/**
+ * The data path in a real lab: pods (network namespaces + cgroups) connect to
+ * Service VIPs; their node's "proxy" (`nodemesh datapath echo`, in the node's
+ * namespace) answers with the origin the kernel recorded.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { t, type Test } from 'tap';
+
+import { cgroupId, netnsCookie } from '../../../src/bpf';
+import type { LabState } from '../../../src/lab';
+import { Datapath, type FlowRecord } from '../../../src/node-proxy/datapath';
+import { PACKAGE_ROOT } from '../../../src/paths';
+import { bpfTest } from '../../helpers/bpf';
+import { fixture } from '../../helpers/child';
+import { labProcess, labRun, testLab } from '../../helpers/lab';
+import { waitFor } from '../../helpers/wait';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
+const VIP = '198.19.0.10';
+
+interface Answer {
+  peer: string;
+  origin: { ip: string; port: number; netnsCookie: string; cgroupId: string; pid: number; family: number } | null;
+}
+type Result = { ok: true; answer: string } | { ok: false; code: string };
+
+async function client(lab: LabState, pod: string, host: string, port: number, count = 1, concurrency = 1, family = 4): Promise<{ pid: number; results: Result[] }> {
+  const r = await labRun(lab, pod, [process.execPath, fixture('origin-client.js'), host, String(port), String(count), String(concurrency), String(family)]);
+  if (r.code !== 0) throw new Error(`origin-client in ${pod} failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as { pid: number; results: Result[] };
+}
+
+function answers(results: Result[]): Answer[] {
+  return results.map((r) => {
+    if (!r.ok) throw new Error(`connect failed: ${r.code}`);
+    return JSON.parse(r.answer) as Answer;
+  });
+}
+
+function codes(results: Result[]): string[] {
+  return results.map((r) => (r.ok ? 'ok' : r.code));
+}
+
+function delta(before: Record<string, bigint>, after: Record<string, bigint>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(after)) if (after[k] !== before[k]) out[k] = Number(after[k]! - (before[k] ?? 0n));
+  return out;
+}
+
+async function startEcho(t: Test, lab: LabState, node: string): Promise<() => string> {
+  const { output } = await labProcess(t, lab, `n${node.split('-n')[1]}`, [process.execPath, BIN, 'datapath', 'echo', '--node', node], /listening on/);
+  return output;
+}
+
+bpfTest(t, 'the data path in a lab', async (t) => {
+  const lab = await testLab(t, 2, 2);
+  const n1 = lab.nodes[0]!;
+  const [p1, p2] = lab.pods.filter((p) => p.node === n1.name);
+  const dp = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip });
+  t.teardown(() => dp.uninstall());
+  const cookie1 = await dp.enroll(`/run/netns/${p1!.netns}`, { index: 1 });
+  const cookie2 = await dp.enroll(`/run/netns/${p2!.netns}`, { index: 2 });
+  const flows: FlowRecord[] = [];
+  const rb = dp.flowEvents((records) => flows.push(...records));
+  t.teardown(() => rb.close());
+  const echoOutput = await startEcho(t, lab, n1.name);
+  t.equal(dp.config().ready, true, 'echo marked the data path ready');
+
+  await t.test('a pod connecting to a Service VIP reaches its node proxy with its true origin', async (t) => {
+    const before = dp.counters();
+    const a = await client(lab, 'n1-p1', VIP, 80);
+    const b = await client(lab, 'n1-p2', '198.19.7.7', 8080);
+    const [ansA] = answers(a.results);
+    const [ansB] = answers(b.results);
+    t.match(ansA!.peer, new RegExp(`^${p1!.ip.replace(/\./g, '\\.')}:\\d+$`), 'the proxy sees the pod as the peer');
+    t.match(
+      ansA!.origin,
+      { ip: VIP, port: 80, netnsCookie: String(cookie1), cgroupId: String(cgroupId(p1!.cgroup)), pid: a.pid, family: 4, startNs: /^\d+$/ },
+      'origin of n1-p1: VIP, its netns cookie, its cgroup, its pid',
+    );
+    t.equal(String(await netnsCookie(`/run/netns/${p1!.netns}`)), ansA!.origin!.netnsCookie);
+    t.match(ansB!.origin, { ip: '198.19.7.7', port: 8080, netnsCookie: String(cookie2), cgroupId: String(cgroupId(p2!.cgroup)), pid: b.pid });
+    t.same(delta(before, dp.counters()), { redirected: 2, closed: 2 });
+    t.ok(await waitFor(() => flows.length >= 2), 'flow events arrived');
+    const f = flows.find((x) => x.origin.pid === a.pid)!;
+    t.match(f, { srcIp: p1!.ip, established: true, origin: { ip: VIP, port: 80, netnsCookie: cookie1 } });
+    t.ok(f.bytesReceived > 0n, 'the flow counts the bytes the pod received');
+    t.ok(f.endNs > f.origin.startNs);
+  });
+
+  await t.test('IPv4 through a dual-stack IPv6 socket goes through connect6', async (t) => {
+    const before = dp.counters();
+    const r = await client(lab, 'n1-p1', VIP, 443, 1, 1, 6);
+    const [ans] = answers(r.results);
+    t.match(ans!.origin, { ip: VIP, port: 443, netnsCookie: String(cookie1), family: 6 });
+    t.same(delta(before, dp.counters()), { redirected: 1, closed: 1 });
+  });
+
+  await t.test('not redirected: unenrolled pod, the node itself, excluded CIDR and port, loopback, UDP', async (t) => {
+    const seen = echoOutput().split('\n').length;
+
+    t.equal(await dp.unenroll(`/run/netns/${p2!.netns}`), true);
+    let before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p2', VIP, 80)).results), ['ENETUNREACH'], 'an unenrolled pod goes straight to the network (no route)');
+    t.same(delta(before, dp.counters()), { not_enrolled: 1 });
+    await dp.enroll(`/run/netns/${p2!.netns}`, { index: 2 });
+
+    before = dp.counters();
+    t.same(codes((await client(lab, 'n1', VIP, 80)).results), ['ENETUNREACH'], 'the node itself is never redirected');
+    t.same(delta(before, dp.counters()), {}, 'and not even seen: it is outside the pods cgroup');
+
+    dp.excludeCidr('198.19.0.99/32');
+    dp.excludePort(8443);
+    t.same(dp.excludedCidrs(), ['198.19.0.99/32']);
+    before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p1', '198.19.0.99', 80)).results), ['ENETUNREACH'], 'excluded CIDR');
+    t.same(codes((await client(lab, 'n1-p1', VIP, 8443)).results), ['ENETUNREACH'], 'excluded port');
+    t.same(delta(before, dp.counters()), { excluded: 2 });
+    t.equal(dp.includeCidr('198.19.0.99/32'), true);
+    t.equal(dp.includePort(8443), true);
+    t.same(answers((await client(lab, 'n1-p1', '198.19.0.99', 8443)).results)[0]!.origin?.port, 8443, 'redirected again once included');
+
+    // Loopback inside the pod: a server on 127.0.0.1 and a client to it.
+    before = dp.counters();
+    const lo = await labRun(lab, 'n1-p1', [
+      process.execPath,
+      '-e',
+      `const net=require('net');const s=net.createServer(c=>c.end('lo')).listen(0,'127.0.0.1',()=>{net.connect(s.address().port,'127.0.0.1').on('data',d=>{console.log(String(d));process.exit(0)})})`,
+    ]);
+    t.equal(lo.stdout.trim(), 'lo', 'loopback connects stay in the pod');
+    t.same(delta(before, dp.counters()), { excluded: 1 });
+
+    // UDP (DNS): a connected UDP socket to a VIP is not rewritten, so it has no route.
+    before = dp.counters();
+    const udp = await labRun(lab, 'n1-p1', [
+      process.execPath,
+      '-e',
+      `const s=require('dgram').createSocket('udp4');s.connect(53,'${VIP}',e=>{console.log(e?e.code:'connected');s.close()})`,
+    ]);
+    t.match(udp.stdout.trim(), /^(ENETUNREACH|connected)$/);
+    t.same(delta(before, dp.counters()), {}, 'UDP is not touched');
+    t.equal(echoOutput().split('\n').length - 1, seen, 'the proxy saw none of these but the included one');
+  });
+
+  await t.test('not ready: fail open by default, fail closed when configured', async (t) => {
+    dp.setReady(false);
+    t.teardown(() => dp.configure({ ready: true, failClosed: false }));
+    let before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['ENETUNREACH'], 'fail open: the connect goes out unredirected');
+    dp.configure({ failClosed: true });
+    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['EPERM'], 'fail closed: refused');
+    t.same(delta(before, dp.counters()), { proxy_down: 2 });
+    dp.configure({ ready: true, failClosed: false });
+    before = dp.counters();
+    t.equal(answers((await client(lab, 'n1-p1', VIP, 80)).results)[0]!.origin?.ip, VIP, 'ready again: redirected');
+  });
+
+  await t.test('2,000 connections from two pods at once: every origin found, maps empty after', async (t) => {
+    const before = dp.counters();
+    const flowsBefore = flows.length;
+    const [a, b] = await Promise.all([client(lab, 'n1-p1', VIP, 80, 1000, 50), client(lab, 'n1-p2', '198.19.0.11', 81, 1000, 50)]);
+    const ansA = answers(a.results);
+    const ansB = answers(b.results);
+    t.equal(ansA.length + ansB.length, 2000);
+    t.ok(ansA.every((x) => x.origin?.ip === VIP && x.origin.port === 80 && x.origin.netnsCookie === String(cookie1) && x.origin.pid === a.pid), 'n1-p1: all 1000 origins right');
+    t.ok(ansB.every((x) => x.origin?.ip === '198.19.0.11' && x.origin.port === 81 && x.origin.netnsCookie === String(cookie2) && x.origin.pid === b.pid), 'n1-p2: all 1000 origins right');
+    t.equal(new Set([...ansA, ...ansB].map((x) => x.peer)).size, 2000, 'each from its own 4-tuple');
+    t.ok(await waitFor(() => dp.counters().closed - before.closed >= 2000n, 10_000), 'every close seen');
+    t.same(delta(before, dp.counters()), { redirected: 2000, closed: 2000 }, 'counters agree');
+    t.ok(await waitFor(() => flows.length - flowsBefore >= 2000, 10_000), '2000 flow events');
+    t.same(dp.originEntries(), { byCookie: 0, byTuple: 0 }, 'the origin maps are empty again');
+  });
+});
+
+function attachedPrograms(cg: string): string[] {
+  const out = execFileSync('bpftool', ['-j', 'cgroup', 'show', cg], { encoding: 'utf8' }).trim();
+  return out ? (JSON.parse(out) as { name: string }[]).map((p) => p.name).sort() : [];
+}
+
+function cli(args: string[]): string {
+  return execFileSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+}
+
+bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall leaves nothing', async (t) => {
+  const lab = await testLab(t, 1, 1);
+  const n1 = lab.nodes[0]!;
+  const pod = lab.pods[0]!;
+  cli(['datapath', 'install', '--node', n1.name, '--cgroup', n1.cgroup, '--proxy-ip', n1.ip]);
+  cli(['datapath', 'enroll', '--node', n1.name, '--netns', `/run/netns/${pod.netns}`]);
+  t.same(attachedPrograms(n1.cgroup), ['nm_connect4', 'nm_connect6', 'nm_sock_release', 'nm_sockops']);
+
+  // The installer is gone; the echo (another process) marks ready; pods are redirected.
+  await startEcho(t, lab, n1.name);
+  t.equal(answers((await client(lab, pod.name, VIP, 80)).results)[0]!.origin?.ip, VIP, 'redirected by pinned programs');
+
+  // Install again (a proxy restart): the same links and maps are adopted.
+  const first = Datapath.open(n1.name);
+  const linksBefore = first.links();
+  first.close();
+  const again = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip });
+  const linksAfter = again.links();
+  t.same(linksAfter.map((l) => l.attached), [true, true, true, true]);
+  t.ok(linksAfter.every((l, i) => l.progId !== linksBefore[i]!.progId), 'each link now runs the newly loaded program');
+  t.equal(again.pods().length, 1, 'enrolled pods kept');
+  t.equal(again.config().ready, true, 'readiness kept');
+  again.close();
+  t.equal(answers((await client(lab, pod.name, VIP, 80)).results)[0]!.origin?.ip, VIP, 'still redirected');
+
+  // Installing on another cgroup while installed is refused, and changes nothing.
+  t.throws(() => Datapath.install({ node: n1.name, cgroup: pod.cgroup, proxyIp: n1.ip }), { code: 'NM_ERR_DATAPATH_CGROUP', message: /installed on another cgroup/ });
+  t.equal(attachedPrograms(n1.cgroup).length, 4);
+
+  const status = JSON.parse(cli(['status', '--node', n1.name, '-o', 'json'])) as { installed: boolean; links: { attached: boolean }[]; pods: unknown[]; counters: Record<string, string> };
+  t.equal(status.installed, true);
+  t.equal(status.pods.length, 1);
+  t.ok(Number(status.counters.redirected) >= 2);
+
+  t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /detached and unpinned/);
+  t.same(attachedPrograms(n1.cgroup), [], 'bpftool lists nothing of ours on the cgroup');
+  t.notOk(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`), 'no pins remain');
+  t.same(codes((await client(lab, pod.name, VIP, 80)).results), ['ENETUNREACH'], 'no longer redirected');
+  t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /nothing was installed/, 'uninstall is idempotent');
+});
