@@ -17,7 +17,7 @@ export interface Io {
 export interface Command<O extends Options = Options> {
   name: string;
   summary: string;
-  /** Usage line(s) after `nodemesh `. */
+  /** Usage after `nodemesh `, in full (`lab up [--name lab]`). */
   usage: string;
   /** Longer description for --help. */
   description?: string;
@@ -48,7 +48,7 @@ export function defineCommand<O extends Options>(c: Command<O>): Command {
 }
 
 export function helpText(c: Command, prefix = 'nodemesh'): string {
-  const lines = [`${c.summary}`, '', `Usage: ${join(prefix, c.usage)}`];
+  const lines = [`${c.summary}`, '', `Usage: nodemesh ${c.usage}`];
   if (c.description) lines.push('', c.description);
   if (c.subcommands?.length) {
     lines.push('', 'Commands:');

@@ -74,3 +74,25 @@ bpfTest(t, 'version without privileges says why BPF is not usable', async (t) =>
   t.match(r.stdout, /\nBPF +NOT usable\n/);
   t.match(r.stdout, /bpf\(\) is not permitted to this process \(EPERM\): run as root or grant CAP_BPF and CAP_SYS_ADMIN/);
 });
+
+bpfTest(t, 'status and lab without privileges say what is needed', async (t) => {
+  const dropCaps = ['setpriv', '--bounding-set', '-bpf,-sys_admin,-perfmon,-net_admin', '--inh-caps', '-all', '--'];
+  const status = nodemesh(['status', '--node', 'any'], dropCaps);
+  t.equal(status.code, 1);
+  t.match(status.stdout, /node any: cannot read the data path here:\n  - bpf\(\) is not permitted to this process \(EPERM\): run as root or grant CAP_BPF and CAP_SYS_ADMIN/);
+  const nobody = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'];
+  const up = nodemesh(['lab', 'up', '--name', 'nope'], nobody);
+  t.equal(up.code, 1);
+  t.match(up.stderr, /the lab needs root .*: run as root/);
+  const notInstalled = nodemesh(['status', '--node', 'nodemesh-test-none']);
+  t.equal(notInstalled.code, 1);
+  t.match(notInstalled.stdout, /no data path is installed for node nodemesh-test-none .*: run `nodemesh datapath install --node nodemesh-test-none/);
+  const bad = nodemesh(['datapath', 'install', '--node', 'x', '--cgroup', '/tmp', '--proxy-ip', '198.18.0.1']);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /\/tmp is not a cgroup v2 directory/);
+  const badIp = nodemesh(['datapath', 'install', '--node', 'x', '--cgroup', '/tmp', '--proxy-ip', 'not-an-ip']);
+  t.match(badIp.stderr, /--proxy-ip "not-an-ip" is not an IPv4 address/);
+  const missing = nodemesh(['datapath', 'install', '--node', 'x']);
+  t.equal(missing.code, 64);
+  t.match(missing.stderr, /--cgroup is required/);
+});

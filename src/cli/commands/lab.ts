@@ -1,4 +1,4 @@
-import { findTarget, labDown, labExec, labUp, listLabs, readLab, LabError, type LabState } from '../../lab';
+import { findTarget, labDown, labExec, labUp, listLabs, readLab, runDemo, LabError, type LabState } from '../../lab';
 import { defineCommand, EXIT, UsageError, type Command } from '../command';
 import { intFlag, outputFormat, table, toJson } from '../output';
 
@@ -103,11 +103,32 @@ const exec = defineCommand({
   },
 });
 
+const demo = defineCommand({
+  name: 'demo',
+  summary: 'Bring a lab up, show pod traffic steered to the node proxies, tear it down',
+  usage: 'lab demo [--name demo]',
+  options: { name: { type: 'string', default: 'demo' } },
+  optionHelp: { name: 'lab name for the demo' },
+  async run(values, _p, io) {
+    const abort = new AbortController();
+    const onSignal = (): void => abort.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      await runDemo({ name: values.name as string, out: (l) => io.out(l + '\n'), signal: abort.signal });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+    return EXIT.ok;
+  },
+});
+
 export const labCommand: Command = {
   name: 'lab',
   summary: 'A cluster in one machine: simulated nodes and pods',
-  usage: 'lab <up|down|list|exec> [flags]',
+  usage: 'lab <up|down|list|exec|demo> [flags]',
   options: {},
   optionHelp: {},
-  subcommands: [up, down, list, exec],
+  subcommands: [up, down, list, exec, demo],
 };

@@ -1,0 +1,151 @@
+/** The lab as a user drives it: up, list, exec, down, and what is left after failures. */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { t } from 'tap';
+
+import { findCgroup2Mount } from '../../src/bpf';
+import { labDown, labUp, readLab, type LabState } from '../../src/lab';
+import { PACKAGE_ROOT } from '../../src/paths';
+import { bpfTest } from '../helpers/bpf';
+import { labName, labRun, testLab } from '../helpers/lab';
+import { onCleanupAsync } from '../helpers/scratch';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
+
+function nodemesh(args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Everything on the host that carries the lab's name. */
+function leftovers(name: string): string[] {
+  const out: string[] = [];
+  const ns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  for (const l of ns.split('\n')) if (l.startsWith(`nm-${name}-`)) out.push(`netns ${l.split(' ')[0]}`);
+  const links = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
+  for (const l of links.split('\n')) {
+    const m = /^\d+: ([^:@]+)/.exec(l);
+    if (m && m[1]!.startsWith(`nm-${name}-`)) out.push(`link ${m[1]}`);
+  }
+  const cgRoot = path.join(findCgroup2Mount()!, 'nodemesh-lab');
+  if (fs.existsSync(cgRoot)) for (const d of fs.readdirSync(cgRoot)) if (d.startsWith(`${name}-`)) out.push(`cgroup ${d}`);
+  if (fs.existsSync('/sys/fs/bpf/nodemesh')) for (const d of fs.readdirSync('/sys/fs/bpf/nodemesh')) if (d.startsWith(`${name}-`)) out.push(`pins ${d}`);
+  if (fs.existsSync(`/run/nodemesh/labs/${name}.json`)) out.push('state file');
+  return out;
+}
+
+bpfTest(t, 'up, list, exec, down', async (t) => {
+  const lab = await testLab(t, 2, 2);
+  const name = lab.name;
+
+  const list = nodemesh(['lab', 'list', '--name', name, '-o', 'json']);
+  t.equal(list.code, 0);
+  const listed = JSON.parse(list.stdout) as LabState;
+  const base = 16 * listed.slot;
+  t.same(
+    listed.pods.map((p) => [p.name, p.ip, p.netns]),
+    [
+      ['n1-p1', `198.18.${base + 1}.1`, `nm-${name}-n1-p1`],
+      ['n1-p2', `198.18.${base + 1}.2`, `nm-${name}-n1-p2`],
+      ['n2-p1', `198.18.${base + 2}.1`, `nm-${name}-n2-p1`],
+      ['n2-p2', `198.18.${base + 2}.2`, `nm-${name}-n2-p2`],
+    ],
+  );
+  t.same(listed.nodes.map((n) => n.ip), [`198.18.${base}.1`, `198.18.${base}.2`]);
+  const text = nodemesh(['lab', 'list', '--name', name]);
+  t.match(text.stdout, new RegExp(`n2-p1 +pod +${name}-n2 +198\\.18\\.${base + 2}\\.1 +/run/netns/nm-${name}-n2-p1 `));
+
+  // exec: netns, cgroup, exit code.
+  const inPod = await labRun(lab, 'n2-p1', ['sh', '-c', 'ip -o -4 addr show dev eth0; cat /proc/self/cgroup; exit 7']);
+  t.equal(inPod.code, 7, 'the exit code is passed through');
+  t.match(inPod.stdout, new RegExp(`inet 198\\.18\\.${base + 2}\\.1/24`), 'runs in the pod netns');
+  t.match(inPod.stdout, new RegExp(`0::/nodemesh-lab/${name}-n2/p1\\n`), 'runs in the pod cgroup');
+  const viaCli = spawnSync(process.execPath, [BIN, 'lab', 'exec', '--name', name, 'n1-p2', '--', 'sh', '-c', 'exit 3'], { encoding: 'utf8' });
+  t.equal(viaCli.status, 3, '`nodemesh lab exec` passes the exit code through');
+  const unknown = nodemesh(['lab', 'exec', '--name', name, 'n9-p9', '--', 'true']);
+  t.equal(unknown.code, 1);
+  t.match(unknown.stderr, /has no pod or node "n9-p9": pods are n1-p1, n1-p2, n2-p1, n2-p2/);
+
+  // Pods on different nodes reach each other through their nodes.
+  const server = spawn('nsenter', [`--net=/run/netns/nm-${name}-n2-p2`, process.execPath, '-e', "require('net').createServer(s=>s.end('pong')).listen(7000,()=>console.log('up'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => server.kill('SIGKILL'));
+  await new Promise((r) => server.stdout.once('data', r));
+  const ping = await labRun(lab, 'n1-p1', [process.execPath, '-e', `require('net').connect(7000,'198.18.${base + 2}.2').on('data',d=>console.log(String(d)))`]);
+  t.equal(ping.stdout.trim(), 'pong', 'n1-p1 reaches n2-p2 across nodes');
+
+  // Nothing routes outside the lab: no default route on a node (route lookups only; no packet is sent).
+  const route = spawnSync('ip', ['-n', `nm-${name}-n1`, 'route', 'get', '192.0.2.1'], { encoding: 'utf8' });
+  t.not(route.status, 0);
+  t.match(route.stderr, /unreachable/i, 'a node has no route out of the lab');
+  t.notMatch(execFileSync('ip', ['-n', `nm-${name}-n1`, 'route'], { encoding: 'utf8' }), /default/);
+
+  // up over an existing lab: refused, nothing changed.
+  const again = nodemesh(['lab', 'up', '--name', name]);
+  t.equal(again.code, 1);
+  t.match(again.stderr, new RegExp(`lab ${name} already exists \\(2 nodes, 4 pods\\): use it, or remove it with \`nodemesh lab down --name ${name}\``));
+  t.same(readLab(name)?.slot, listed.slot);
+
+  server.kill('SIGKILL');
+  const down = nodemesh(['lab', 'down', '--name', name]);
+  t.equal(down.code, 0, down.stderr);
+  t.same(leftovers(name), [], 'down leaves nothing');
+  const twice = nodemesh(['lab', 'down', '--name', name]);
+  t.equal(twice.code, 0);
+  t.match(twice.stdout, /nothing to remove/);
+});
+
+bpfTest(t, 'two labs at once take different slots', async (t) => {
+  const [a, b] = await Promise.all([testLab(t, 1, 1), testLab(t, 1, 1)]);
+  t.not(a.slot, b.slot);
+  t.not(a.nodes[0]!.ip, b.nodes[0]!.ip);
+  t.not(a.pods[0]!.ip, b.pods[0]!.ip);
+});
+
+bpfTest(t, 'a failed up removes what it made', async (t) => {
+  const name = labName();
+  onCleanupAsync(t, () => labDown(name), () => void spawnSync(process.execPath, [BIN, 'lab', 'down', '--name', name]));
+  // A namespace in the way of the second pod makes `ip netns add` fail half way.
+  execFileSync('ip', ['netns', 'add', `nm-${name}-n1-p2`]);
+  await t.rejects(labUp({ name, nodes: 2, podsPerNode: 2 }), {
+    code: 'NM_ERR_LAB_STEP',
+    message: new RegExp(`\`ip netns add nm-${name}-n1-p2\` failed: .*; lab up ${name} removed everything it had made`),
+  });
+  t.same(leftovers(name), [], 'nothing of the lab is left');
+});
+
+bpfTest(t, 'down after `lab up` was killed half way leaves nothing', async (t) => {
+  const name = labName();
+  onCleanupAsync(t, () => labDown(name), () => void spawnSync(process.execPath, [BIN, 'lab', 'down', '--name', name]));
+  const child = spawn(process.execPath, [BIN, 'lab', 'up', '--name', name, '--nodes', '3', '--pods-per-node', '8'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  await new Promise<void>((resolve) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (/pod +n1-p2/.test(out)) resolve();
+    });
+    child.once('exit', () => resolve());
+  });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  t.notMatch(out, /is up/, 'killed before it finished');
+  t.not(leftovers(name).length, 0, 'it had made something');
+  const down = nodemesh(['lab', 'down', '--name', name]);
+  t.equal(down.code, 0, down.stderr);
+  t.same(leftovers(name), [], 'down swept it all');
+});
+
+bpfTest(t, 'down removes data path pins and processes left in the lab', async (t) => {
+  const lab = await testLab(t, 1, 1);
+  const n1 = lab.nodes[0]!;
+  spawnSync(process.execPath, [BIN, 'datapath', 'install', '--node', n1.name, '--cgroup', n1.cgroup, '--proxy-ip', n1.ip]);
+  t.ok(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`));
+  const sleeper = spawn(process.execPath, [BIN, 'lab', 'exec', '--name', lab.name, 'n1-p1', '--', 'sleep', '600'], { stdio: 'ignore' });
+  t.teardown(() => sleeper.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 300));
+  const down = nodemesh(['lab', 'down', '--name', lab.name]);
+  t.equal(down.code, 0, down.stderr);
+  t.same(leftovers(lab.name), []);
+  t.equal(execFileSync('bpftool', ['-j', 'cgroup', 'show', findCgroup2Mount()!], { encoding: 'utf8' }).includes('nm_connect4'), false);
+});
