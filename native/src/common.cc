@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common.h"
 
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdarg>
@@ -151,6 +153,39 @@ std::string FdKind(int fd) {
     if (line.rfind("link_type:", 0) == 0) return "link";
   }
   return "";
+}
+
+int OpenPinnedFd(Napi::Env env, const std::string& path, const char* kind, const char* op) {
+  int fd = bpf_obj_get(path.c_str());
+  if (fd < 0) {
+    ThrowBpf(env, op, errno, std::string("open pinned ") + kind + " " + path);
+    return -1;
+  }
+  std::string got = FdKind(fd);
+  if (got != kind) {
+    close(fd);
+    ThrowBpf(env, op, EINVAL, path + " is a pinned " + (got.empty() ? "object" : got) + ", not a " + kind);
+    return -1;
+  }
+  return fd;
+}
+
+bool PinFd(Napi::Env env, int fd, const std::string& path, const char* op, const std::string& what,
+           std::string* pin_path) {
+  if (bpf_obj_pin(fd, path.c_str()) != 0) {
+    ThrowBpf(env, op, errno, "pin " + what + " at " + path);
+    return false;
+  }
+  *pin_path = path;
+  return true;
+}
+
+Napi::Value UnpinPath(Napi::Env env, std::string* pin_path, const char* op, const std::string& what) {
+  if (pin_path->empty()) return Napi::Boolean::New(env, false);
+  if (unlink(pin_path->c_str()) != 0 && errno != ENOENT)
+    return ThrowBpf(env, op, errno, "unpin " + what + " at " + *pin_path);
+  pin_path->clear();
+  return Napi::Boolean::New(env, true);
 }
 
 }  // namespace nodemesh

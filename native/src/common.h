@@ -52,6 +52,18 @@ bool ArgU32(const Napi::CallbackInfo& info, size_t i, const char* op,
 // "link" or "" when it is not a BPF object.
 std::string FdKind(int fd);
 
+// Pins ------------------------------------------------------------------------------
+
+// Opens what is pinned at `path`, which must be a `kind` ("map", "link").
+// Returns the fd, or -1 after throwing.
+int OpenPinnedFd(Napi::Env env, const std::string& path, const char* kind, const char* op);
+// Pins fd at path and records it in *pin_path. False after throwing.
+bool PinFd(Napi::Env env, int fd, const std::string& path, const char* op, const std::string& what,
+           std::string* pin_path);
+// Removes the pin at *pin_path (if any) and clears it. Returns whether there was
+// one; undefined after throwing.
+Napi::Value UnpinPath(Napi::Env env, std::string* pin_path, const char* op, const std::string& what);
+
 // Ownership ---------------------------------------------------------------------
 
 // Registers an env cleanup hook for one owner of kernel objects and removes it

@@ -68,14 +68,8 @@ class Link : public Napi::ObjectWrap<Link> {
     Napi::Env env = info.Env();
     std::string path;
     if (!ArgString(info, 0, "link_open", "pin path", &path)) return env.Undefined();
-    int fd = bpf_obj_get(path.c_str());
-    if (fd < 0) return ThrowBpf(env, "link_open", errno, "open pinned link " + path);
-    std::string kind = FdKind(fd);
-    if (kind != "link") {
-      close(fd);
-      return ThrowBpf(env, "link_open", EINVAL, path + " is a pinned " + (kind.empty() ? "object" : kind) + ", not a link");
-    }
-    return NewLink(env, fd, path);
+    int fd = OpenPinnedFd(env, path, "link", "link_open");
+    return fd < 0 ? env.Undefined() : NewLink(env, fd, path);
   }
 
   Napi::Value Closed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
@@ -118,19 +112,12 @@ class Link : public Napi::ObjectWrap<Link> {
     std::string path;
     if (!ArgString(info, 0, "link_pin", "pin path", &path)) return env.Undefined();
     int fd = Fd(env, "link_pin");
-    if (fd < 0) return env.Undefined();
-    if (bpf_obj_pin(fd, path.c_str()) != 0) return ThrowBpf(env, "link_pin", errno, "pin link at " + path);
-    pin_path_ = path;
+    if (fd >= 0) PinFd(env, fd, path, "link_pin", "link", &pin_path_);
     return env.Undefined();
   }
 
   Napi::Value Unpin(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (pin_path_.empty()) return Napi::Boolean::New(env, false);
-    if (unlink(pin_path_.c_str()) != 0 && errno != ENOENT)
-      return ThrowBpf(env, "link_unpin", errno, "unpin link at " + pin_path_);
-    pin_path_.clear();
-    return Napi::Boolean::New(env, true);
+    return UnpinPath(info.Env(), &pin_path_, "link_unpin", "link");
   }
 
   // update(object, programName): swaps the link's program atomically.

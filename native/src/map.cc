@@ -124,14 +124,8 @@ class Map : public Napi::ObjectWrap<Map> {
     Napi::Env env = info.Env();
     std::string path;
     if (!ArgString(info, 0, "map_open", "pin path", &path)) return env.Undefined();
-    int fd = bpf_obj_get(path.c_str());
-    if (fd < 0) return ThrowBpf(env, "map_open", errno, "open pinned map " + path);
-    std::string kind = FdKind(fd);
-    if (kind != "map") {
-      close(fd);
-      return ThrowBpf(env, "map_open", EINVAL, path + " is a pinned " + (kind.empty() ? "object" : kind) + ", not a map");
-    }
-    return NewMap(env, fd, path);
+    int fd = OpenPinnedFd(env, path, "map", "map_open");
+    return fd < 0 ? env.Undefined() : NewMap(env, fd, path);
   }
 
   Napi::Value Closed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
@@ -403,20 +397,13 @@ class Map : public Napi::ObjectWrap<Map> {
     std::string path;
     if (!ArgString(info, 0, "map_pin", "pin path", &path)) return env.Undefined();
     int fd = Fd(env, "map_pin");
-    if (fd < 0) return env.Undefined();
-    if (bpf_obj_pin(fd, path.c_str()) != 0) return ThrowBpf(env, "map_pin", errno, "pin map " + Name() + " at " + path);
-    pin_path_ = path;
+    if (fd >= 0) PinFd(env, fd, path, "map_pin", "map " + Name(), &pin_path_);
     return env.Undefined();
   }
 
   // unpin(): removes the pin this map was opened from or pinned at.
   Napi::Value Unpin(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (pin_path_.empty()) return Napi::Boolean::New(env, false);
-    if (unlink(pin_path_.c_str()) != 0 && errno != ENOENT)
-      return ThrowBpf(env, "map_unpin", errno, "unpin map " + Name() + " at " + pin_path_);
-    pin_path_.clear();
-    return Napi::Boolean::New(env, true);
+    return UnpinPath(info.Env(), &pin_path_, "map_unpin", "map " + Name());
   }
 
   int fd_ = -1;

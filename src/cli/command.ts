@@ -101,3 +101,25 @@ export async function dispatch(c: Command, argv: string[], io: Io, prefix = 'nod
   if (!c.run) throw new UsageError(`${join(prefix, c.name)} needs a subcommand`);
   return c.run(parsed.values as Record<string, unknown>, parsed.positionals, io);
 }
+
+/**
+ * Runs `fn` with an AbortSignal that SIGINT or SIGTERM aborts, so long
+ * commands (lab up, demo) can stop between steps and clean up.
+ */
+export async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await fn(abort.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/** Resolves at the first SIGINT or SIGTERM (for commands that serve until stopped). */
+export function termination(): Promise<void> {
+  return untilSignal((signal) => new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true })));
+}

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 
 import { findCgroup2Mount } from '../bpf';
 import { Datapath, DEFAULT_PIN_BASE } from '../node-proxy/datapath';
+import { killPids, removeCgroupTree } from './cgroup';
 import { LabError } from './errors';
 import { checkLabName, MAX_SLOTS, planLab, type LabPlan, type NodePlan, type PodPlan } from './naming';
 
@@ -196,46 +197,6 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
       throw new LabError(err.code, `${err.message}; lab up ${opts.name} removed everything it had made`, { cause: err });
     }
     throw err;
-  }
-}
-
-function killPids(pids: Iterable<string>): void {
-  for (const pid of pids) {
-    try {
-      process.kill(Number(pid), 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
-
-function removeCgroupTree(dir: string, root: string): void {
-  if (!fs.existsSync(dir)) return;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) removeCgroupTree(path.join(dir, e.name), root);
-  try {
-    const pids = fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
-    for (const pid of pids) {
-      try {
-        fs.writeFileSync(path.join(root, 'cgroup.procs'), pid);
-      } catch {
-        // exited meanwhile
-      }
-    }
-    killPids(pids);
-  } catch {
-    // not a cgroup any more
-  }
-  // A task that has just exited can hold the cgroup for a moment.
-  for (let i = 0; ; i++) {
-    try {
-      fs.rmdirSync(dir);
-      return;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return;
-      if (code !== 'EBUSY' || i >= 300) throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-    }
   }
 }
 

@@ -5,23 +5,15 @@ import * as path from 'node:path';
 
 import { t } from 'tap';
 
-import { BpfError, loadObject, openObject } from '../../src/bpf';
+import { loadObject, openObject } from '../../src/bpf';
 import { bpfObjectPath } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
+import { thrown } from '../helpers/errors';
 import { fixture, runNode } from '../helpers/child';
 import { tempCgroup, tempPinDir } from '../helpers/scratch';
 
 const SELFTEST = bpfObjectPath('selftest');
 
-function thrown(fn: () => unknown): BpfError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof BpfError) return err;
-    throw err;
-  }
-  throw new Error('expected a BpfError');
-}
 
 t.test('a missing object file says how to build it', async (t) => {
   const e = thrown(() => loadObject('/nonexistent/thing.bpf.o'));

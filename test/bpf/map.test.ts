@@ -3,23 +3,15 @@ import * as path from 'node:path';
 
 import { t } from 'tap';
 
-import { abi, BpfError, BpfMap, loadObject, scalar } from '../../src/bpf';
+import { abi, BpfMap, loadObject, scalar } from '../../src/bpf';
 import { bpfObjectPath } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
+import { thrown } from '../helpers/errors';
 import { tempCgroup, tempPinDir } from '../helpers/scratch';
 
 const SELFTEST = bpfObjectPath('selftest');
 const codecs = { key: abi.SelftestKey, value: abi.SelftestCount };
 
-function thrown(fn: () => unknown): BpfError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof BpfError) return err;
-    throw err;
-  }
-  throw new Error('expected a BpfError');
-}
 
 bpfTest(t, 'hash map: get, set with flags, delete, iterate, batches, full', async (t) => {
   const obj = loadObject(SELFTEST);

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import type { Test } from 'tap';
 
 import { findCgroup2Mount } from '../../src/bpf';
+import { removeCgroupTree } from '../../src/lab/cgroup';
 
 const pending = new Set<() => void>();
 
@@ -68,42 +69,13 @@ export function scratchName(kind: string): string {
   return `nodemesh-test-${kind}-${process.pid}-${randomBytes(3).toString('hex')}`;
 }
 
-/** Removes a cgroup directory after moving any process left in it to the root cgroup. */
-export function removeCgroup(dir: string): void {
-  if (!fs.existsSync(dir)) return;
-  const root = findCgroup2Mount();
-  try {
-    const pids = fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
-    for (const pid of pids) {
-      try {
-        if (root) fs.writeFileSync(path.join(root, 'cgroup.procs'), pid);
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  } catch {
-    // no procs file: not a cgroup
-  }
-  // A task that just exited may still pin the cgroup for a moment: retry.
-  for (let i = 0; ; i++) {
-    try {
-      fs.rmdirSync(dir);
-      return;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i >= 200) throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-    }
-  }
-}
-
 /** A fresh cgroup v2 directory under the cgroup2 mount. */
 export function tempCgroup(t: Test): string {
   const root = findCgroup2Mount();
   if (!root) throw new Error('cgroup v2 is not mounted');
   const dir = path.join(root, scratchName('cg'));
   fs.mkdirSync(dir);
-  onCleanup(t, () => removeCgroup(dir));
+  onCleanup(t, () => removeCgroupTree(dir, root));
   return dir;
 }
 

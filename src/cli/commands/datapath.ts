@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 
 import { Datapath, DEFAULT_PROXY_PORT, type Origin } from '../../node-proxy/datapath';
-import { defineCommand, EXIT, type Command, type Io } from '../command';
+import { defineCommand, EXIT, termination, type Command, type Io } from '../command';
 import { intFlag, requiredFlag, toJson } from '../output';
 
 const install = defineCommand({
@@ -48,6 +48,16 @@ const install = defineCommand({
   },
 });
 
+/** Opens the node's installed data path for one command, and closes it after. */
+async function withDatapath<T>(cmd: string, node: unknown, fn: (dp: Datapath) => Promise<T>): Promise<T> {
+  const dp = Datapath.open(requiredFlag(cmd, 'node', node));
+  try {
+    return await fn(dp);
+  } finally {
+    dp.close();
+  }
+}
+
 const enrollOptions = {
   node: { type: 'string' },
   netns: { type: 'string' },
@@ -62,14 +72,12 @@ const enroll = defineCommand({
   optionHelp: { node: 'node name (required)', netns: "the pod's netns file, e.g. /run/netns/NAME (required)", index: "the proxy's index of this workload" },
   async run(values, _p, io) {
     const cmd = 'nodemesh datapath enroll';
-    const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));
-    try {
-      const netns = requiredFlag(cmd, 'netns', values.netns);
-      const cookie = await dp.enroll(netns, { index: intFlag(cmd, 'index', values.index, 0, 2 ** 32 - 1) });
+    const netns = requiredFlag(cmd, 'netns', values.netns);
+    const index = intFlag(cmd, 'index', values.index, 0, 2 ** 32 - 1);
+    await withDatapath(cmd, values.node, async (dp) => {
+      const cookie = await dp.enroll(netns, { index });
       io.out(`enrolled ${netns} (netns cookie ${cookie}) on ${dp.node}\n`);
-    } finally {
-      dp.close();
-    }
+    });
     return EXIT.ok;
   },
 });
@@ -82,13 +90,10 @@ const unenroll = defineCommand({
   optionHelp: { node: 'node name (required)', netns: "the pod's netns file (required)" },
   async run(values, _p, io) {
     const cmd = 'nodemesh datapath unenroll';
-    const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));
-    try {
-      const netns = requiredFlag(cmd, 'netns', values.netns);
+    const netns = requiredFlag(cmd, 'netns', values.netns);
+    await withDatapath(cmd, values.node, async (dp) => {
       io.out((await dp.unenroll(netns)) ? `unenrolled ${netns} from ${dp.node}\n` : `${netns} was not enrolled on ${dp.node}\n`);
-    } finally {
-      dp.close();
-    }
+    });
     return EXIT.ok;
   },
 });
@@ -144,10 +149,7 @@ const echo = defineCommand({
     // Ready while something listens; not ready (fail open or closed) after.
     dp.setReady(true);
     io.out(`listening on ${values.listen as string}:${port} for ${dp.node}\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-    });
+    await termination();
     dp.setReady(false);
     server.close();
     dp.close();

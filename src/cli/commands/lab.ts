@@ -1,5 +1,5 @@
 import { findTarget, labDown, labExec, labUp, listLabs, readLab, runDemo, LabError, type LabState } from '../../lab';
-import { defineCommand, EXIT, UsageError, type Command } from '../command';
+import { defineCommand, EXIT, untilSignal, UsageError, type Command } from '../command';
 import { intFlag, outputFormat, table, toJson } from '../output';
 
 const DEFAULT_NAME = 'lab';
@@ -27,18 +27,9 @@ const up = defineCommand({
   async run(values, _p, io) {
     const nodes = intFlag('nodemesh lab up', 'nodes', values.nodes, 1, 15);
     const podsPerNode = intFlag('nodemesh lab up', 'pods-per-node', values['pods-per-node'], 0, 253);
-    const abort = new AbortController();
-    const onSignal = (): void => abort.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    try {
-      const lab = await labUp({ name: values.name as string, nodes, podsPerNode, signal: abort.signal, log: (l) => io.out(l + '\n') });
-      io.out(`lab ${lab.name} is up: \`nodemesh lab list --name ${lab.name}\`, \`nodemesh lab exec --name ${lab.name} ${lab.pods[0]?.name ?? 'n1'} -- CMD\`, \`nodemesh lab down --name ${lab.name}\`\n`);
-      return EXIT.ok;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+    const lab = await untilSignal((signal) => labUp({ name: values.name as string, nodes, podsPerNode, signal, log: (l) => io.out(l + '\n') }));
+    io.out(`lab ${lab.name} is up: \`nodemesh lab list --name ${lab.name}\`, \`nodemesh lab exec --name ${lab.name} ${lab.pods[0]?.name ?? 'n1'} -- CMD\`, \`nodemesh lab down --name ${lab.name}\`\n`);
+    return EXIT.ok;
   },
 });
 
@@ -110,16 +101,7 @@ const demo = defineCommand({
   options: { name: { type: 'string', default: 'demo' } },
   optionHelp: { name: 'lab name for the demo' },
   async run(values, _p, io) {
-    const abort = new AbortController();
-    const onSignal = (): void => abort.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    try {
-      await runDemo({ name: values.name as string, out: (l) => io.out(l + '\n'), signal: abort.signal });
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+    await untilSignal((signal) => runDemo({ name: values.name as string, out: (l) => io.out(l + '\n'), signal }));
     return EXIT.ok;
   },
 });

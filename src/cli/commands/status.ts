@@ -1,11 +1,12 @@
-import { probeFeatures } from '../../bpf';
+import { probeFeatures, type FeatureReport } from '../../bpf';
 import { Datapath, DatapathError, type DatapathStatus } from '../../node-proxy/datapath';
 import { defineCommand, EXIT } from '../command';
 import { outputFormat, requiredFlag, table, toJson } from '../output';
 
-export function formatStatus(s: DatapathStatus): string {
+export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   const out: string[] = [];
   const c = s.config;
+  out.push(`kernel    ${f.kernel}, libbpf ${f.libbpf ?? '-'}, BPF ${f.usable ? 'usable' : 'NOT usable'}, cgroup2 ${f.cgroup2 ?? '-'}, bpffs ${f.bpffs ?? '-'}`);
   out.push(`node      ${s.node}`);
   out.push(`cgroup    ${s.cgroup ?? 'unknown (no install record)'}`);
   out.push(`pins      ${s.pinDir}`);
@@ -55,7 +56,7 @@ export const statusCommand = defineCommand({
     }
     try {
       const status = dp.status();
-      io.out(format === 'json' ? toJson({ ...status, installed: true, features }) : formatStatus(status));
+      io.out(format === 'json' ? toJson({ ...status, installed: true, features }) : formatStatus(status, features));
     } finally {
       dp.close();
     }
