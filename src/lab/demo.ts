@@ -46,7 +46,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     out('');
     out('== 2. the data path on each node: eBPF on the pods cgroup, pinned; pods enrolled by netns');
     for (const node of lab.nodes) {
-      const dp = Datapath.install({ node: node.name, cgroup: node.cgroup, proxyIp: node.ip });
+      const dp = Datapath.install({ node: node.name, cgroup: node.cgroup, proxyIp: node.ip, proxyIp6: node.ip6 });
       datapaths.push(dp);
       for (const [i, pod] of lab.pods.filter((p) => p.node === node.name).entries()) {
         const cookie = await dp.enroll(`/run/netns/${pod.netns}`, { index: i + 1 });

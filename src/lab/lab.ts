@@ -112,14 +112,19 @@ async function buildNode(plan: LabPlan, node: NodePlan): Promise<void> {
   await ip(['link', 'set', node.hostIf, 'master', plan.bridge, 'up']);
   await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
   await ip(['-n', ns, 'addr', 'add', `${node.ip}/24`, 'dev', 'eth0']);
+  // nodad: usable at once, no duplicate address detection wait.
+  await ip(['-n', ns, 'addr', 'add', `${node.ip6}/64`, 'dev', 'eth0', 'nodad']);
   await ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
   await ip(['-n', ns, 'link', 'add', 'cbr0', 'type', 'bridge']);
   await ip(['-n', ns, 'addr', 'add', `${node.podGateway}/24`, 'dev', 'cbr0']);
+  await ip(['-n', ns, 'addr', 'add', `${node.podGateway6}/64`, 'dev', 'cbr0', 'nodad']);
   await ip(['-n', ns, 'link', 'set', 'cbr0', 'up']);
-  // Forward between the pods' bridge and the node link (per-netns sysctl).
-  await ip(['netns', 'exec', ns, 'sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']);
+  // Forward between the pods' bridge and the node link (per-netns sysctls).
+  await ip(['netns', 'exec', ns, 'sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding']);
   for (const other of plan.nodes) {
-    if (other.index !== node.index) await ip(['-n', ns, 'route', 'add', other.podSubnet, 'via', other.ip]);
+    if (other.index === node.index) continue;
+    await ip(['-n', ns, 'route', 'add', other.podSubnet, 'via', other.ip]);
+    await ip(['-n', ns, '-6', 'route', 'add', other.podSubnet6, 'via', other.ip6]);
   }
   fs.mkdirSync(node.cgroup, { recursive: true });
 }
@@ -131,8 +136,10 @@ async function buildPod(plan: LabPlan, pod: PodPlan): Promise<void> {
   await ip(['-n', node.netns, 'link', 'set', pod.nodeIf, 'master', 'cbr0', 'up']);
   await ip(['-n', pod.netns, 'link', 'set', 'lo', 'up']);
   await ip(['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0']);
+  await ip(['-n', pod.netns, 'addr', 'add', `${pod.ip6}/64`, 'dev', 'eth0', 'nodad']);
   await ip(['-n', pod.netns, 'link', 'set', 'eth0', 'up']);
   await ip(['-n', pod.netns, 'route', 'add', 'default', 'via', node.podGateway]);
+  await ip(['-n', pod.netns, '-6', 'route', 'add', 'default', 'via', node.podGateway6]);
   fs.mkdirSync(pod.cgroup, { recursive: true });
 }
 
@@ -177,6 +184,7 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
     // Bridged lab traffic must not meet the host's iptables (br_netfilter).
     await ipQuiet(['link', 'set', plan.bridge, 'type', 'bridge', 'nf_call_iptables', '0', 'nf_call_ip6tables', '0', 'nf_call_arptables', '0']);
     await ip(['addr', 'add', `${plan.bridgeIp}/24`, 'dev', plan.bridge]);
+    await ip(['addr', 'add', `${plan.bridgeIp6}/64`, 'dev', plan.bridge, 'nodad']);
     await ip(['link', 'set', plan.bridge, 'up']);
     fs.mkdirSync(plan.cgroupRoot, { recursive: true });
     for (const node of plan.nodes) {

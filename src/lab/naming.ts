@@ -7,6 +7,8 @@
  *   node n (1..15)               netns nm-<lab>-n<n>, eth0 198.18.<16k>.<n>/24
  *   node n's pod bridge          cbr0 in the node   198.18.<16k+n>.254/24
  *   pod p (1..253) of node n     netns nm-<lab>-n<n>-p<p>, eth0 198.18.<16k+n>.<p>/24
+ * IPv6 mirrors IPv4 inside the benchmarking range 2001:2::/48 (RFC 5180):
+ * 198.18.X.Y is also 2001:2:0:X::Y (X and Y written as they read in decimal).
  * Interface names stay within 15 characters: lab names are 1-8 characters.
  */
 import { LabError } from './errors';
@@ -17,6 +19,13 @@ export const MAX_PODS = 253;
 export const LAB_NAME_RE = /^[a-z][a-z0-9]{0,7}$/;
 /** Service VIPs: never routed, only redirected, so every lab may share them. */
 export const VIP_RANGE = '198.19.0.0/16';
+export const VIP_RANGE6 = '2001:2:0:ffff::/64';
+
+/** The IPv6 twin of a lab IPv4 address 198.18.X.Y: 2001:2:0:X::Y. */
+export function ip6Of(ip4: string): string {
+  const [, , x, y] = ip4.split('.');
+  return `2001:2:0:${x}::${y}`;
+}
 
 export interface NodePlan {
   /** Node name, unique on the host: <lab>-n<n>. */
@@ -25,10 +34,13 @@ export interface NodePlan {
   netns: string;
   /** The node's address on the lab bridge: its proxy listens here. */
   ip: string;
+  ip6: string;
   /** The host-side veth on the lab bridge. */
   hostIf: string;
   podSubnet: string;
+  podSubnet6: string;
   podGateway: string;
+  podGateway6: string;
   cgroup: string;
 }
 
@@ -40,6 +52,7 @@ export interface PodPlan {
   index: number;
   netns: string;
   ip: string;
+  ip6: string;
   /** The pod's veth in its node's netns (pod side is eth0). */
   nodeIf: string;
   cgroup: string;
@@ -50,6 +63,7 @@ export interface LabPlan {
   slot: number;
   bridge: string;
   bridgeIp: string;
+  bridgeIp6: string;
   nodeSubnet: string;
   cgroupRoot: string;
   nodes: NodePlan[];
@@ -75,6 +89,7 @@ export function planLab(name: string, slot: number, nodes: number, podsPerNode: 
     slot,
     bridge: `nm-${name}-br`,
     bridgeIp: `198.18.${base}.254`,
+    bridgeIp6: ip6Of(`198.18.${base}.254`),
     nodeSubnet: `198.18.${base}.0/24`,
     cgroupRoot,
     nodes: [],
@@ -87,9 +102,12 @@ export function planLab(name: string, slot: number, nodes: number, podsPerNode: 
       index: n,
       netns: `nm-${nodeName}`,
       ip: `198.18.${base}.${n}`,
+      ip6: ip6Of(`198.18.${base}.${n}`),
       hostIf: `nm-${nodeName}`,
       podSubnet: `198.18.${base + n}.0/24`,
+      podSubnet6: `2001:2:0:${base + n}::/64`,
       podGateway: `198.18.${base + n}.254`,
+      podGateway6: ip6Of(`198.18.${base + n}.254`),
       cgroup: `${cgroupRoot}/${nodeName}`,
     });
     for (let p = 1; p <= podsPerNode; p++) {
@@ -100,6 +118,7 @@ export function planLab(name: string, slot: number, nodes: number, podsPerNode: 
         index: p,
         netns: `nm-${nodeName}-p${p}`,
         ip: `198.18.${base + n}.${p}`,
+        ip6: ip6Of(`198.18.${base + n}.${p}`),
         nodeIf: `p${p}`,
         cgroup: `${cgroupRoot}/${nodeName}/p${p}`,
       });

@@ -74,6 +74,8 @@ bpfTest(t, 'up, list, exec, down', async (t) => {
   await new Promise((r) => server.stdout.once('data', r));
   const ping = await labRun(lab, 'n1-p1', [process.execPath, '-e', `require('net').connect(7000,'198.18.${base + 2}.2').on('data',d=>console.log(String(d)))`]);
   t.equal(ping.stdout.trim(), 'pong', 'n1-p1 reaches n2-p2 across nodes');
+  const ping6 = await labRun(lab, 'n1-p1', [process.execPath, '-e', `require('net').connect(7000,'2001:2:0:${base + 2}::2').on('data',d=>console.log(String(d)))`]);
+  t.equal(ping6.stdout.trim(), 'pong', 'and over IPv6');
 
   // Nothing routes outside the lab: no default route on a node (route lookups only; no packet is sent).
   const route = spawnSync('ip', ['-n', `nm-${name}-n1`, 'route', 'get', '192.0.2.1'], { encoding: 'utf8' });

@@ -24,6 +24,9 @@ t.test('slots, nodes and pods get the documented addresses and names', async (t)
   for (const n of last.nodes) t.ok(n.hostIf.length <= 15, `${n.hostIf} fits in 15 characters`);
   t.ok(last.bridge.length <= 15);
   t.equal(last.pods.at(-1)!.ip, '198.18.255.253', 'the last slot ends inside 198.18.0.0/16');
+  t.equal(last.pods.at(-1)!.ip6, '2001:2:0:255::253', 'IPv6 mirrors IPv4 inside 2001:2::/48');
+  t.equal(last.nodes[1]!.ip6, '2001:2:0:240::2');
+  t.equal(last.nodes[1]!.podGateway6, '2001:2:0:242::254');
   t.equal(last.nodes[0]!.cgroup, '/sys/fs/cgroup/unified/nodemesh-lab/abcdefgh-n1');
   t.equal(last.pods[0]!.cgroup, '/sys/fs/cgroup/unified/nodemesh-lab/abcdefgh-n1/p1');
 });

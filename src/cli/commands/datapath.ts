@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 
-import { Datapath, DEFAULT_PROXY_PORT, type Origin } from '../../node-proxy/datapath';
+import { Datapath, DEFAULT_PROXY_PORT, plainIp, type Origin } from '../../node-proxy/datapath';
 import { defineCommand, EXIT, termination, type Command, type Io } from '../command';
 import { intFlag, requiredFlag, toJson } from '../output';
 
@@ -118,7 +118,7 @@ export function echoOrigins(dp: Datapath, server: net.Server, io: Io): void {
   server.on('connection', (sock) => {
     sock.on('error', () => {});
     const origin: Origin | undefined = dp.originOf(sock);
-    const line = toJson({ peer: `${sock.remoteAddress}:${sock.remotePort}`, origin: origin ?? null }).replace(/\n\s*/g, ' ');
+    const line = toJson({ peer: `${plainIp(sock.remoteAddress ?? '')}:${sock.remotePort}`, origin: origin ?? null }).replace(/\n\s*/g, ' ');
     io.out(line.trim() + '\n');
     sock.end(line.trim() + '\n');
   });
@@ -127,7 +127,7 @@ export function echoOrigins(dp: Datapath, server: net.Server, io: Io): void {
 const echo = defineCommand({
   name: 'echo',
   summary: 'Stand in for the proxy: answer each redirected connection with its origin',
-  usage: 'datapath echo --node N [--listen 0.0.0.0] [--port 15001]',
+  usage: 'datapath echo --node N [--listen ::] [--port 15001]',
   description:
     "Listens on the proxy port (run it where the proxy would run: in a lab, `nodemesh lab exec\n" +
     'n1 -- nodemesh datapath echo --node <lab>-n1`) and writes back, as one JSON line, the\n' +
@@ -135,10 +135,10 @@ const echo = defineCommand({
     'path ready while it listens.',
   options: {
     node: { type: 'string' },
-    listen: { type: 'string', default: '0.0.0.0' },
+    listen: { type: 'string', default: '::' },
     port: { type: 'string', default: String(DEFAULT_PROXY_PORT) },
   },
-  optionHelp: { node: 'node name (required)', listen: 'address to listen on', port: 'port to listen on' },
+  optionHelp: { node: 'node name (required)', listen: 'address to listen on (:: takes IPv4 too)', port: 'port to listen on' },
   async run(values, _p, io) {
     const cmd = 'nodemesh datapath echo';
     const dp = Datapath.open(requiredFlag(cmd, 'node', values.node));

@@ -153,7 +153,7 @@ function toOrigin(o: ReturnType<typeof abi.Origin.decode>): Origin {
 }
 
 /** Strips the ::ffff: of an IPv4 peer seen on a dual-stack socket. */
-function plainIp(ip: string): string {
+export function plainIp(ip: string): string {
   return ip.startsWith('::ffff:') && net.isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
 }
 

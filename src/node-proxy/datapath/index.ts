@@ -5,6 +5,7 @@ export {
   DEFAULT_PROXY_PORT,
   DEFAULT_STATE_DIR,
   parseCidr,
+  plainIp,
   type DatapathConfig,
   type DatapathStatus,
   type FlowRecord,

@@ -59,7 +59,7 @@ bpfTest(t, 'the data path in a lab', async (t) => {
   const lab = await testLab(t, 2, 2);
   const n1 = lab.nodes[0]!;
   const [p1, p2] = lab.pods.filter((p) => p.node === n1.name);
-  const dp = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip });
+  const dp = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip, proxyIp6: n1.ip6 });
   t.teardown(() => dp.uninstall());
   const cookie1 = await dp.enroll(`/run/netns/${p1!.netns}`, { index: 1 });
   const cookie2 = await dp.enroll(`/run/netns/${p2!.netns}`, { index: 2 });
@@ -97,6 +97,19 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     const [ans] = answers(r.results);
     t.match(ans!.origin, { ip: VIP, port: 443, netnsCookie: String(cookie1), family: 6 });
     t.same(delta(before, dp.counters()), { redirected: 1, closed: 1 });
+  });
+
+  await t.test('native IPv6: a pod connecting to an IPv6 VIP reaches the proxy on its IPv6 address', async (t) => {
+    const before = dp.counters();
+    const r = await client(lab, 'n1-p2', '2001:2:0:ffff::10', 80);
+    const [ans] = answers(r.results);
+    t.match(ans!.peer, new RegExp(`^${p2!.ip6}:\\d+$`), 'the proxy sees the pod IPv6 address');
+    t.match(ans!.origin, { ip: '2001:2:0:ffff::10', port: 80, netnsCookie: String(cookie2), pid: r.pid, family: 6 });
+    t.same(delta(before, dp.counters()), { redirected: 1, closed: 1 });
+    dp.excludeCidr('2001:2:0:ffff::/64');
+    t.same(codes((await client(lab, 'n1-p2', '2001:2:0:ffff::10', 80)).results), ['ENETUNREACH'], 'an excluded IPv6 CIDR is not redirected');
+    t.equal(dp.includeCidr('2001:2:0:ffff::/64'), true);
+    t.same(codes((await client(lab, 'n1-p2', '::1', 1)).results), ['ECONNREFUSED'], 'IPv6 loopback stays in the pod');
   });
 
   await t.test('not redirected: unenrolled pod, the node itself, excluded CIDR and port, loopback, UDP', async (t) => {
