@@ -61,7 +61,7 @@ export interface ObjectMeta {
   creationTimestamp?: string;
 }
 
-export interface Resource<K extends KindName = KindName, S = Record<string, unknown>> {
+export interface Resource<K extends KindName = KindName, S = unknown> {
   apiVersion: typeof API_VERSION;
   kind: K;
   metadata: ObjectMeta;
@@ -134,7 +134,7 @@ export interface PeerAuthenticationSpec {
 }
 
 export interface HTTPRouteSpec {
-  parentRefs: { kind?: 'Service'; name: string; namespace?: string; port?: number }[];
+  parentRefs: { group?: '' | 'nodemesh.io'; kind?: 'Service'; name: string; namespace?: string; port?: number }[];
   hostnames?: string[];
   rules: Record<string, unknown>[];
 }

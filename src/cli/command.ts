@@ -73,13 +73,16 @@ export function helpText(c: Command, prefix = 'nodemesh'): string {
 export async function dispatch(c: Command, argv: string[], io: Io, prefix = 'nodemesh'): Promise<number> {
   if (c.subcommands?.length) {
     const [first, ...rest] = argv;
-    if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
-      io.out(helpText(c, prefix));
-      return first === undefined ? EXIT.usage : EXIT.ok;
-    }
     const sub = c.subcommands.find((s) => s.name === first);
-    if (!sub) throw new UsageError(`unknown command "${join(prefix, c.name, first)}": see \`${join(prefix, c.name)} --help\``);
-    return dispatch(sub, rest, io, join(prefix, c.name));
+    if (sub) return dispatch(sub, rest, io, join(prefix, c.name));
+    // A command that also runs by itself (nodemesh controller) parses its own flags.
+    if (!c.run) {
+      if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
+        io.out(helpText(c, prefix));
+        return first === undefined ? EXIT.usage : EXIT.ok;
+      }
+      throw new UsageError(`unknown command "${join(prefix, c.name, first)}": see \`${join(prefix, c.name)} --help\``);
+    }
   }
   let parsed;
   try {

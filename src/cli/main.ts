@@ -1,12 +1,14 @@
 /** The `nodemesh` executable: one binary, kubectl-style subcommands. */
 import { MeshError } from '../errors';
 import { dispatch, EXIT, type Command, type Io } from './command';
+import { controllerCommand } from './commands/controller';
 import { datapathCommand } from './commands/datapath';
 import { labCommand } from './commands/lab';
+import { applyCommand, deleteCommand, getCommand } from './commands/resources';
 import { statusCommand } from './commands/status';
 import { versionCommand } from './commands/version';
 
-export const COMMANDS: Command[] = [labCommand, datapathCommand, statusCommand, versionCommand];
+export const COMMANDS: Command[] = [applyCommand, getCommand, deleteCommand, controllerCommand, labCommand, datapathCommand, statusCommand, versionCommand];
 
 const root: Command = {
   name: '',

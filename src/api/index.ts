@@ -1,0 +1,3 @@
+export * from './kinds';
+export * from './selectors';
+export * from './validate';

@@ -1,0 +1,118 @@
+import { ClientError, ControllerClient, credentialsPath } from '../../controller/client';
+import { DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, startController } from '../../controller/controller';
+import { createLogger } from '../../log';
+import { defineCommand, EXIT, termination, UsageError, type Command } from '../command';
+import { requiredFlag } from '../output';
+
+/** Parses 90s, 15m, 24h, 7d (or plain seconds). */
+export function parseDurationSeconds(flag: string, s: string): number {
+  const m = /^(\d+)(s|m|h|d)?$/.exec(s);
+  if (!m) throw new UsageError(`--${flag} "${s}" must be a duration like 90s, 15m, 24h or 7d`);
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
+}
+
+const credentialsOption = { credentials: { type: 'string' }, controller: { type: 'string' } } as const;
+const credentialsHelp = {
+  credentials: `admin credentials file (default $NODEMESH_CREDENTIALS, else ${DEFAULT_DATA_DIR}/admin.json)`,
+  controller: 'controller address IP:PORT (default: the one in the credentials)',
+};
+
+/** The admin client for a CLI command. */
+export function adminClient(values: Record<string, unknown>): ControllerClient {
+  return ControllerClient.fromCredentials(credentialsPath(values.credentials as string | undefined), { address: values.controller as string | undefined });
+}
+
+/** Runs fn with an admin client; unreachable controller -> exit 2, refused -> exit 1. */
+export async function withAdmin(values: Record<string, unknown>, io: { err: (s: string) => void }, fn: (c: ControllerClient) => Promise<number>): Promise<number> {
+  const client = adminClient(values);
+  try {
+    return await fn(client);
+  } catch (err) {
+    if (err instanceof ClientError) {
+      io.err(`error: ${err.message}\n`);
+      return err.unreachable ? EXIT.unreachable : EXIT.rejected;
+    }
+    throw err;
+  } finally {
+    client.close();
+  }
+}
+
+const tokenCreate = defineCommand({
+  name: 'create',
+  summary: 'Create a bootstrap token a node joins with',
+  usage: 'controller token create --node N [--ttl 24h]',
+  options: { node: { type: 'string' }, ttl: { type: 'string', default: '24h' }, ...credentialsOption },
+  optionHelp: { node: 'the node the token is for (required)', ttl: 'how long it is valid', ...credentialsHelp },
+  async run(values, _p, io) {
+    const node = requiredFlag('nodemesh controller token create', 'node', values.node);
+    const ttl = parseDurationSeconds('ttl', values.ttl as string);
+    return withAdmin(values, io, async (c) => {
+      const t = await c.createToken(node, ttl);
+      io.out(`${t.token}\n`);
+      io.err(`token for node ${node}, valid until ${new Date(t.expiresUnixMs).toISOString()}: nodemesh proxy --node ${node} --controller ${c.address} --token <token>\n`);
+      return EXIT.ok;
+    });
+  },
+});
+
+const token: Command = {
+  name: 'token',
+  summary: 'Bootstrap tokens for nodes',
+  usage: 'controller token <create> [flags]',
+  options: {},
+  optionHelp: {},
+  subcommands: [tokenCreate],
+};
+
+export const controllerCommand = defineCommand({
+  name: 'controller',
+  summary: 'Run the cluster controller (gRPC on 15010, metrics on 15014)',
+  usage: 'controller [--data-dir DIR] [--listen IP:PORT] [--metrics-listen IP:PORT] [--san NAME]...',
+  description:
+    'Keeps the mesh resources in a crash-safe store under --data-dir, signs certificates with its\n' +
+    'CA (made on first start, or --ca-cert/--ca-key), and streams each node its config. On first\n' +
+    'start it writes the admin credential to DIR/admin.json, which the CLI finds by default.\n' +
+    'Also: `nodemesh controller token create --node N`.',
+  options: {
+    'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+    listen: { type: 'string', default: DEFAULT_LISTEN },
+    'metrics-listen': { type: 'string', default: DEFAULT_METRICS_LISTEN },
+    san: { type: 'string', multiple: true },
+    'ca-cert': { type: 'string' },
+    'ca-key': { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'log-level': { type: 'string', default: 'info' },
+  },
+  optionHelp: {
+    'data-dir': 'where the store, the CA and admin.json live',
+    listen: 'gRPC address',
+    'metrics-listen': 'Prometheus metrics and /healthz address',
+    san: 'extra name or IP in the server certificate (repeatable)',
+    'ca-cert': 'operator-provided root CA certificate (PEM)',
+    'ca-key': 'its private key (PEM)',
+    'trust-domain': 'trust domain until a MeshConfig sets one (default cluster.local)',
+    'log-level': 'trace, debug, info, warn, error',
+  },
+  subcommands: [token],
+  async run(values, _p, io) {
+    if (Boolean(values['ca-cert']) !== Boolean(values['ca-key'])) throw new UsageError('nodemesh controller: --ca-cert and --ca-key go together');
+    const log = createLogger({ level: values['log-level'] as string });
+    const c = await startController({
+      dataDir: values['data-dir'] as string,
+      listen: values.listen as string,
+      metricsListen: values['metrics-listen'] as string,
+      sans: (values.san as string[] | undefined) ?? [],
+      caCertFile: values['ca-cert'] as string | undefined,
+      caKeyFile: values['ca-key'] as string | undefined,
+      trustDomain: values['trust-domain'] as string | undefined,
+      log,
+    });
+    io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);
+    await termination();
+    log.info('shutting down');
+    await c.close();
+    log.flush();
+    return EXIT.ok;
+  },
+});

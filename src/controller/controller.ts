@@ -1,0 +1,202 @@
+/**
+ * The cluster controller (DESIGN §6): the store, the CA, the registry of
+ * derived state, config push to nodes, and the gRPC API on 15010 (metrics
+ * and health on 15014). Nothing is served unauthenticated: TLS always, and
+ * each call checks its caller (admin, node, or a bootstrap token for Join).
+ */
+import * as fs from 'node:fs';
+import type * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { API_VERSION } from '../api/kinds';
+import { services } from '../api/proto';
+import { MeshError } from '../errors';
+import { silentLogger, type Logger } from '../log';
+import { CertificateAuthority, spiffeAdminId } from './ca';
+import { certificateServices } from './api/certificates';
+import { nodeConfigService } from './api/node-config';
+import { resourcesService } from './api/resources';
+import { ControllerMetrics, serveMetrics } from './metrics';
+import { ConfigHub } from './push';
+import { Registry } from './registry';
+import { SqliteStore } from './store';
+
+export const DEFAULT_DATA_DIR = '/var/lib/nodemesh';
+export const DEFAULT_LISTEN = '0.0.0.0:15010';
+export const DEFAULT_METRICS_LISTEN = '0.0.0.0:15014';
+/** The name in the controller's server certificate that clients check. */
+export const SERVER_NAME = 'nodemesh-controller';
+
+export interface ControllerOptions {
+  dataDir?: string;
+  listen?: string;
+  metricsListen?: string;
+  /** Extra names or addresses for the server certificate. */
+  sans?: string[];
+  /** Operator-provided root CA (PEM files); else one is made in the data dir. */
+  caCertFile?: string;
+  caKeyFile?: string;
+  trustDomain?: string;
+  heartbeatMs?: number;
+  log?: Logger;
+}
+
+export interface Credentials {
+  apiVersion: string;
+  kind: 'Credentials';
+  controller: string;
+  serverName: string;
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+export class ControllerError extends MeshError {}
+
+/** Splits host:port ([v6]:port too), naming the flag on bad input. */
+export function parseHostPort(s: string, flag: string): { host: string; port: number } {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:]+):(\d+)$/.exec(s);
+  if (!m || !net.isIP(m[1]!) && m[1] !== 'localhost') throw new ControllerError('NM_ERR_USAGE', `${flag} "${s}" must be IP:PORT (e.g. 0.0.0.0:15010)`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new ControllerError('NM_ERR_USAGE', `${flag} "${s}": port must be 0-65535`);
+  return { host: m[1]!, port };
+}
+
+/** Serves the controller's identity and trust bundle to grpc-js, asking for (not requiring) client certificates. */
+function serverCredentials(caPem: string, certPem: string, keyPem: string): grpc.ServerCredentials {
+  // grpc-js registers its watcher only after adding these listeners, so an
+  // update delivered synchronously would be lost: deliver on the next tick.
+  const provider = {
+    addCaCertificateListener: (l: (u: { caCertificate: Buffer }) => void) => setImmediate(() => l({ caCertificate: Buffer.from(caPem) })),
+    removeCaCertificateListener: () => {},
+    addIdentityCertificateListener: (l: (u: { certificate: Buffer; privateKey: Buffer }) => void) =>
+      setImmediate(() => l({ certificate: Buffer.from(certPem), privateKey: Buffer.from(keyPem) })),
+    removeIdentityCertificateListener: () => {},
+  };
+  return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
+}
+
+export interface RunningController {
+  port: number;
+  metricsPort: number;
+  credentialsPath: string;
+  store: SqliteStore;
+  hub: ConfigHub;
+  close(): Promise<void>;
+}
+
+export async function startController(opts: ControllerOptions = {}): Promise<RunningController> {
+  const log = opts.log ?? silentLogger();
+  const dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
+  const listen = parseHostPort(opts.listen ?? DEFAULT_LISTEN, '--listen');
+  const metricsListen = parseHostPort(opts.metricsListen ?? DEFAULT_METRICS_LISTEN, '--metrics-listen');
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+
+  const store = new SqliteStore(dataDir);
+  let grpcServer: grpc.Server | undefined;
+  let metricsServer: http.Server | undefined;
+  let heartbeat: NodeJS.Timeout | undefined;
+  try {
+    const meshSpec = store.get('MeshConfig', undefined, 'default')?.spec as { trustDomain?: string } | undefined;
+    const trustDomain = meshSpec?.trustDomain ?? opts.trustDomain ?? 'cluster.local';
+    const ca =
+      opts.caCertFile && opts.caKeyFile
+        ? await CertificateAuthority.fromFiles(opts.caCertFile, opts.caKeyFile, { trustDomain })
+        : await CertificateAuthority.loadOrCreate(path.join(dataDir, 'ca'), { trustDomain });
+
+    const metrics = new ControllerMetrics();
+    const registry = new Registry(ca.rootPem);
+    registry.load(store.list(), store.version);
+    const hub = new ConfigHub(
+      registry,
+      {
+        acked: (_node, _v, seconds) => metrics.pushSeconds.observe(seconds),
+        nacked: (node) => metrics.nacks.inc({ node }),
+        connected: (n) => metrics.connectedNodes.set(n),
+      },
+      store.version,
+    );
+    metrics.storeVersion.set(store.version);
+    store.subscribe((changes, version) => {
+      const committedAt = Date.now();
+      metrics.storeVersion.set(version);
+      hub.changed(registry.apply(changes, version), version, committedAt);
+    });
+
+    const ctx = { log: log.child({ component: 'controller-api' }), metrics };
+    const certs = certificateServices(ctx, ca, store, registry, () => registry.meshConfig().certificateLifetimeSeconds);
+    const svc = services();
+    grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
+    grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));
+    grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca));
+    grpcServer.addService(svc.Bootstrap.service, certs.bootstrap);
+    grpcServer.addService(svc.Certificates.service, certs.certificates);
+
+    const hosts = [SERVER_NAME, 'localhost', '127.0.0.1', '::1', ...(opts.sans ?? [])];
+    if (listen.host !== '0.0.0.0' && listen.host !== '::') hosts.push(listen.host);
+    const server = await ca.issueServerCertificate([...new Set(hosts)], 365 * 24 * 3600);
+    const creds = serverCredentials(ca.rootPem, server.chainPem, server.keyPem);
+    const address = net.isIPv6(listen.host) ? `[${listen.host}]:${listen.port}` : `${listen.host}:${listen.port}`;
+    const port = await new Promise<number>((resolve, reject) =>
+      grpcServer!.bindAsync(address, creds, (err, p) =>
+        err ? reject(new ControllerError('NM_ERR_LISTEN', `cannot listen on ${address}: ${err.message} (is another controller running? use --listen)`)) : resolve(p),
+      ),
+    );
+    metricsServer = await serveMetrics(metrics, metricsListen.host, metricsListen.port, () => true).catch((err: Error) => {
+      throw new ControllerError('NM_ERR_LISTEN', `cannot serve metrics on ${metricsListen.host}:${metricsListen.port}: ${err.message} (use --metrics-listen)`);
+    });
+    const metricsPort = (metricsServer.address() as net.AddressInfo).port;
+
+    // The admin credential, written once: the CLI finds it by default.
+    const credentialsPath = path.join(dataDir, 'admin.json');
+    const connectHost = listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host;
+    const controllerAddr = net.isIPv6(connectHost) ? `[${connectHost}]:${port}` : `${connectHost}:${port}`;
+    let credentials: Credentials | undefined;
+    try {
+      credentials = JSON.parse(fs.readFileSync(credentialsPath, 'utf8')) as Credentials;
+      ca.verifyPeer(credentials.cert);
+    } catch {
+      credentials = undefined;
+    }
+    if (!credentials || credentials.controller !== controllerAddr) {
+      let admin: { cert: string; key: string };
+      if (credentials) admin = { cert: credentials.cert, key: credentials.key };
+      else {
+        const issued = await ca.issueClientCertificate(spiffeAdminId(ca.trustDomain), 365 * 24 * 3600);
+        admin = { cert: issued.chainPem, key: issued.keyPem };
+      }
+      const body: Credentials = { apiVersion: API_VERSION, kind: 'Credentials', controller: controllerAddr, serverName: SERVER_NAME, ca: ca.rootPem, cert: admin.cert, key: admin.key };
+      const tmp = `${credentialsPath}.tmp`;
+      fs.writeFileSync(tmp, JSON.stringify(body, null, 2) + '\n', { mode: 0o600 });
+      fs.renameSync(tmp, credentialsPath);
+    }
+
+    heartbeat = setInterval(() => hub.heartbeatAll(), opts.heartbeatMs ?? 10_000);
+    heartbeat.unref();
+    log.info({ component: 'controller', listen: address, port, metricsPort, dataDir, version: store.version, trustDomain }, 'controller serving');
+
+    return {
+      port,
+      metricsPort,
+      credentialsPath,
+      store,
+      hub,
+      close: async () => {
+        clearInterval(heartbeat);
+        hub.closeAll('controller shutting down');
+        await new Promise<void>((resolve) => grpcServer!.tryShutdown(() => resolve()));
+        await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
+        store.close();
+      },
+    };
+  } catch (err) {
+    clearInterval(heartbeat);
+    grpcServer?.forceShutdown();
+    metricsServer?.close();
+    store.close();
+    throw err;
+  }
+}

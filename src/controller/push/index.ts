@@ -1,0 +1,1 @@
+export { ConfigHub, type NodeChannel, type PushEvents } from './hub';

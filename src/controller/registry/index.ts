@@ -1,0 +1,1 @@
+export { MESH_CONFIG_KEY, Registry, ROOT_NAMESPACE, spiffeId, TRUST_BUNDLE_KEY, wants, type Endpoint, type ItemState } from './registry';

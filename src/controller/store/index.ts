@@ -1,0 +1,16 @@
+export { SqliteStore, EVENT_RETENTION } from './sqlite';
+export {
+  ConflictError,
+  NotFoundError,
+  StoreError,
+  stableStringify,
+  type ApplyAction,
+  type ApplyOutcome,
+  type BootstrapToken,
+  type Change,
+  type ChangeType,
+  type DeleteTarget,
+  type ListOptions,
+  type Store,
+  type TokenStore,
+} from './store';
