@@ -176,7 +176,12 @@ function closest(word: string, candidates: readonly string[]): string | undefine
   let best: string | undefined;
   let bestD = Infinity;
   for (const c of candidates) {
-    const d = c.toLowerCase() === word.toLowerCase() ? 0.5 : editDistance(word, c);
+    const [w, l] = [word.toLowerCase(), c.toLowerCase()];
+    // A name sharing all but the last letter of the shorter one (readiness, ready) is as good a guess as a typo.
+    let common = 0;
+    while (common < w.length && w[common] === l[common]) common++;
+    const affix = common >= 4 && common >= Math.min(w.length, l.length) - 1;
+    const d = w === l ? 0.5 : affix ? 1.5 : editDistance(word, c);
     if (d < bestD) [best, bestD] = [c, d];
   }
   return bestD <= 2 && bestD < word.length ? best : undefined;
@@ -279,7 +284,8 @@ function checkRegex(value: string, at: string, out: Problem[]): void {
   try {
     new RegExp(value);
   } catch (err) {
-    out.push({ path: at, message: `invalid regular expression: ${(err as Error).message}` });
+    const why = (err as Error).message.replace(/^Invalid regular expression: \/.*\/[a-z]*: /s, '');
+    out.push({ path: at, message: `invalid regular expression: ${why}` });
   }
 }
 
@@ -420,7 +426,13 @@ export function validateResource(doc: SourceDoc): { resource?: Resource; problem
     const got = Array.isArray(doc.value) ? 'a list' : doc.value === null ? 'null' : typeof doc.value;
     return { problems: [line(doc, 'kind?', { path: '', message: `must be a mapping with apiVersion, kind, metadata and spec (got ${got})` })] };
   }
-  const value = structuredClone(doc.value);
+  let value: Obj;
+  try {
+    value = structuredClone(doc.value);
+  } catch {
+    // Only callers passing live objects get here; parsed YAML and JSON always clone.
+    return { problems: [line(doc, describeDoc(doc.value), { path: '', message: 'must be plain data (no functions or class instances)' })] };
+  }
   const info = kindInfo(value.kind);
   if (info?.namespaced && isObj(value.metadata) && value.metadata.namespace === undefined) value.metadata.namespace = 'default';
   const what = describeDoc(value);

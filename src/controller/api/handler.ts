@@ -9,7 +9,7 @@ import { AuthError } from './auth';
 const CODE_BY_ERROR: Record<string, grpc.status> = {
   NM_ERR_INVALID_RESOURCE: grpc.status.INVALID_ARGUMENT,
   NM_ERR_USAGE: grpc.status.INVALID_ARGUMENT,
-  NM_ERR_SELECTOR: grpc.status.INVALID_ARGUMENT,
+  NM_ERR_INVALID_SELECTOR: grpc.status.INVALID_ARGUMENT,
   NM_ERR_CONFLICT: grpc.status.ABORTED,
   NM_ERR_NOT_FOUND: grpc.status.NOT_FOUND,
   NM_ERR_CA_REFUSED: grpc.status.PERMISSION_DENIED,

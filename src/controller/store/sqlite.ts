@@ -84,7 +84,10 @@ export class SqliteStore implements Store, TokenStore {
     expireTokens: Database.Statement;
   };
 
-  constructor(dataDir: string) {
+  readonly #retention: number;
+
+  constructor(dataDir: string, opts: { eventRetention?: number } = {}) {
+    this.#retention = opts.eventRetention ?? EVENT_RETENTION;
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.path = path.join(dataDir, 'store.db');
     this.#db = new Database(this.path);
@@ -211,7 +214,7 @@ export class SqliteStore implements Store, TokenStore {
 
   #committed(changes: Change[], version: number): void {
     this.#version = version;
-    if (version % 1000 === 0) this.#stmt.compact.run(EVENT_RETENTION);
+    if (version % 1000 === 0 || this.#retention < 1000) this.#stmt.compact.run(this.#retention);
     // The write is durable already: a failing listener must not fail it.
     for (const l of this.#listeners) {
       try {

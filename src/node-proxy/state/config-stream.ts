@@ -1,0 +1,122 @@
+/**
+ * The node's side of the config stream: say hello with the version held,
+ * apply what arrives to ConfigState, ACK or NACK each version, reconnect with
+ * backoff when the stream breaks (keeping the last good config meanwhile),
+ * and resume from the version held.
+ */
+import { EventEmitter } from 'node:events';
+
+import type * as grpc from '@grpc/grpc-js';
+
+import type { ConfigMessage, NodeMessage } from '../../api/proto';
+import type { ControllerClient } from '../../controller/client';
+import { silentLogger, type Logger } from '../../log';
+import { ConfigRejected, ConfigState, type ApplyResult, type Staged } from './config-state';
+
+export interface ConfigStreamOptions {
+  client: ControllerClient;
+  node: string;
+  proxyVersion?: string;
+  state?: ConfigState;
+  log?: Logger;
+  /** First reconnect delay; doubles up to maxBackoffMs. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+  /** The proxy's own check of a version before it is taken: a reason refuses it. */
+  validate?: (staged: Staged) => string | null;
+}
+
+export interface ConfigStreamEvents {
+  /** A version was applied and ACKed. */
+  update: [result: ApplyResult];
+  nack: [version: number, reason: string];
+  connected: [];
+  disconnected: [reason: string];
+}
+
+export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
+  readonly state: ConfigState;
+  readonly #opts: ConfigStreamOptions;
+  readonly #log: Logger;
+  #call: grpc.ClientDuplexStream<NodeMessage, ConfigMessage> | undefined;
+  #stopped = false;
+  #backoff: number;
+  #timer: NodeJS.Timeout | undefined;
+  #connected = false;
+
+  constructor(opts: ConfigStreamOptions) {
+    super();
+    this.#opts = opts;
+    this.state = opts.state ?? new ConfigState();
+    this.#log = (opts.log ?? silentLogger()).child({ component: 'config-stream', node: opts.node });
+    this.#backoff = opts.backoffMs ?? 200;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  start(): void {
+    this.#stopped = false;
+    this.#open();
+  }
+
+  #open(): void {
+    const call = this.#opts.client.configStream();
+    this.#call = call;
+    call.write({ hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '' } });
+    call.on('data', (m: ConfigMessage) => {
+      if (!this.#connected) {
+        this.#connected = true;
+        this.#backoff = this.#opts.backoffMs ?? 200;
+        this.emit('connected');
+      }
+      if (m.heartbeat) {
+        call.write({ heartbeat: { unixMs: Date.now() } });
+        return;
+      }
+      this.#onConfig(call, m);
+    });
+    const broken = (reason: string): void => {
+      if (this.#call !== call) return;
+      this.#call = undefined;
+      const was = this.#connected;
+      this.#connected = false;
+      if (was) this.emit('disconnected', reason);
+      if (this.#stopped) return;
+      this.#log.warn({ reason, retryInMs: this.#backoff }, 'config stream broke; keeping the last config');
+      this.#timer = setTimeout(() => this.#open(), this.#backoff);
+      this.#backoff = Math.min(this.#backoff * 2, this.#opts.maxBackoffMs ?? 10_000);
+    };
+    call.on('error', (err: grpc.ServiceError) => broken(err.details || err.message));
+    call.on('end', () => broken('the controller ended the stream'));
+  }
+
+  #onConfig(call: grpc.ClientDuplexStream<NodeMessage, ConfigMessage>, m: ConfigMessage): void {
+    const version = m.snapshot?.version ?? m.delta?.version ?? 0;
+    const before = this.state.version;
+    try {
+      const staged = this.state.prepare(m);
+      if (!staged) return;
+      const problem = this.#opts.validate?.(staged) ?? null;
+      if (problem) throw new ConfigRejected(version, problem);
+      const result = this.state.commit(staged);
+      call.write({ ack: { version } });
+      this.emit('update', result);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      this.#log.warn({ version, held: before, reason }, 'config version refused');
+      call.write({ nack: { version, reason } });
+      this.emit('nack', version, reason);
+    }
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    const call = this.#call;
+    this.#call = undefined;
+    this.#connected = false;
+    call?.cancel();
+  }
+}

@@ -1,0 +1,93 @@
+/** Derived state: endpoints, identities, policy scope, and which items each change touches (pure). */
+import { t } from 'tap';
+
+import type { Resource } from '../../../src/api/kinds';
+import { Registry, ROOT_NAMESPACE, wants } from '../../../src/controller/registry';
+import type { Change } from '../../../src/controller/store';
+
+const A = 'nodemesh.io/v1alpha1' as const;
+
+function wl(name: string, ns: string, node: string, labels: Record<string, string>, sa = 'default'): Resource {
+  return { apiVersion: A, kind: 'Workload', metadata: { name, namespace: ns, labels }, spec: { node, serviceAccount: sa, addresses: [`198.18.1.${name.length}`], ready: true } };
+}
+function svc(name: string, ns: string, selector: Record<string, string>): Resource {
+  return { apiVersion: A, kind: 'Service', metadata: { name, namespace: ns }, spec: { selector, addresses: ['198.19.0.1'], ports: [{ port: 80 }] } };
+}
+function ap(name: string, ns: string, matchLabels?: Record<string, string>): Resource {
+  return { apiVersion: A, kind: 'AuthorizationPolicy', metadata: { name, namespace: ns }, spec: { action: 'ALLOW', ...(matchLabels ? { selector: { matchLabels } } : {}) } };
+}
+const added = (r: Resource, version = 1): Change => ({ type: 'ADDED', version, resource: r });
+
+t.test('endpoints and identities', async (t) => {
+  const reg = new Registry('PEM');
+  reg.load([wl('web-1', 'shop', 'n1', { app: 'web' }, 'web'), wl('web-2', 'shop', 'n2', { app: 'web' }, 'web'), wl('db', 'shop', 'n2', { app: 'db' }), wl('web-x', 'other', 'n1', { app: 'web' }), svc('web', 'shop', { app: 'web' })], 1);
+  const item = JSON.parse(reg.items.get('Service/shop/web')!.json) as { status: { endpoints: { workload: string; node: string; identity: string }[] } };
+  t.same(
+    item.status.endpoints.map((e) => [e.workload, e.node, e.identity]),
+    [
+      ['web-1', 'n1', 'spiffe://cluster.local/ns/shop/sa/web'],
+      ['web-2', 'n2', 'spiffe://cluster.local/ns/shop/sa/web'],
+    ],
+    'only matching workloads of the same namespace',
+  );
+  t.equal((JSON.parse(reg.items.get('Workload/shop/db')!.json) as { status: { identity: string } }).status.identity, 'spiffe://cluster.local/ns/shop/sa/default');
+  t.same(reg.workloadsOn('n1').map((w) => w.metadata.name).sort(), ['web-1', 'web-x']);
+});
+
+t.test('scope: workloads to their node, policies to nodes running what they select, the rest everywhere', async (t) => {
+  const reg = new Registry('PEM');
+  reg.load(
+    [
+      wl('a', 'shop', 'n1', { app: 'a' }),
+      wl('b', 'shop', 'n2', { app: 'b' }),
+      wl('c', 'ops', 'n3', { app: 'a' }),
+      ap('only-a', 'shop', { app: 'a' }),
+      ap('all-shop', 'shop'),
+      ap('mesh-a', ROOT_NAMESPACE, { app: 'a' }),
+      svc('s', 'shop', { app: 'a' }),
+    ],
+    1,
+  );
+  const has = (key: string): string[] => ['n1', 'n2', 'n3', 'n4'].filter((n) => wants(reg.items.get(key)!, n));
+  const table: [string, string[]][] = [
+    ['Workload/shop/a', ['n1']],
+    ['Workload/ops/c', ['n3']],
+    ['AuthorizationPolicy/shop/only-a', ['n1']],
+    ['AuthorizationPolicy/shop/all-shop', ['n1', 'n2']],
+    [`AuthorizationPolicy/${ROOT_NAMESPACE}/mesh-a`, ['n1', 'n3']],
+    ['Service/shop/s', ['n1', 'n2', 'n3', 'n4']],
+    ['MeshConfig//default', ['n1', 'n2', 'n3', 'n4']],
+    ['TrustBundle//bundle', ['n1', 'n2', 'n3', 'n4']],
+  ];
+  for (const [key, nodes] of table) t.same(has(key), nodes, key);
+});
+
+t.test('a change marks exactly what it touches', async (t) => {
+  const reg = new Registry('PEM');
+  reg.load([wl('a', 'shop', 'n1', { app: 'a' }), wl('b', 'shop', 'n2', { app: 'b' }), svc('sa', 'shop', { app: 'a' }), svc('sb', 'shop', { app: 'b' }), ap('only-a', 'shop', { app: 'a' })], 1);
+  // b moves into app=a: sb loses its endpoint, sa gains one, only-a now reaches n2.
+  const dirty = reg.apply([{ type: 'MODIFIED', version: 2, resource: wl('b', 'shop', 'n2', { app: 'a' }) }], 2);
+  t.same([...dirty].sort(), ['AuthorizationPolicy/shop/only-a', 'Service/shop/sa', 'Service/shop/sb', 'Workload/shop/b']);
+  t.ok(wants(reg.items.get('AuthorizationPolicy/shop/only-a')!, 'n2'));
+  t.equal(reg.items.get('Service/shop/sa')!.version, 2);
+  // Reapplying the same thing changes nothing.
+  t.same([...reg.apply([{ type: 'MODIFIED', version: 3, resource: wl('b', 'shop', 'n2', { app: 'a' }) }], 3)], []);
+  // A deletion removes the item.
+  const gone = reg.apply([{ type: 'DELETED', version: 4, resource: wl('a', 'shop', 'n1', { app: 'a' }) }], 4);
+  t.ok(gone.has('Workload/shop/a'));
+  t.notOk(reg.items.has('Workload/shop/a'));
+});
+
+t.test('MeshConfig: defaults, and a trust domain change re-derives identities', async (t) => {
+  const reg = new Registry('PEM');
+  reg.load([wl('a', 'shop', 'n1', {})], 1);
+  t.equal(reg.meshConfig().trustDomain, 'cluster.local');
+  t.equal(reg.meshConfig().outboundTrafficPolicy.mode, 'ALLOW_ANY');
+  const dirty = reg.apply(
+    [added({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' }, defaultMtlsMode: 'STRICT', certificateLifetimeSeconds: 3600 } }, 2)],
+    2,
+  );
+  t.ok(dirty.has('Workload/shop/a') && dirty.has('MeshConfig//default'));
+  t.match(reg.items.get('Workload/shop/a')!.json, /spiffe:\/\/example\.org\/ns\/shop\/sa\/default/);
+  t.equal(reg.meshConfig().certificateLifetimeSeconds, 3600);
+});
