@@ -1,0 +1,133 @@
+/** Node config streams against a real controller: slices, deltas, resume, NACK. */
+import { t } from 'tap';
+
+import { ConfigStream, type ApplyResult } from '../../../src/node-proxy/state';
+import { doc, testController } from '../../helpers/controller';
+import { waitFor } from '../../helpers/wait';
+
+const A = 'nodemesh.io/v1alpha1';
+const wl = (name: string, node: string, app: string) => ({
+  apiVersion: A,
+  kind: 'Workload',
+  metadata: { name, namespace: 'shop', labels: { app } },
+  spec: { node, serviceAccount: app, addresses: [`198.18.${node === 'n1' ? 1 : 2}.${name.length}`] },
+});
+const policy = (ports: string[], extraLabel = '') => ({
+  apiVersion: A,
+  kind: 'AuthorizationPolicy',
+  metadata: { name: 'only-a', namespace: 'shop', ...(extraLabel ? { labels: { mark: extraLabel } } : {}) },
+  spec: { selector: { matchLabels: { app: 'a' } }, action: 'DENY', rules: [{ to: [{ operation: { ports } }] }] },
+});
+const service = { apiVersion: A, kind: 'Service', metadata: { name: 'a', namespace: 'shop' }, spec: { selector: { app: 'a' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }] } };
+
+function updates(s: ConfigStream): ApplyResult[] {
+  const out: ApplyResult[] = [];
+  s.on('update', (r) => out.push(r));
+  return out;
+}
+
+t.test('each node gets its slice, then deltas of what touches it', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(wl('b-1', 'n2', 'b'), 2), doc(policy(['5432']), 3), doc(service, 4)]);
+  const s1 = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1' });
+  const s2 = new ConfigStream({ client: await c.nodeClient('n2'), node: 'n2' });
+  t.teardown(() => {
+    s1.stop();
+    s2.stop();
+  });
+  const u1 = updates(s1);
+  const u2 = updates(s2);
+  s1.start();
+  s2.start();
+  t.ok(await waitFor(() => u1.length > 0 && u2.length > 0), 'both got a snapshot');
+  const keys = (s: ConfigStream): string[] => [...s.state.items.keys()].sort();
+  t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1']);
+  t.same(keys(s2), ['MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/b-1'], 'n2 runs nothing the policy selects: it does not get it');
+  t.match(s1.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', identity: 'spiffe://cluster.local/ns/shop/sa/a' }] } });
+  const n2Version = s2.state.version;
+
+  // Deltas: time from apply to the node holding the version.
+  const latencies: number[] = [];
+  for (const port of ['1', '2', '3', '4', '5']) {
+    const before = u1.length;
+    const started = process.hrtime.bigint();
+    const r = await c.admin.apply([doc(policy([port]))]);
+    t.ok(await waitFor(() => u1.length > before, 2000, 1), `delta for ports [${port}] arrived`);
+    latencies.push(Number(process.hrtime.bigint() - started) / 1e6);
+    t.equal(s1.state.version, r.version);
+    t.same(u1.at(-1)!.changed, ['AuthorizationPolicy/shop/only-a'], 'the delta carries only the changed policy');
+  }
+  latencies.sort((a, b) => a - b);
+  t.ok(latencies[2]! < 100, `median apply-to-node latency ${latencies[2]!.toFixed(1)} ms is under 100 ms`);
+  t.equal(s2.state.version, n2Version, 'n2 got nothing: none of it touched n2');
+
+  // Moving b-1 into app=a touches both nodes: n2 now needs the policy, n1's service endpoints change.
+  await c.admin.apply([doc(wl('b-1', 'n2', 'a'))]);
+  t.ok(await waitFor(() => s2.state.items.has('AuthorizationPolicy/shop/only-a')), 'n2 gained the policy');
+  t.ok(await waitFor(() => ((s1.state.get('Service/shop/a') as { status: { endpoints: unknown[] } }).status.endpoints.length === 2)), 'n1 sees the new endpoint');
+  await c.admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'shop', name: 'only-a' }]);
+  t.ok(await waitFor(() => !s1.state.items.has('AuthorizationPolicy/shop/only-a') && !s2.state.items.has('AuthorizationPolicy/shop/only-a')), 'a deletion removes it from both');
+
+  const nodes = await c.admin.listNodes();
+  t.same(nodes.map((n) => [n.node, n.connected, n.ackedVersion === n.sentVersion]), [
+    ['n1', true, true],
+    ['n2', true, true],
+  ]);
+});
+
+t.test('a reconnecting node gets only what changed while it was away', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(policy(['1']), 2), doc(service, 3)]);
+  const client = await c.nodeClient('n1');
+  const s = new ConfigStream({ client, node: 'n1' });
+  const u = updates(s);
+  s.start();
+  t.ok(await waitFor(() => u.length === 1));
+  const snapshotSize = u[0]!.changed.length;
+  s.stop();
+  await waitFor(() => c.controller.hub.connectedCount === 0);
+  await c.admin.apply([doc(policy(['2']))]);
+  s.start();
+  t.ok(await waitFor(() => u.length === 2), 'resumed');
+  t.same(u[1]!.changed, ['AuthorizationPolicy/shop/only-a'], `a delta of 1 item, not a snapshot of ${snapshotSize}`);
+  t.match(s.state.get('AuthorizationPolicy/shop/only-a'), { spec: { rules: [{ to: [{ operation: { ports: ['2'] } }] }] } });
+  s.stop();
+});
+
+t.test('a NACKed version leaves the previous config and shows in the node list', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(policy(['1']), 2)]);
+  const s = new ConfigStream({
+    client: await c.nodeClient('n1'),
+    node: 'n1',
+    validate: (staged) => ([...staged.items.values()].some((v) => (v as { metadata?: { labels?: { mark?: string } } }).metadata?.labels?.mark === 'bad') ? 'policy only-a uses a feature this proxy lacks' : null),
+  });
+  const nacks: string[] = [];
+  s.on('nack', (_v, reason) => nacks.push(reason));
+  const u = updates(s);
+  s.start();
+  t.teardown(() => s.stop());
+  t.ok(await waitFor(() => u.length === 1));
+  const held = s.state.version;
+  const r = await c.admin.apply([doc(policy(['9'], 'bad'))]);
+  t.ok(await waitFor(() => nacks.length === 1), 'the node refused it');
+  t.equal(s.state.version, held, 'and kept the version it had');
+  t.match(s.state.get('AuthorizationPolicy/shop/only-a'), { spec: { rules: [{ to: [{ operation: { ports: ['1'] } }] }] } });
+  t.ok(await waitFor(() => c.logs.some((l) => l.msg === 'node refused a config version')), 'the controller logged it');
+  const n = (await c.admin.listNodes()).find((x) => x.node === 'n1')!;
+  t.equal(n.nackedVersion, r.version);
+  t.equal(n.nackReason, 'policy only-a uses a feature this proxy lacks');
+});
+
+t.test('a node must say hello as itself', async (t) => {
+  const c = await testController(t);
+  const s = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n2', backoffMs: 60_000 });
+  const why = new Promise<string>((resolve) => s.once('disconnected', resolve));
+  const failed = waitFor(() => c.logs.some((l) => l.msg === 'node stream refused'), 5000);
+  s.start();
+  t.teardown(() => s.stop());
+  t.ok(await failed, 'refused');
+  t.match(c.logs.find((l) => l.msg === 'node stream refused'), { details: 'hello names node n2, but the certificate is node n1', code: 'PERMISSION_DENIED' });
+  t.equal(s.state.version, 0, 'and got nothing');
+  void why;
+});
