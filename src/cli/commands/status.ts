@@ -1,6 +1,7 @@
 import { probeFeatures, type FeatureReport } from '../../bpf';
 import { Datapath, DatapathError, type DatapathStatus } from '../../node-proxy/datapath';
-import { defineCommand, EXIT } from '../command';
+import { defineCommand, EXIT, type Io } from '../command';
+import { withAdmin } from './controller';
 import { outputFormat, requiredFlag, table, toJson } from '../output';
 
 export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
@@ -27,14 +28,47 @@ export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   return out.join('\n') + '\n';
 }
 
+/** The controller's view: every node's config versions and last NACK. */
+async function controllerStatus(values: Record<string, unknown>, io: Io, format: 'text' | 'json'): Promise<number> {
+  return withAdmin(values, io, async (c) => {
+    const nodes = await c.listNodes();
+    if (format === 'json') {
+      io.out(toJson({ controller: c.address, nodes }));
+      return EXIT.ok;
+    }
+    io.out(`controller ${c.address}: ${nodes.filter((n) => n.connected).length} of ${nodes.length} nodes connected\n`);
+    if (nodes.length === 0) return EXIT.ok;
+    io.out(
+      table(
+        ['NODE', 'CONNECTED', 'SENT', 'ACKED', 'NACKED', 'LAST SEEN', 'NACK REASON'],
+        nodes.map((n) => [
+          n.node,
+          n.connected ? 'yes' : 'NO',
+          n.sentVersion,
+          n.ackedVersion,
+          n.nackedVersion || '-',
+          `${Math.max(0, Math.round((Date.now() - n.lastSeenUnixMs) / 1000))}s ago`,
+          n.nackReason || '-',
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  });
+}
+
 export const statusCommand = defineCommand({
   name: 'status',
-  summary: "A node's data path: what is attached where, enrolled pods, map fill, counters",
-  usage: 'status --node N [-o text|json]',
-  options: { node: { type: 'string' }, output: { type: 'string', short: 'o', default: 'text' } },
-  optionHelp: { node: 'node name (required)', output: 'text or json' },
+  summary: "The mesh's nodes as the controller sees them, or one node's data path (--node)",
+  usage: 'status [--node N] [-o text|json]',
+  description:
+    'Without --node: every node, whether it is connected, the config versions sent and\n' +
+    'acknowledged, and the reason of its last refusal (admin credentials). With --node: that\n' +
+    "node's data path on this host: what is attached where, enrolled pods, map fill, counters.",
+  options: { node: { type: 'string' }, output: { type: 'string', short: 'o', default: 'text' }, credentials: { type: 'string' }, controller: { type: 'string' } },
+  optionHelp: { node: 'a node of this host: show its data path', output: 'text or json', credentials: 'admin credentials file', controller: 'controller address IP:PORT' },
   async run(values, _p, io) {
     const format = outputFormat('nodemesh status', values.output);
+    if (values.node === undefined) return controllerStatus(values, io, format);
     const node = requiredFlag('nodemesh status', 'node', values.node);
     const features = probeFeatures();
     if (!features.usable) {
