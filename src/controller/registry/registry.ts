@@ -54,10 +54,41 @@ export function spiffeId(trustDomain: string, namespace: string, serviceAccount:
   return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
 }
 
+/** A multimap from one `ns/key=value` label pair to the objects that have it (or select on it). */
+class PairIndex<T> {
+  readonly #m = new Map<string, Set<T>>();
+  add(ns: string, labels: Record<string, string> | undefined, v: T): void {
+    for (const [k, val] of Object.entries(labels ?? {})) {
+      const key = `${ns}/${k}=${val}`;
+      let set = this.#m.get(key);
+      if (!set) this.#m.set(key, (set = new Set()));
+      set.add(v);
+    }
+  }
+  remove(ns: string, labels: Record<string, string> | undefined, v: T): void {
+    for (const [k, val] of Object.entries(labels ?? {})) {
+      const key = `${ns}/${k}=${val}`;
+      const set = this.#m.get(key);
+      set?.delete(v);
+      if (set?.size === 0) this.#m.delete(key);
+    }
+  }
+  get(ns: string, k: string, v: string): ReadonlySet<T> {
+    return this.#m.get(`${ns}/${k}=${v}`) ?? EMPTY;
+  }
+}
+const EMPTY: ReadonlySet<never> = new Set();
+
 export class Registry {
   readonly #objects = new Map<string, Resource>();
   /** namespace -> workload name -> workload */
   readonly #workloads = new Map<string, Map<string, Workload>>();
+  /** Workloads by each of their labels; selectors look up one pair, then check the rest. */
+  readonly #workloadsByLabel = new PairIndex<Workload>();
+  /** Services and policies by each pair of their selector. */
+  readonly #selectorsByPair = new PairIndex<string>();
+  /** Policies without a selector, by namespace (they select every workload there). */
+  readonly #unselective = new Map<string, Set<string>>();
   readonly #items = new Map<string, ItemState>();
   #mesh: MeshConfigSpec = { ...MESH_CONFIG_DEFAULTS };
   #trustBundle: string;
@@ -114,33 +145,26 @@ export class Registry {
       const r = c.resource;
       const key = resourceKey(r);
       const old = this.#objects.get(key);
+      if (old) this.#unindex(key, old);
       if (c.type === 'DELETED') this.#objects.delete(key);
-      else this.#objects.set(key, r);
+      else {
+        this.#objects.set(key, r);
+        this.#index(key, r);
+      }
       dirty.add(key);
-      switch (r.kind) {
-        case 'Workload': {
-          const ns = r.metadata.namespace ?? 'default';
-          let byName = this.#workloads.get(ns);
-          if (!byName) this.#workloads.set(ns, (byName = new Map()));
-          if (c.type === 'DELETED') byName.delete(r.metadata.name);
-          else byName.set(r.metadata.name, r as Workload);
-          // Services whose selector matched before or matches now, and policies whose scope may move.
-          for (const o of this.#objects.values()) {
-            if (o.metadata.namespace !== ns && !(o.metadata.namespace === ROOT_NAMESPACE && o.kind !== 'Service')) continue;
-            if (o.kind === 'Service') {
-              const sel = (o as Service).spec.selector;
-              if (selects(sel, old?.metadata.labels) || selects(sel, r.metadata.labels)) dirty.add(resourceKey(o));
-            } else if (o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication') {
-              dirty.add(resourceKey(o));
-            }
+      if (r.kind === 'Workload') {
+        // Services and policies that selected it before or select it now.
+        const ns = r.metadata.namespace ?? 'default';
+        for (const labels of [old?.metadata.labels, c.type === 'DELETED' ? undefined : r.metadata.labels]) {
+          for (const [k, v] of Object.entries(labels ?? {})) {
+            for (const sk of this.#selectorsByPair.get(ns, k, v)) dirty.add(sk);
+            for (const sk of this.#selectorsByPair.get(ROOT_NAMESPACE, k, v)) dirty.add(sk);
           }
-          break;
         }
-        case 'MeshConfig':
-          everything = true;
-          break;
-        default:
-          break;
+        for (const pk of this.#unselective.get(ns) ?? EMPTY) dirty.add(pk);
+        for (const pk of this.#unselective.get(ROOT_NAMESPACE) ?? EMPTY) dirty.add(pk);
+      } else if (r.kind === 'MeshConfig') {
+        everything = true;
       }
     }
     if (everything) {
@@ -152,6 +176,54 @@ export class Registry {
     const changed = new Set<string>();
     for (const key of dirty) if (this.#refresh(key, version)) changed.add(key);
     return changed;
+  }
+
+  #selectorOf(r: Resource): Record<string, string> | undefined {
+    if (r.kind === 'Service') return (r as Service).spec.selector;
+    if (r.kind === 'AuthorizationPolicy' || r.kind === 'PeerAuthentication') return (r as AuthorizationPolicy).spec.selector?.matchLabels;
+    return undefined;
+  }
+
+  #index(key: string, r: Resource): void {
+    const ns = r.metadata.namespace ?? 'default';
+    if (r.kind === 'Workload') {
+      let byName = this.#workloads.get(ns);
+      if (!byName) this.#workloads.set(ns, (byName = new Map()));
+      byName.set(r.metadata.name, r as Workload);
+      this.#workloadsByLabel.add(ns, r.metadata.labels, r as Workload);
+      return;
+    }
+    const sel = this.#selectorOf(r);
+    if (sel && Object.keys(sel).length) this.#selectorsByPair.add(ns, sel, key);
+    else if (r.kind === 'AuthorizationPolicy' || r.kind === 'PeerAuthentication') {
+      let set = this.#unselective.get(ns);
+      if (!set) this.#unselective.set(ns, (set = new Set()));
+      set.add(key);
+    }
+  }
+
+  #unindex(key: string, r: Resource): void {
+    const ns = r.metadata.namespace ?? 'default';
+    if (r.kind === 'Workload') {
+      this.#workloads.get(ns)?.delete(r.metadata.name);
+      this.#workloadsByLabel.remove(ns, r.metadata.labels, r as Workload);
+      return;
+    }
+    const sel = this.#selectorOf(r);
+    if (sel && Object.keys(sel).length) this.#selectorsByPair.remove(ns, sel, key);
+    else this.#unselective.get(ns)?.delete(key);
+  }
+
+  /** Workloads of `ns` (every namespace when null) that `selector` matches, through the label index. */
+  *#selected(ns: string | null, selector: Record<string, string> | undefined): Iterable<Workload> {
+    const first = Object.entries(selector ?? {})[0];
+    if (!first) {
+      const spaces = ns === null ? [...this.#workloads.values()] : [this.#workloads.get(ns)];
+      for (const byName of spaces) yield* byName?.values() ?? [];
+      return;
+    }
+    const spaces = ns === null ? [...this.#workloads.keys()] : [ns];
+    for (const n of spaces) for (const w of this.#workloadsByLabel.get(n, first[0], first[1])) if (selects(selector, w.metadata.labels)) yield w;
   }
 
   /** Recomputes one item; true when its content or scope changed (or it went away). */
@@ -182,8 +254,7 @@ export class Registry {
   endpointsOf(s: Service): Endpoint[] {
     const ns = s.metadata.namespace ?? 'default';
     const out: Endpoint[] = [];
-    for (const w of this.#workloads.get(ns)?.values() ?? []) {
-      if (!selects(s.spec.selector, w.metadata.labels)) continue;
+    for (const w of this.#selected(ns, s.spec.selector)) {
       out.push({
         workload: w.metadata.name,
         namespace: ns,
@@ -196,16 +267,11 @@ export class Registry {
     return out.sort((a, b) => (a.workload < b.workload ? -1 : 1));
   }
 
-  /** Nodes running a workload the policy selects. */
+  /** Nodes running a workload the policy selects (mesh-wide from the root namespace). */
   #policyScope(p: AuthorizationPolicy | PeerAuthentication): Set<string> {
     const ns = p.metadata.namespace ?? 'default';
-    const sel = p.spec.selector?.matchLabels;
     const nodes = new Set<string>();
-    const scan = (byName: Map<string, Workload> | undefined): void => {
-      for (const w of byName?.values() ?? []) if (selects(sel, w.metadata.labels)) nodes.add(w.spec.node);
-    };
-    if (ns === ROOT_NAMESPACE) for (const byName of this.#workloads.values()) scan(byName);
-    else scan(this.#workloads.get(ns));
+    for (const w of this.#selected(ns === ROOT_NAMESPACE ? null : ns, p.spec.selector?.matchLabels)) nodes.add(w.spec.node);
     return nodes;
   }
 
