@@ -21,7 +21,7 @@ t.test('--help answers for nodemesh and every subcommand', async (t) => {
   const top = nodemesh(['--help']);
   t.equal(top.code, 0);
   for (const c of COMMANDS) {
-    t.match(top.stdout, new RegExp(`\\n  ${c.name} +${c.summary}`), `listed: ${c.name}`);
+    t.ok(top.stdout.includes(`\n  ${c.name.padEnd(Math.max(...COMMANDS.map((x) => x.name.length)))}  ${c.summary}\n`), `listed: ${c.name}`);
     const r = nodemesh([c.name, '--help']);
     t.equal(r.code, 0, `${c.name} --help exits 0`);
     t.match(r.stdout, new RegExp(`Usage: nodemesh ${c.name}`), `${c.name} --help shows usage`);
