@@ -38,6 +38,8 @@ export interface ItemState {
 export interface Endpoint {
   workload: string;
   namespace: string;
+  /** The workload's labels: which policies select it. */
+  labels: Record<string, string>;
   node: string;
   addresses: string[];
   identity: string;
@@ -242,8 +244,12 @@ export class Registry {
         return this.#set(key, JSON.stringify({ ...s, status: { endpoints: this.endpointsOf(s) } }), null, version);
       }
       case 'AuthorizationPolicy':
+        // Authorization runs at the source proxy while delivery is plaintext,
+        // so every node needs every policy; once the destination node decides
+        // (the mTLS tunnel), this narrows to #policyScope like PeerAuthentication.
+        return this.#set(key, JSON.stringify(r), null, version);
       case 'PeerAuthentication':
-        return this.#set(key, JSON.stringify(r), this.#policyScope(r as AuthorizationPolicy | PeerAuthentication), version);
+        return this.#set(key, JSON.stringify(r), this.#policyScope(r as PeerAuthentication), version);
       case 'HTTPRoute':
         return this.#set(key, JSON.stringify(r), null, version);
       default:
@@ -258,6 +264,7 @@ export class Registry {
       out.push({
         workload: w.metadata.name,
         namespace: ns,
+        labels: w.metadata.labels ?? {},
         node: w.spec.node,
         addresses: w.spec.addresses,
         identity: this.identityOf(w),
@@ -268,7 +275,7 @@ export class Registry {
   }
 
   /** Nodes running a workload the policy selects (mesh-wide from the root namespace). */
-  #policyScope(p: AuthorizationPolicy | PeerAuthentication): Set<string> {
+  #policyScope(p: PeerAuthentication): Set<string> {
     const ns = p.metadata.namespace ?? 'default';
     const nodes = new Set<string>();
     for (const w of this.#selected(ns === ROOT_NAMESPACE ? null : ns, p.spec.selector?.matchLabels)) nodes.add(w.spec.node);

@@ -18,6 +18,12 @@ const policy = (ports: string[], extraLabel = '') => ({
   metadata: { name: 'only-a', namespace: 'shop', ...(extraLabel ? { labels: { mark: extraLabel } } : {}) },
   spec: { selector: { matchLabels: { app: 'a' } }, action: 'DENY', rules: [{ to: [{ operation: { ports } }] }] },
 });
+const peerAuth = (rev: string) => ({
+  apiVersion: A,
+  kind: 'PeerAuthentication',
+  metadata: { name: 'strict-a', namespace: 'shop', labels: { rev } },
+  spec: { selector: { matchLabels: { app: 'a' } }, mtls: { mode: 'STRICT' } },
+});
 const service = { apiVersion: A, kind: 'Service', metadata: { name: 'a', namespace: 'shop' }, spec: { selector: { app: 'a' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }] } };
 
 function updates(s: ConfigStream): ApplyResult[] {
@@ -28,7 +34,7 @@ function updates(s: ConfigStream): ApplyResult[] {
 
 t.test('each node gets its slice, then deltas of what touches it', async (t) => {
   const c = await testController(t);
-  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(wl('b-1', 'n2', 'b'), 2), doc(policy(['5432']), 3), doc(service, 4)]);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(wl('b-1', 'n2', 'b'), 2), doc(peerAuth('0'), 3), doc(service, 4), doc(policy(['5432']), 5)]);
   const s1 = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1' });
   const s2 = new ConfigStream({ client: await c.nodeClient('n2'), node: 'n2' });
   t.teardown(() => {
@@ -41,32 +47,36 @@ t.test('each node gets its slice, then deltas of what touches it', async (t) => 
   s2.start();
   t.ok(await waitFor(() => u1.length > 0 && u2.length > 0), 'both got a snapshot');
   const keys = (s: ConfigStream): string[] => [...s.state.items.keys()].sort();
-  t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1']);
-  t.same(keys(s2), ['MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/b-1'], 'n2 runs nothing the policy selects: it does not get it');
+  t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'PeerAuthentication/shop/strict-a', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1']);
+  t.same(
+    keys(s2),
+    ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/b-1'],
+    'n2 runs nothing the peer authentication selects: it does not get it (authorization policies go everywhere)',
+  );
   t.match(s1.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', identity: 'spiffe://cluster.local/ns/shop/sa/a' }] } });
   const n2Version = s2.state.version;
 
   // Deltas: time from apply to the node holding the version.
   const latencies: number[] = [];
-  for (const port of ['1', '2', '3', '4', '5']) {
+  for (const rev of ['1', '2', '3', '4', '5']) {
     const before = u1.length;
     const started = process.hrtime.bigint();
-    const r = await c.admin.apply([doc(policy([port]))]);
-    t.ok(await waitFor(() => u1.length > before, 2000, 1), `delta for ports [${port}] arrived`);
+    const r = await c.admin.apply([doc(peerAuth(rev))]);
+    t.ok(await waitFor(() => u1.length > before, 2000, 1), `delta for revision ${rev} arrived`);
     latencies.push(Number(process.hrtime.bigint() - started) / 1e6);
     t.equal(s1.state.version, r.version);
-    t.same(u1.at(-1)!.changed, ['AuthorizationPolicy/shop/only-a'], 'the delta carries only the changed policy');
+    t.same(u1.at(-1)!.changed, ['PeerAuthentication/shop/strict-a'], 'the delta carries only the changed object');
   }
   latencies.sort((a, b) => a - b);
   t.ok(latencies[2]! < 100, `median apply-to-node latency ${latencies[2]!.toFixed(1)} ms is under 100 ms`);
   t.equal(s2.state.version, n2Version, 'n2 got nothing: none of it touched n2');
 
-  // Moving b-1 into app=a touches both nodes: n2 now needs the policy, n1's service endpoints change.
+  // Moving b-1 into app=a touches both nodes: n2 now needs the peer authentication, n1's service endpoints change.
   await c.admin.apply([doc(wl('b-1', 'n2', 'a'))]);
-  t.ok(await waitFor(() => s2.state.items.has('AuthorizationPolicy/shop/only-a')), 'n2 gained the policy');
+  t.ok(await waitFor(() => s2.state.items.has('PeerAuthentication/shop/strict-a')), 'n2 gained the peer authentication');
   t.ok(await waitFor(() => ((s1.state.get('Service/shop/a') as { status: { endpoints: unknown[] } }).status.endpoints.length === 2)), 'n1 sees the new endpoint');
-  await c.admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'shop', name: 'only-a' }]);
-  t.ok(await waitFor(() => !s1.state.items.has('AuthorizationPolicy/shop/only-a') && !s2.state.items.has('AuthorizationPolicy/shop/only-a')), 'a deletion removes it from both');
+  await c.admin.delete([{ kind: 'PeerAuthentication', namespace: 'shop', name: 'strict-a' }]);
+  t.ok(await waitFor(() => !s1.state.items.has('PeerAuthentication/shop/strict-a') && !s2.state.items.has('PeerAuthentication/shop/strict-a')), 'a deletion removes it from both');
 
   const nodes = await c.admin.listNodes();
   t.same(nodes.map((n) => [n.node, n.connected, n.ackedVersion === n.sentVersion]), [

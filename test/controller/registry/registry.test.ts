@@ -16,6 +16,9 @@ function svc(name: string, ns: string, selector: Record<string, string>): Resour
 function ap(name: string, ns: string, matchLabels?: Record<string, string>): Resource {
   return { apiVersion: A, kind: 'AuthorizationPolicy', metadata: { name, namespace: ns }, spec: { action: 'ALLOW', ...(matchLabels ? { selector: { matchLabels } } : {}) } };
 }
+function pa(name: string, ns: string, matchLabels?: Record<string, string>): Resource {
+  return { apiVersion: A, kind: 'PeerAuthentication', metadata: { name, namespace: ns }, spec: { mtls: { mode: 'STRICT' }, ...(matchLabels ? { selector: { matchLabels } } : {}) } };
+}
 const added = (r: Resource, version = 1): Change => ({ type: 'ADDED', version, resource: r });
 
 t.test('endpoints and identities', async (t) => {
@@ -34,16 +37,17 @@ t.test('endpoints and identities', async (t) => {
   t.same(reg.workloadsOn('n1').map((w) => w.metadata.name).sort(), ['web-1', 'web-x']);
 });
 
-t.test('scope: workloads to their node, policies to nodes running what they select, the rest everywhere', async (t) => {
+t.test('scope: workloads to their node, peer authentication to nodes running what it selects, the rest everywhere', async (t) => {
   const reg = new Registry('PEM');
   reg.load(
     [
       wl('a', 'shop', 'n1', { app: 'a' }),
       wl('b', 'shop', 'n2', { app: 'b' }),
       wl('c', 'ops', 'n3', { app: 'a' }),
-      ap('only-a', 'shop', { app: 'a' }),
-      ap('all-shop', 'shop'),
-      ap('mesh-a', ROOT_NAMESPACE, { app: 'a' }),
+      pa('only-a', 'shop', { app: 'a' }),
+      pa('all-shop', 'shop'),
+      pa('mesh-a', ROOT_NAMESPACE, { app: 'a' }),
+      ap('deny-a', 'shop', { app: 'a' }),
       svc('s', 'shop', { app: 'a' }),
     ],
     1,
@@ -52,9 +56,11 @@ t.test('scope: workloads to their node, policies to nodes running what they sele
   const table: [string, string[]][] = [
     ['Workload/shop/a', ['n1']],
     ['Workload/ops/c', ['n3']],
-    ['AuthorizationPolicy/shop/only-a', ['n1']],
-    ['AuthorizationPolicy/shop/all-shop', ['n1', 'n2']],
-    [`AuthorizationPolicy/${ROOT_NAMESPACE}/mesh-a`, ['n1', 'n3']],
+    ['PeerAuthentication/shop/only-a', ['n1']],
+    ['PeerAuthentication/shop/all-shop', ['n1', 'n2']],
+    [`PeerAuthentication/${ROOT_NAMESPACE}/mesh-a`, ['n1', 'n3']],
+    // Authorization runs at the source while delivery is plaintext: every node.
+    ['AuthorizationPolicy/shop/deny-a', ['n1', 'n2', 'n3', 'n4']],
     ['Service/shop/s', ['n1', 'n2', 'n3', 'n4']],
     ['MeshConfig//default', ['n1', 'n2', 'n3', 'n4']],
     ['TrustBundle//bundle', ['n1', 'n2', 'n3', 'n4']],
@@ -64,11 +70,11 @@ t.test('scope: workloads to their node, policies to nodes running what they sele
 
 t.test('a change marks exactly what it touches', async (t) => {
   const reg = new Registry('PEM');
-  reg.load([wl('a', 'shop', 'n1', { app: 'a' }), wl('b', 'shop', 'n2', { app: 'b' }), svc('sa', 'shop', { app: 'a' }), svc('sb', 'shop', { app: 'b' }), ap('only-a', 'shop', { app: 'a' })], 1);
+  reg.load([wl('a', 'shop', 'n1', { app: 'a' }), wl('b', 'shop', 'n2', { app: 'b' }), svc('sa', 'shop', { app: 'a' }), svc('sb', 'shop', { app: 'b' }), pa('only-a', 'shop', { app: 'a' })], 1);
   // b moves into app=a: sb loses its endpoint, sa gains one, only-a now reaches n2.
   const dirty = reg.apply([{ type: 'MODIFIED', version: 2, resource: wl('b', 'shop', 'n2', { app: 'a' }) }], 2);
-  t.same([...dirty].sort(), ['AuthorizationPolicy/shop/only-a', 'Service/shop/sa', 'Service/shop/sb', 'Workload/shop/b']);
-  t.ok(wants(reg.items.get('AuthorizationPolicy/shop/only-a')!, 'n2'));
+  t.same([...dirty].sort(), ['PeerAuthentication/shop/only-a', 'Service/shop/sa', 'Service/shop/sb', 'Workload/shop/b']);
+  t.ok(wants(reg.items.get('PeerAuthentication/shop/only-a')!, 'n2'));
   t.equal(reg.items.get('Service/shop/sa')!.version, 2);
   // Reapplying the same thing changes nothing.
   t.same([...reg.apply([{ type: 'MODIFIED', version: 3, resource: wl('b', 'shop', 'n2', { app: 'a' }) }], 3)], []);
