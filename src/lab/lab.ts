@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { findCgroup2Mount } from '../bpf';
 import { Datapath, DEFAULT_PIN_BASE } from '../node-proxy/datapath';
 import { killPids, removeCgroupTree } from './cgroup';
+import { PROXY_RUN_DIR, startLabMesh, stopLabController } from './mesh';
 import { LabError } from './errors';
 import { checkLabName, MAX_SLOTS, planLab, type LabPlan, type NodePlan, type PodPlan } from './naming';
 
@@ -25,6 +26,13 @@ export { LabError };
 
 export interface LabState extends LabPlan {
   createdAt: string;
+  /** The controller and proxies `lab up` started (absent for a bare lab). */
+  mesh?: LabMesh;
+}
+
+export interface LabMesh {
+  controller: { pid: number; address: string; credentials: string; caFile: string; log: string; metrics: string };
+  proxies: { node: string; log: string; stateDir: string; adminSocket: string }[];
 }
 
 export interface UpOptions {
@@ -36,6 +44,8 @@ export interface UpOptions {
   signal?: AbortSignal;
   /** Progress lines, for the CLI. */
   log?: (line: string) => void;
+  /** Also start a controller and a proxy per node, and register the pods as Workloads. */
+  mesh?: boolean;
 }
 
 function stateDirOf(dir?: string): string {
@@ -198,6 +208,14 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
       opts.log?.(`  pod  ${pod.name}  ${pod.ip}  on ${pod.node}`);
     }
     step();
+    if (opts.mesh) {
+      opts.log?.(`lab ${plan.name}: starting the mesh`);
+      await startLabMesh(state, path.join(dir, opts.name), (mesh) => {
+        state.mesh = mesh;
+        fs.writeFileSync(statePath, JSON.stringify(state, null, 2) + '\n');
+      }, opts.log);
+      step();
+    }
     return state;
   } catch (err) {
     await labDown(opts.name, { stateDir: opts.stateDir });
@@ -233,14 +251,8 @@ export async function labDown(name: string, opts: { stateDir?: string; pinBase?:
   };
   const nodeRe = new RegExp(`^${name}-n\\d+$`);
 
-  // 1. Data paths first: detached before the cgroups they sit on go.
-  const pinBase = opts.pinBase ?? DEFAULT_PIN_BASE;
-  if (fs.existsSync(pinBase)) {
-    for (const node of fs.readdirSync(pinBase).filter((n) => nodeRe.test(n)))
-      await attempt(`bpf pins ${path.join(pinBase, node)}`, () => Datapath.uninstall(node, { pinBase }));
-  }
-
-  // 2. Processes in its namespaces, then the namespaces (their veths go with them).
+  // 1. Processes in its namespaces (proxies, test servers) and its controller:
+  // nothing may re-install what the next steps remove.
   const nsRe = new RegExp(`^nm-${name}-n\\d+(-p\\d+)?$`);
   const namespaces = (await ipQuiet(['netns', 'list']))
     .split('\n')
@@ -248,6 +260,16 @@ export async function labDown(name: string, opts: { stateDir?: string; pinBase?:
     .filter((n) => nsRe.test(n))
     .sort((a, b) => b.length - a.length); // pods before nodes
   for (const ns of namespaces) killPids((await ipQuiet(['netns', 'pids', ns])).split('\n').filter(Boolean));
+  await attempt(`lab ${name} controller`, () => stopLabController(name, stateDirOf(opts.stateDir)));
+
+  // 2. Data paths: detached before the cgroups they sit on go.
+  const pinBase = opts.pinBase ?? DEFAULT_PIN_BASE;
+  if (fs.existsSync(pinBase)) {
+    for (const node of fs.readdirSync(pinBase).filter((n) => nodeRe.test(n)))
+      await attempt(`bpf pins ${path.join(pinBase, node)}`, () => Datapath.uninstall(node, { pinBase }));
+  }
+  for (const node of fs.existsSync(PROXY_RUN_DIR) ? fs.readdirSync(PROXY_RUN_DIR).filter((n) => nodeRe.test(n)) : [])
+    fs.rmSync(path.join(PROXY_RUN_DIR, node), { recursive: true, force: true });
 
   // 3. cgroups (their processes are moved out and killed).
   const cg2 = findCgroup2Mount();
@@ -282,7 +304,10 @@ export async function labDown(name: string, opts: { stateDir?: string; pinBase?:
   if (fs.existsSync(dir)) {
     for (const f of fs.readdirSync(dir)) {
       const p = path.join(dir, f);
-      if (f === `${name}.json` || (f.startsWith('slot-') && fs.readFileSync(p, 'utf8') === name)) {
+      if (f === name && fs.statSync(p).isDirectory()) {
+        fs.rmSync(p, { recursive: true, force: true });
+        removed.push(`lab dir ${p}`);
+      } else if (f === `${name}.json` || (f.startsWith('slot-') && fs.readFileSync(p, 'utf8') === name)) {
         fs.rmSync(p, { force: true });
         removed.push(`state ${p}`);
       }

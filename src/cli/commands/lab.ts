@@ -13,22 +13,26 @@ function mustRead(name: string): LabState {
 const up = defineCommand({
   name: 'up',
   summary: 'Build a lab: nodes and pods as network namespaces and cgroups',
-  usage: 'lab up [--name lab] [--nodes 2] [--pods-per-node 2]',
+  usage: 'lab up [--name lab] [--nodes 2] [--pods-per-node 2] [--bare]',
   description:
     'Each node is a network namespace on a bridge (198.18.<16k>.0/24 for lab slot k), each pod a\n' +
     'network namespace and a cgroup behind its node (198.18.<16k+n>.0/24). Nothing routes outside\n' +
-    'the namespaces the lab makes. Interrupted or failed, it removes what it made.',
+    'the namespaces the lab makes. Then it starts a controller on the lab bridge and a proxy in\n' +
+    'each node, and registers every pod as a Workload (--bare: namespaces and cgroups only).\n' +
+    'Interrupted or failed, it removes what it made.',
   options: {
     name: { type: 'string', default: DEFAULT_NAME },
     nodes: { type: 'string', default: '2' },
     'pods-per-node': { type: 'string', default: '2' },
+    bare: { type: 'boolean', default: false },
   },
-  optionHelp: { name: 'lab name: 1-8 lowercase letters or digits', nodes: 'number of nodes (1-15)', 'pods-per-node': 'pods on each node (0-253)' },
+  optionHelp: { name: 'lab name: 1-8 lowercase letters or digits', nodes: 'number of nodes (1-15)', 'pods-per-node': 'pods on each node (0-253)', bare: 'no controller and proxies' },
   async run(values, _p, io) {
     const nodes = intFlag('nodemesh lab up', 'nodes', values.nodes, 1, 15);
     const podsPerNode = intFlag('nodemesh lab up', 'pods-per-node', values['pods-per-node'], 0, 253);
-    const lab = await untilSignal((signal) => labUp({ name: values.name as string, nodes, podsPerNode, signal, log: (l) => io.out(l + '\n') }));
+    const lab = await untilSignal((signal) => labUp({ name: values.name as string, nodes, podsPerNode, mesh: !values.bare, signal, log: (l) => io.out(l + '\n') }));
     io.out(`lab ${lab.name} is up: \`nodemesh lab list --name ${lab.name}\`, \`nodemesh lab exec --name ${lab.name} ${lab.pods[0]?.name ?? 'n1'} -- CMD\`, \`nodemesh lab down --name ${lab.name}\`\n`);
+    if (lab.mesh) io.out(`controller: export NODEMESH_CREDENTIALS=${lab.mesh.controller.credentials}; then nodemesh apply -f …, nodemesh flows, nodemesh status\n`);
     return EXIT.ok;
   },
 });

@@ -1,0 +1,138 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { findCgroup2Mount } from '../../bpf';
+import { DEFAULT_DATA_DIR } from '../../controller/controller';
+import { createLogger } from '../../log';
+import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
+import type { Flow } from '../../node-proxy/flows';
+import { NodeProxy } from '../../node-proxy/proxy';
+import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
+import { outputFormat, requiredFlag, toJson } from '../output';
+
+export const proxyCommand = defineCommand({
+  name: 'proxy',
+  summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token T --ca-file F] [--cgroup PATH] [--state-dir DIR]',
+  description:
+    'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
+    'state dir), installs or adopts the eBPF data path on the cgroup of the node pods, enrolls\n' +
+    'the workloads the controller places on this node, and proxies their connections. In the\n' +
+    'lab, `nodemesh lab up` runs one per node.',
+  options: {
+    node: { type: 'string' },
+    controller: { type: 'string' },
+    token: { type: 'string' },
+    'ca-file': { type: 'string' },
+    'state-dir': { type: 'string' },
+    cgroup: { type: 'string' },
+    'proxy-ip': { type: 'string' },
+    'proxy-ip6': { type: 'string' },
+    'fail-closed': { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'info' },
+  },
+  optionHelp: {
+    node: 'node name (required)',
+    controller: 'controller address IP:PORT (required)',
+    token: 'bootstrap token (first start)',
+    'ca-file': "the controller's CA certificate (first start)",
+    'state-dir': `where the node certificate is kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
+    cgroup: 'cgroup v2 directory of the node pods (default <cgroup2>/kubepods.slice)',
+    'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
+    'proxy-ip6': "this node's IPv6 address",
+    'fail-closed': 'refuse pod connects while the proxy is not ready',
+    'log-level': 'trace, debug, info, warn, error',
+  },
+  async run(values, _p, io) {
+    const cmd = 'nodemesh proxy';
+    const node = requiredFlag(cmd, 'node', values.node);
+    const cg2 = findCgroup2Mount();
+    const cgroup = (values.cgroup as string | undefined) ?? (cg2 ? path.join(cg2, 'kubepods.slice') : undefined);
+    if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted; give --cgroup`);
+    const log = createLogger({ level: values['log-level'] as string });
+    const proxy = await NodeProxy.start({
+      node,
+      controller: requiredFlag(cmd, 'controller', values.controller),
+      token: values.token as string | undefined,
+      caFile: values['ca-file'] as string | undefined,
+      stateDir: (values['state-dir'] as string | undefined) ?? path.join(DEFAULT_DATA_DIR, 'proxy', node),
+      adminSocket: adminSocketOf(node),
+      cgroup,
+      proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
+      proxyIp6: values['proxy-ip6'] as string | undefined,
+      failClosed: values['fail-closed'] as boolean,
+      log,
+    });
+    io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${adminSocketOf(node)}, metrics ${proxy.ports.metrics}\n`);
+    await termination();
+    log.info('shutting down');
+    await proxy.close();
+    log.flush();
+    return EXIT.ok;
+  },
+});
+
+function kb(n: number): string {
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1048576).toFixed(1)} MB`;
+}
+
+export function formatFlow(f: Flow): string {
+  const src = `${f.source.namespace && f.source.workload ? `${f.source.namespace}/${f.source.workload}` : 'unknown'} (${f.source.ip}:${f.source.port})`;
+  const svc = f.destination.service ? `${f.destination.namespace ?? ''}/${f.destination.service}` : f.destination.originalAddress;
+  const dst = `${svc}${f.destination.workload ? ` -> ${f.destination.workload} ${f.destination.address}` : f.destination.address && f.destination.address !== f.destination.originalAddress ? ` -> ${f.destination.address}` : ''}`;
+  const verdict = f.verdict.toUpperCase();
+  const why = f.policy ? `${f.reason} (${f.policy})` : f.reason;
+  const bytes = f.end ? `${kb(f.bytesSent)} out, ${kb(f.bytesReceived)} in, ${f.durationMs} ms, ${f.closeReason}` : 'open';
+  return `${f.start}  ${f.node}  ${src} -> ${dst}  ${verdict}  ${why}  ${bytes}`;
+}
+
+export const flowsCommand = defineCommand({
+  name: 'flows',
+  summary: 'Connections the node proxies handled, one line each (like hubble observe)',
+  usage: 'flows [--node N] [-f] [--from POD] [--to SVC] [--verdict allowed|denied|error] [-o text|json]',
+  description: 'Without --node: every proxy running on this host (each lab node), merged by time.',
+  options: {
+    node: { type: 'string' },
+    follow: { type: 'boolean', short: 'f', default: false },
+    from: { type: 'string' },
+    to: { type: 'string' },
+    verdict: { type: 'string' },
+    limit: { type: 'string', default: '100' },
+    output: { type: 'string', short: 'o', default: 'text' },
+  },
+  optionHelp: {
+    node: 'one node',
+    follow: 'keep printing new flows',
+    from: 'source workload (pod) name',
+    to: 'destination service or workload name',
+    verdict: 'allowed, denied or error',
+    limit: 'at most this many past flows per node',
+    output: 'text or json (NDJSON with -f)',
+  },
+  async run(values, _p, io: Io) {
+    const format = outputFormat('nodemesh flows', values.output);
+    if (values.verdict && !['allowed', 'denied', 'error'].includes(values.verdict as string))
+      throw new UsageError(`nodemesh flows: --verdict must be allowed, denied or error, not ${String(values.verdict)}`);
+    const nodes = values.node ? [values.node as string] : fs.existsSync(PROXY_RUN_DIR) ? fs.readdirSync(PROXY_RUN_DIR).filter((n) => fs.existsSync(adminSocketOf(n))) : [];
+    if (nodes.length === 0) throw new UsageError('nodemesh flows: no node proxy runs on this host (none under /run/nodemesh/proxy); start one, or give --node');
+    const q = new URLSearchParams();
+    for (const k of ['from', 'to', 'verdict'] as const) if (values[k]) q.set(k, values[k] as string);
+    q.set('limit', values.limit as string);
+    if (values.follow) {
+      q.set('follow', '1');
+      const print = (line: string): void => {
+        const e = JSON.parse(line) as { event: string; flow: Flow };
+        if (e.event !== 'close') return;
+        io.out(format === 'json' ? JSON.stringify(e.flow) + '\n' : formatFlow(e.flow) + '\n');
+      };
+      await Promise.race([Promise.all(nodes.map((n) => adminGet(adminSocketOf(n), `/flows?${q}`, print))), termination()]);
+      return EXIT.ok;
+    }
+    const all = (await Promise.all(nodes.map(async (n) => JSON.parse(await adminGet(adminSocketOf(n), `/flows?${q}`)) as Flow[]))).flat();
+    all.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+    if (format === 'json') io.out(toJson(all));
+    else if (all.length === 0) io.err('no flows\n');
+    else for (const f of all) io.out(formatFlow(f) + '\n');
+    return EXIT.ok;
+  },
+});

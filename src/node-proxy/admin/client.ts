@@ -1,0 +1,35 @@
+/** Reaching a proxy's admin API through its unix socket (works across network namespaces). */
+import * as http from 'node:http';
+import * as path from 'node:path';
+
+import { MeshError } from '../../errors';
+
+/** Where each proxy's admin socket lives, by node, whatever its state dir. */
+export const PROXY_RUN_DIR = '/run/nodemesh/proxy';
+
+export function adminSocketOf(node: string): string {
+  return path.join(PROXY_RUN_DIR, node, 'admin.sock');
+}
+
+/** GET `urlPath` from a proxy's admin socket; with onLine, streams the body line by line. */
+export function adminGet(socket: string, urlPath: string, onLine?: (line: string) => void): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath: socket, path: urlPath }, (res) => {
+      let body = '';
+      let rest = '';
+      res.on('data', (d: Buffer) => {
+        if (!onLine) return void (body += d.toString());
+        rest += d.toString();
+        let i: number;
+        while ((i = rest.indexOf('\n')) >= 0) {
+          onLine(rest.slice(0, i));
+          rest = rest.slice(i + 1);
+        }
+      });
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new MeshError('NM_ERR_ADMIN', `${urlPath}: HTTP ${res.statusCode}: ${body.trim()}`))));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      reject(new MeshError('NM_ERR_ADMIN', `cannot reach the proxy admin socket ${socket}: ${err.code ?? err.message} (is \`nodemesh proxy\` running for that node?)`)),
+    );
+  });
+}

@@ -1,0 +1,141 @@
+/**
+ * The proxy's HTTP endpoints: admin on 127.0.0.1:15000 and on a unix socket
+ * (so the CLI on the host reaches a proxy inside a node namespace), metrics
+ * on 15020, readiness on 15021.
+ *   /flows            JSON; ?from=&to=&verdict=&live=&limit=; ?follow=1 streams NDJSON
+ *   /config_dump      what the controller pushed
+ *   /status           readiness, versions, connections, data path counters
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+
+import type { FlowFilter, FlowTable, FlowVerdict } from '../flows';
+import { matchesFlow } from '../flows';
+import type { ProxyMetrics } from '../metrics';
+
+export interface AdminSources {
+  flows: FlowTable;
+  configDump(): unknown;
+  status(): unknown;
+  ready(): boolean;
+  metrics: ProxyMetrics;
+}
+
+function json(res: http.ServerResponse, code: number, body: unknown): void {
+  res.writeHead(code, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n');
+}
+
+export function filterOf(q: URLSearchParams): FlowFilter {
+  const f: FlowFilter = {};
+  if (q.get('from')) f.from = q.get('from')!;
+  if (q.get('to')) f.to = q.get('to')!;
+  const v = q.get('verdict');
+  if (v) f.verdict = v as FlowVerdict;
+  if (q.get('live')) f.live = q.get('live') === '1' || q.get('live') === 'true';
+  return f;
+}
+
+function adminHandler(src: AdminSources): http.RequestListener {
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    if (req.method !== 'GET') return json(res, 405, { error: 'GET only' });
+    switch (url.pathname) {
+      case '/flows': {
+        const filter = filterOf(url.searchParams);
+        const verdict = filter.verdict;
+        if (verdict && !['allowed', 'denied', 'error'].includes(verdict)) return json(res, 400, { error: `verdict must be allowed, denied or error, not ${verdict}` });
+        if (url.searchParams.get('follow') === '1') {
+          res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+          for (const f of src.flows.list(filter, Number(url.searchParams.get('limit') ?? 100))) res.write(JSON.stringify({ event: f.end ? 'close' : 'open', flow: f }) + '\n');
+          const off = src.flows.follow((e) => {
+            if (matchesFlow(e.flow, filter)) res.write(JSON.stringify(e) + '\n');
+          });
+          req.on('close', off);
+          return;
+        }
+        return json(res, 200, src.flows.list(filter, Number(url.searchParams.get('limit') ?? 1000)));
+      }
+      case '/config_dump':
+        return json(res, 200, src.configDump());
+      case '/status':
+        return json(res, 200, src.status());
+      default:
+        return json(res, 404, { error: 'not found: /flows, /config_dump, /status' });
+    }
+  };
+}
+
+export interface AdminListen {
+  adminHost: string;
+  adminPort: number;
+  /** Unix socket path for the admin API (its directory is created). */
+  adminSocket?: string;
+  metricsHost: string;
+  metricsPort: number;
+  healthHost: string;
+  healthPort: number;
+}
+
+function listen(server: http.Server, target: { port: number; host: string } | string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    if (typeof target === 'string') server.listen(target, resolve);
+    else server.listen(target.port, target.host, resolve);
+  });
+}
+
+/** Starts the admin, metrics and health servers; returns a closer. */
+export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ close(): Promise<void>; ports: { admin: number; metrics: number; health: number } }> {
+  const servers: http.Server[] = [];
+  try {
+    const admin = http.createServer(adminHandler(src));
+    servers.push(admin);
+    await listen(admin, { port: l.adminPort, host: l.adminHost });
+    if (l.adminSocket) {
+      fs.mkdirSync(path.dirname(l.adminSocket), { recursive: true });
+      fs.rmSync(l.adminSocket, { force: true });
+      const viaSocket = http.createServer(adminHandler(src));
+      servers.push(viaSocket);
+      await listen(viaSocket, l.adminSocket);
+    }
+    const metrics = http.createServer((req, res) => {
+      if (req.url !== '/metrics') return json(res, 404, { error: 'not found: /metrics' });
+      src.metrics.registry.metrics().then(
+        (body) => {
+          res.writeHead(200, { 'content-type': src.metrics.registry.contentType });
+          res.end(body);
+        },
+        (err: Error) => json(res, 500, { error: err.message }),
+      );
+    });
+    servers.push(metrics);
+    await listen(metrics, { port: l.metricsPort, host: l.metricsHost });
+    const health = http.createServer((req, res) => {
+      if (req.url !== '/healthz/ready') return json(res, 404, { error: 'not found: /healthz/ready' });
+      const ok = src.ready();
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
+      res.end(ok ? 'ready\n' : 'not ready\n');
+    });
+    servers.push(health);
+    await listen(health, { port: l.healthPort, host: l.healthHost });
+    const port = (s: http.Server): number => (s.address() as { port: number }).port;
+    return {
+      ports: { admin: port(admin), metrics: port(metrics), health: port(health) },
+      close: async () => {
+        await Promise.all(
+          servers.map((s) => {
+            const closed = new Promise<void>((r) => s.close(() => r()));
+            s.closeAllConnections(); // followers of /flows never end on their own
+            return closed;
+          }),
+        );
+        if (l.adminSocket) fs.rmSync(l.adminSocket, { force: true });
+      },
+    };
+  } catch (err) {
+    for (const s of servers) s.close();
+    throw err;
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * One record per connection the proxy handled: live ones, and a bounded ring
+ * of recent closed ones. Readers get copies; followers get each record as it
+ * opens and closes.
+ */
+export type FlowVerdict = 'allowed' | 'denied' | 'error';
+
+export interface Flow {
+  id: number;
+  node: string;
+  start: string;
+  end?: string;
+  durationMs?: number;
+  source: { workload?: string; namespace?: string; identity?: string; ip: string; port: number };
+  destination: { service?: string; workload?: string; namespace?: string; address: string; originalAddress: string };
+  verdict: FlowVerdict;
+  /** Why: allowed-by-policy, no-allow-policy, explicit-deny, not-allowed, registry-only, passthrough, no-endpoint, connect-failed… */
+  reason: string;
+  /** ns/name of the policy that decided, if any. */
+  policy?: string;
+  bytesSent: number;
+  bytesReceived: number;
+  /** How it ended: closed, reset, idle-timeout, connect-timeout, denied, error: … */
+  closeReason?: string;
+  security: 'none' | 'mutual_tls';
+}
+
+export interface FlowFilter {
+  /** Source workload name (or pod name). */
+  from?: string;
+  /** Destination service name (or workload name). */
+  to?: string;
+  verdict?: FlowVerdict;
+  live?: boolean;
+}
+
+export function matchesFlow(f: Flow, q: FlowFilter): boolean {
+  if (q.from && f.source.workload !== q.from) return false;
+  if (q.to && f.destination.service !== q.to && f.destination.workload !== q.to) return false;
+  if (q.verdict && f.verdict !== q.verdict) return false;
+  if (q.live !== undefined && (f.end === undefined) !== q.live) return false;
+  return true;
+}
+
+export type FlowEvent = { event: 'open' | 'close'; flow: Flow };
+
+export class FlowTable {
+  readonly #live = new Map<number, Flow>();
+  readonly #recent: Flow[] = [];
+  readonly #capacity: number;
+  #nextId = 1;
+  #head = 0;
+  readonly #followers = new Set<(e: FlowEvent) => void>();
+
+  constructor(capacity = 10_000) {
+    this.#capacity = capacity;
+  }
+
+  get liveCount(): number {
+    return this.#live.size;
+  }
+
+  open(init: Omit<Flow, 'id' | 'start' | 'bytesSent' | 'bytesReceived'>): Flow {
+    const flow: Flow = { ...init, id: this.#nextId++, start: new Date().toISOString(), bytesSent: 0, bytesReceived: 0 };
+    this.#live.set(flow.id, flow);
+    this.#emit('open', flow);
+    return flow;
+  }
+
+  close(flow: Flow, closeReason: string, bytesSent: number, bytesReceived: number): void {
+    if (!this.#live.delete(flow.id)) return;
+    const end = new Date();
+    flow.end = end.toISOString();
+    flow.durationMs = end.getTime() - Date.parse(flow.start);
+    flow.closeReason = closeReason;
+    flow.bytesSent = bytesSent;
+    flow.bytesReceived = bytesReceived;
+    if (this.#recent.length < this.#capacity) this.#recent.push(flow);
+    else {
+      this.#recent[this.#head] = flow;
+      this.#head = (this.#head + 1) % this.#capacity;
+    }
+    this.#emit('close', flow);
+  }
+
+  /** Live and recent flows, oldest first, filtered. */
+  list(q: FlowFilter = {}, limit = 1000): Flow[] {
+    const recent = this.#recent.length < this.#capacity ? this.#recent : [...this.#recent.slice(this.#head), ...this.#recent.slice(0, this.#head)];
+    const all = [...recent, ...this.#live.values()].filter((f) => matchesFlow(f, q));
+    return all.slice(-limit).map((f) => structuredClone(f));
+  }
+
+  follow(fn: (e: FlowEvent) => void): () => void {
+    this.#followers.add(fn);
+    return () => this.#followers.delete(fn);
+  }
+
+  #emit(event: 'open' | 'close', flow: Flow): void {
+    if (this.#followers.size === 0) return;
+    const copy = structuredClone(flow);
+    for (const f of this.#followers) f({ event, flow: copy });
+  }
+}

@@ -1,0 +1,1 @@
+export { FlowTable, matchesFlow, type Flow, type FlowEvent, type FlowFilter, type FlowVerdict } from './flow-table';

@@ -1,0 +1,54 @@
+/**
+ * The proxy's Prometheus metrics, with Istio's label names so dashboards port
+ * (source_workload, destination_service, connection_security_policy, …).
+ */
+import * as prom from 'prom-client';
+
+export const CONNECTION_LABELS = [
+  'reporter',
+  'source_workload',
+  'source_namespace',
+  'source_principal',
+  'destination_service',
+  'destination_service_namespace',
+  'destination_workload',
+  'destination_namespace',
+  'connection_security_policy',
+] as const;
+export type ConnectionLabels = Record<(typeof CONNECTION_LABELS)[number], string>;
+
+export class ProxyMetrics {
+  readonly registry = new prom.Registry();
+  readonly opened = new prom.Counter({ name: 'nodemesh_tcp_connections_opened_total', help: 'TCP connections the proxy opened to a destination', labelNames: CONNECTION_LABELS, registers: [this.registry] });
+  readonly closed = new prom.Counter({ name: 'nodemesh_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: CONNECTION_LABELS, registers: [this.registry] });
+  readonly sent = new prom.Counter({ name: 'nodemesh_tcp_sent_bytes_total', help: 'Bytes the source sent', labelNames: CONNECTION_LABELS, registers: [this.registry] });
+  readonly received = new prom.Counter({ name: 'nodemesh_tcp_received_bytes_total', help: 'Bytes the source received', labelNames: CONNECTION_LABELS, registers: [this.registry] });
+  readonly denied = new prom.Counter({
+    name: 'nodemesh_tcp_denied_total',
+    help: 'Connections refused: by an authorization policy, REGISTRY_ONLY, or for want of an endpoint',
+    labelNames: [...CONNECTION_LABELS, 'reason', 'policy'] as const,
+    registers: [this.registry],
+  });
+  readonly active = new prom.Gauge({ name: 'nodemesh_tcp_active_connections', help: 'Connections open now', registers: [this.registry] });
+  readonly configVersion = new prom.Gauge({ name: 'nodemesh_proxy_config_version', help: 'Config version applied', registers: [this.registry] });
+  readonly ready = new prom.Gauge({ name: 'nodemesh_proxy_ready', help: '1 once config and data path are in place', registers: [this.registry] });
+
+  constructor(datapathCounters?: () => Record<string, bigint>) {
+    prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_proxy_' });
+    if (datapathCounters) {
+      new prom.Gauge({
+        name: 'nodemesh_datapath_events',
+        help: 'Data path counters from the kernel (redirected, excluded, not_enrolled, proxy_down, lookup_miss, map_full, closed)',
+        labelNames: ['counter'] as const,
+        registers: [this.registry],
+        collect() {
+          try {
+            for (const [k, v] of Object.entries(datapathCounters())) this.set({ counter: k }, Number(v));
+          } catch {
+            // the data path is gone (shutting down): report nothing
+          }
+        },
+      });
+    }
+  }
+}

@@ -1,0 +1,3 @@
+export { BalancerCache, endpointsOf } from './balancers';
+export { planOutbound, type OutboundPlan } from './plan';
+export { OutboundServer, type OutboundOptions } from './server';

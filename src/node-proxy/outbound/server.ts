@@ -1,0 +1,260 @@
+/**
+ * The outbound listener (15001): every TCP connection a pod opened, sent here
+ * by the data path. Per connection: the origin from the kernel, the source
+ * workload from its netns cookie (never from the source IP), a plan from the
+ * config, an endpoint from the balancer, an authorization decision, then a
+ * connection to the endpoint and bytes piped both ways with backpressure and
+ * half-close. Config changes apply to new connections; established ones keep
+ * going.
+ */
+import * as net from 'node:net';
+
+import type { Logger } from '../../log';
+import type { Origin } from '../datapath';
+import type { Flow, FlowTable } from '../flows';
+import type { Endpoint } from '../lb';
+import type { ConnectionLabels, ProxyMetrics } from '../metrics';
+import type { CompiledPolicySet, Decision } from '../policy';
+import type { MeshView, WorkloadView } from '../state';
+import { normalizeIp } from '../state';
+import type { BalancerCache } from './balancers';
+import { planOutbound } from './plan';
+
+export interface OutboundOptions {
+  node: string;
+  /** The origin of an accepted socket (the data path), taken once. */
+  originOf(socket: net.Socket): Origin | undefined;
+  /** The local workload a netns cookie belongs to. */
+  workloadOfCookie(cookie: bigint): WorkloadView | undefined;
+  view(): MeshView;
+  policies(): CompiledPolicySet;
+  balancers: BalancerCache;
+  flows: FlowTable;
+  metrics: ProxyMetrics;
+  log: Logger;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+}
+
+interface Target {
+  address: string;
+  port: number;
+  endpoint?: Endpoint;
+  workload?: { name: string; namespace: string; labels: Record<string, string> };
+}
+
+const UNKNOWN = 'unknown';
+
+export class OutboundServer {
+  readonly server: net.Server;
+  readonly #o: OutboundOptions;
+  readonly #connectTimeout: number;
+  readonly #idleTimeout: number;
+  readonly #sockets = new Set<net.Socket>();
+
+  constructor(opts: OutboundOptions) {
+    this.#o = opts;
+    this.#connectTimeout = opts.connectTimeoutMs ?? 5_000;
+    this.#idleTimeout = opts.idleTimeoutMs ?? 3_600_000;
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => this.#accept(sock));
+  }
+
+  listen(port: number, host = '::'): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ port, host, ipv6Only: false }, () => resolve((this.server.address() as net.AddressInfo).port));
+    });
+  }
+
+  /** Stops accepting; gives open connections `drainMs` to finish, then cuts them. */
+  async close(drainMs = 5_000): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const until = Date.now() + drainMs;
+    while (this.#sockets.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    for (const s of this.#sockets) s.destroy();
+  }
+
+  #accept(client: net.Socket): void {
+    this.#sockets.add(client);
+    client.once('close', () => this.#sockets.delete(client));
+    client.on('error', () => {});
+    const o = this.#o;
+    const origin = o.originOf(client);
+    const sourceIp = normalizeIp(client.remoteAddress ?? '');
+    if (!origin) {
+      // Not redirected by our data path (or its entry was lost): nowhere to send it.
+      const flow = o.flows.open({
+        node: o.node,
+        source: { ip: sourceIp, port: client.remotePort ?? 0 },
+        destination: { address: '', originalAddress: '' },
+        verdict: 'error',
+        reason: 'no-origin',
+        security: 'none',
+      });
+      o.flows.close(flow, 'no-origin', 0, 0);
+      client.resetAndDestroy();
+      return;
+    }
+    const src = o.workloadOfCookie(origin.netnsCookie);
+    const view = o.view();
+    const plan = planOutbound(view, origin);
+    const original = net.isIPv6(origin.ip) ? `[${origin.ip}]:${origin.port}` : `${origin.ip}:${origin.port}`;
+    const source = { workload: src?.name, namespace: src?.namespace, identity: src?.identity, ip: sourceIp, port: client.remotePort ?? 0 };
+    const labels: ConnectionLabels = {
+      reporter: 'source',
+      source_workload: src?.name ?? UNKNOWN,
+      source_namespace: src?.namespace ?? UNKNOWN,
+      source_principal: src?.identity ?? UNKNOWN,
+      destination_service: UNKNOWN,
+      destination_service_namespace: UNKNOWN,
+      destination_workload: UNKNOWN,
+      destination_namespace: UNKNOWN,
+      connection_security_policy: 'none',
+    };
+
+    if (plan.kind === 'refuse') {
+      const flow = o.flows.open({ node: o.node, source, destination: { address: original, originalAddress: original }, verdict: 'denied', reason: plan.reason, security: 'none' });
+      o.metrics.denied.inc({ ...labels, reason: plan.reason, policy: '' });
+      o.flows.close(flow, 'denied', 0, 0);
+      o.log.debug({ src: source, dst: original, reason: plan.reason }, 'refused');
+      client.resetAndDestroy();
+      return;
+    }
+
+    let service: { name: string; namespace: string } | undefined;
+    const family: 4 | 6 = net.isIPv6(origin.ip) && !origin.ip.startsWith('::ffff:') ? 6 : 4;
+    const tried = new Set<string>();
+    const next = (): Target | undefined => {
+      if (plan.kind === 'passthrough') return tried.size ? undefined : { address: plan.ip, port: plan.port };
+      if (plan.kind === 'workload') {
+        if (tried.size) return undefined;
+        const w = plan.workload;
+        const address = w.addresses.find((a) => net.isIP(a) === family) ?? w.addresses[0] ?? origin.ip;
+        return { address, port: plan.port, workload: w };
+      }
+      const b = o.balancers.get(plan.service, plan.targetPort, family);
+      const ep = b.pick({ sourceIp, sourceNode: o.node }, tried);
+      if (!ep) return undefined;
+      const e = plan.service.endpoints.find((x) => `${x.namespace}/${x.workload}` === ep.id);
+      return { address: ep.address, port: ep.port, endpoint: ep, workload: e ? { name: e.workload, namespace: e.namespace, labels: e.labels } : undefined };
+    };
+    if (plan.kind === 'service') {
+      service = { name: plan.service.name, namespace: plan.service.namespace };
+      labels.destination_service = `${plan.service.name}.${plan.service.namespace}`;
+      labels.destination_service_namespace = plan.service.namespace;
+    }
+
+    const decide = (t: Target): Decision | undefined => {
+      if (!t.workload) return undefined; // passthrough: no mesh workload, no policy selects it
+      return o.policies().evaluate({
+        source: { principal: src?.identity, namespace: src?.namespace, ip: sourceIp },
+        destination: { namespace: t.workload.namespace, labels: t.workload.labels, ip: t.address, port: t.port },
+      });
+    };
+
+    const attempt = (): void => {
+      const target = next();
+      if (!target) {
+        const flow = o.flows.open({
+          node: o.node,
+          source,
+          destination: { service: service?.name, namespace: service?.namespace, address: '', originalAddress: original },
+          verdict: 'error',
+          reason: tried.size ? 'connect-failed' : 'no-endpoint',
+          security: 'none',
+        });
+        o.metrics.denied.inc({ ...labels, reason: flow.reason, policy: '' });
+        o.flows.close(flow, flow.reason, 0, 0);
+        client.resetAndDestroy();
+        return;
+      }
+      const key = target.endpoint?.id ?? `${target.address}:${target.port}`;
+      tried.add(key);
+      const dstLabels: ConnectionLabels = { ...labels, destination_workload: target.workload?.name ?? UNKNOWN, destination_namespace: target.workload?.namespace ?? UNKNOWN };
+      const address = net.isIPv6(target.address) ? `[${target.address}]:${target.port}` : `${target.address}:${target.port}`;
+      const decision = decide(target);
+      if (decision && !decision.allowed) {
+        const flow = o.flows.open({
+          node: o.node,
+          source,
+          destination: { service: service?.name, workload: target.workload?.name, namespace: target.workload?.namespace, address, originalAddress: original },
+          verdict: 'denied',
+          reason: decision.reason,
+          policy: decision.policy,
+          security: 'none',
+        });
+        o.metrics.denied.inc({ ...dstLabels, reason: decision.reason, policy: decision.policy ?? '' });
+        o.flows.close(flow, 'denied', 0, 0);
+        o.log.info({ src: source, dst: address, service: service?.name, reason: decision.reason, policy: decision.policy }, 'connection denied');
+        client.resetAndDestroy();
+        return;
+      }
+      if (decision?.audit.length) o.log.info({ src: source, dst: address, audit: decision.audit }, 'audited');
+      const started = performance.now();
+      const b = plan.kind === 'service' ? o.balancers.get(plan.service, plan.targetPort, family) : undefined;
+      const upstream = net.connect({ host: target.address, port: target.port, allowHalfOpen: true });
+      upstream.setNoDelay(true);
+      const connectTimer = setTimeout(() => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })), this.#connectTimeout);
+      const failed = (err: NodeJS.ErrnoException): void => {
+        clearTimeout(connectTimer);
+        if (target.endpoint) b?.connectResult(target.endpoint.id, false, performance.now() - started);
+        o.log.debug({ dst: address, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
+        attempt();
+      };
+      upstream.once('error', failed);
+      upstream.once('connect', () => {
+        clearTimeout(connectTimer);
+        upstream.off('error', failed);
+        if (target.endpoint && b) {
+          b.connectResult(target.endpoint.id, true, performance.now() - started);
+          b.started(target.endpoint.id);
+        }
+        const flow = o.flows.open({
+          node: o.node,
+          source,
+          destination: { service: service?.name, workload: target.workload?.name, namespace: target.workload?.namespace, address, originalAddress: original },
+          verdict: 'allowed',
+          reason: decision?.reason ?? (plan.kind === 'passthrough' ? 'passthrough' : 'allowed'),
+          policy: decision?.policy,
+          security: 'none',
+        });
+        o.metrics.opened.inc(dstLabels);
+        o.metrics.active.inc();
+        this.#splice(client, upstream, flow, () => {
+          if (target.endpoint && b) b.finished(target.endpoint.id);
+          o.metrics.active.dec();
+          o.metrics.closed.inc(dstLabels);
+          o.metrics.sent.inc(dstLabels, client.bytesRead);
+          o.metrics.received.inc(dstLabels, client.bytesWritten);
+        });
+      });
+    };
+    attempt();
+  }
+
+  /** Pipes both ways (pipe() honours backpressure and forwards half-close) until both sides are done. */
+  #splice(client: net.Socket, upstream: net.Socket, flow: Flow, done: () => void): void {
+    const o = this.#o;
+    let reason = 'closed';
+    let closed = 0;
+    const onClose = (): void => {
+      if (++closed < 2) return;
+      done();
+      o.flows.close(flow, reason, client.bytesRead, client.bytesWritten);
+    };
+    const fail = (why: string) => (err?: Error): void => {
+      if (reason === 'closed') reason = err ? `${why}: ${(err as NodeJS.ErrnoException).code ?? err.message}` : why;
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', fail('client error'));
+    upstream.on('error', fail('upstream error'));
+    client.setTimeout(this.#idleTimeout, () => fail('idle-timeout')());
+    upstream.setTimeout(this.#idleTimeout, () => fail('idle-timeout')());
+    client.once('close', onClose);
+    upstream.once('close', onClose);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.resume();
+  }
+}

@@ -1,0 +1,10 @@
+export {
+  applicablePolicies,
+  compilePolicies,
+  evaluate,
+  ROOT_NAMESPACE,
+  type CompiledPolicySet,
+  type ConnectionFacts,
+  type Decision,
+  type Verdict,
+} from './evaluate';

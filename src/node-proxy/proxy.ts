@@ -1,0 +1,277 @@
+/**
+ * The node proxy (DESIGN §4): joins the controller (bootstrap token -> node
+ * certificate), installs or adopts the data path, follows its config stream,
+ * enrolls the node's workloads, and serves outbound connections on 15001.
+ * Ready (data path marked ready, /healthz/ready 200) only once config and
+ * data path are in place. While the controller is away it keeps serving the
+ * last config and reconnects with backoff.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { ControllerClient } from '../controller/client';
+import { MeshError } from '../errors';
+import { silentLogger, type Logger } from '../log';
+import { VERSION } from '../version';
+import { startAdmin } from './admin';
+import { Datapath } from './datapath';
+import { FlowTable } from './flows';
+import { joinController, loadNodeIdentity, renewNodeIdentity, type NodeIdentity } from './identity';
+import { ProxyMetrics } from './metrics';
+import { BalancerCache, OutboundServer } from './outbound';
+import { compilePolicies, type CompiledPolicySet } from './policy';
+import { ConfigStream, MeshView, type Staged, type WorkloadView } from './state';
+import { ConfigState } from './state';
+
+export interface ProxyOptions {
+  node: string;
+  /** Controller address IP:PORT. */
+  controller: string;
+  /** Bootstrap token: needed only when the state dir holds no valid node certificate. */
+  token?: string;
+  /** The controller's CA (PEM file), to trust it when joining. */
+  caFile?: string;
+  stateDir: string;
+  /** cgroup v2 directory holding the node's pods. */
+  cgroup: string;
+  proxyIp: string;
+  proxyIp6?: string;
+  failClosed?: boolean;
+  outboundPort?: number;
+  adminPort?: number;
+  metricsPort?: number;
+  healthPort?: number;
+  /** Admin API unix socket (default <stateDir>/admin.sock). */
+  adminSocket?: string;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  log?: Logger;
+}
+
+export class ProxyError extends MeshError {}
+
+export class NodeProxy {
+  readonly node: string;
+  readonly flows = new FlowTable();
+  readonly state = new ConfigState();
+  #view: MeshView;
+  #policies: CompiledPolicySet;
+  #ready = false;
+  readonly #log: Logger;
+  readonly #opts: ProxyOptions;
+  #datapath!: Datapath;
+  #client!: ControllerClient;
+  #stream!: ConfigStream;
+  #outbound!: OutboundServer;
+  #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
+  #metrics!: ProxyMetrics;
+  #identity!: NodeIdentity;
+  /** Enrolled local workloads: key -> netns cookie, and back. */
+  readonly #enrolled = new Map<string, bigint>();
+  readonly #byCookie = new Map<bigint, WorkloadView>();
+  #renewTimer: NodeJS.Timeout | undefined;
+  readonly #balancers: BalancerCache;
+
+  private constructor(opts: ProxyOptions) {
+    this.node = opts.node;
+    this.#opts = opts;
+    this.#log = (opts.log ?? silentLogger()).child({ component: 'proxy', node: opts.node });
+    this.#view = MeshView.build(this.state, opts.node);
+    this.#policies = compilePolicies([]);
+    this.#balancers = new BalancerCache(opts.node);
+  }
+
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  get ports(): { outbound: number; admin: number; metrics: number; health: number } {
+    return { outbound: (this.#outbound.server.address() as { port: number }).port, ...this.#admin.ports };
+  }
+
+  static async start(opts: ProxyOptions): Promise<NodeProxy> {
+    const p = new NodeProxy(opts);
+    try {
+      await p.#start();
+      return p;
+    } catch (err) {
+      await p.close().catch(() => {});
+      throw err;
+    }
+  }
+
+  async #start(): Promise<void> {
+    const o = this.#opts;
+    fs.mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
+    this.#identity = loadNodeIdentity(o.stateDir) ?? (await this.#join());
+    this.#client = new ControllerClient({ address: o.controller, ca: this.#identity.caPem, cert: this.#identity.certPem, key: this.#identity.keyPem });
+    this.#scheduleRenewal();
+
+    this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
+    this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    this.#outbound = new OutboundServer({
+      node: o.node,
+      originOf: (s) => this.#datapath.originOf(s),
+      workloadOfCookie: (c) => this.#byCookie.get(c),
+      view: () => this.#view,
+      policies: () => this.#policies,
+      balancers: this.#balancers,
+      flows: this.flows,
+      metrics: this.#metrics,
+      log: this.#log.child({ component: 'outbound' }),
+      connectTimeoutMs: o.connectTimeoutMs,
+      idleTimeoutMs: o.idleTimeoutMs,
+    });
+    await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+    });
+    this.#admin = await startAdmin(
+      {
+        flows: this.flows,
+        metrics: this.#metrics,
+        ready: () => this.#ready,
+        configDump: () => ({ node: o.node, version: this.state.version, items: Object.fromEntries(this.state.items) }),
+        status: () => this.status(),
+      },
+      {
+        adminHost: '127.0.0.1',
+        adminPort: o.adminPort ?? 15000,
+        adminSocket: o.adminSocket ?? path.join(o.stateDir, 'admin.sock'),
+        metricsHost: '::',
+        metricsPort: o.metricsPort ?? 15020,
+        healthHost: '::',
+        healthPort: o.healthPort ?? 15021,
+      },
+    );
+
+    this.#stream = new ConfigStream({ client: this.#client, node: o.node, proxyVersion: VERSION, state: this.state, log: this.#log, validate: (s) => this.#validate(s) });
+    const first = new Promise<void>((resolve) => this.#stream.once('update', () => resolve()));
+    this.#stream.on('update', () => {
+      void this.#applyConfig().catch((err: unknown) => this.#log.error({ err }, 'applying config failed'));
+    });
+    this.#stream.on('disconnected', (reason) => this.#log.warn({ reason }, 'controller away; serving the last config'));
+    this.#stream.on('connected', () => this.#log.info('controller connected'));
+    this.#stream.start();
+    await first;
+    await this.#applyConfig();
+    this.#ready = true;
+    this.#datapath.setReady(true);
+    this.#metrics.ready.set(1);
+    this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
+  }
+
+  async #join(): Promise<NodeIdentity> {
+    const o = this.#opts;
+    if (!o.token) throw new ProxyError('NM_ERR_NO_TOKEN', `node ${o.node} has no certificate in ${o.stateDir}: give --token (from \`nodemesh controller token create --node ${o.node}\`)`);
+    if (!o.caFile) throw new ProxyError('NM_ERR_NO_CA', 'joining needs the controller CA to trust it: give --ca-file (the controller data dir holds it as ca/ca.crt)');
+    let caPem: string;
+    try {
+      caPem = fs.readFileSync(o.caFile, 'utf8');
+    } catch (err) {
+      throw new ProxyError('NM_ERR_NO_CA', `cannot read --ca-file ${o.caFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    const id = await joinController({ dir: o.stateDir, node: o.node, controller: o.controller, token: o.token, caPem });
+    this.#log.info({ notAfter: id.notAfter }, 'joined the controller');
+    return id;
+  }
+
+  #scheduleRenewal(): void {
+    const half = (this.#identity.notAfter.getTime() - Date.now()) / 2;
+    this.#renewTimer = setTimeout(() => {
+      renewNodeIdentity(this.#opts.stateDir, this.node, this.#client, this.#identity).then(
+        (id) => {
+          this.#identity = id;
+          this.#log.info({ notAfter: id.notAfter }, 'node certificate renewed (used from the next connection)');
+          this.#scheduleRenewal();
+        },
+        (err: unknown) => {
+          this.#log.warn({ err }, 'node certificate renewal failed; retrying in 60 s');
+          this.#renewTimer = setTimeout(() => this.#scheduleRenewal(), 60_000);
+          this.#renewTimer.unref();
+        },
+      );
+    }, Math.max(1000, Math.min(half, 2 ** 31 - 1)));
+    this.#renewTimer.unref();
+  }
+
+  /** Refuses a version this proxy cannot apply; the previous config then stays. */
+  #validate(staged: Staged): string | null {
+    for (const [key, raw] of staged.items) {
+      if (key.startsWith('Workload/')) {
+        const w = raw as { spec: { node: string; netns?: string } };
+        if (w.spec.node === this.node && w.spec.netns && !fs.existsSync(w.spec.netns))
+          return `${key}: its netns ${w.spec.netns} does not exist on node ${this.node}`;
+      }
+    }
+    try {
+      compilePolicies([...staged.items].filter(([k]) => k.startsWith('AuthorizationPolicy/')).map(([, v]) => v as never));
+    } catch (err) {
+      return `authorization policies: ${(err as Error).message}`;
+    }
+    return null;
+  }
+
+  /** Rebuilds lookups and policies, and enrolls/unenrolls local workloads. */
+  async #applyConfig(): Promise<void> {
+    const view = MeshView.build(this.state, this.node);
+    this.#policies = compilePolicies(view.policies);
+    this.#view = view;
+    this.#balancers.retain(view.services.keys());
+    this.#metrics.configVersion.set(view.version);
+    const want = new Map(view.localWorkloads.filter((w) => w.local && w.netns).map((w) => [w.key, w]));
+    for (const [key, cookie] of this.#enrolled) {
+      if (want.has(key)) continue;
+      this.#datapath.unenrollCookie(cookie);
+      this.#enrolled.delete(key);
+      this.#byCookie.delete(cookie);
+      this.#log.info({ workload: key }, 'unenrolled');
+    }
+    let index = 0;
+    for (const [key, w] of want) {
+      index++;
+      let cookie = this.#enrolled.get(key);
+      if (cookie === undefined) {
+        try {
+          cookie = await this.#datapath.enroll(w.netns!, { index });
+        } catch (err) {
+          this.#log.warn({ workload: key, netns: w.netns, err: (err as Error).message }, 'cannot enroll');
+          continue;
+        }
+        this.#enrolled.set(key, cookie);
+        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie) }, 'enrolled');
+      }
+      this.#byCookie.set(cookie, w);
+    }
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      node: this.node,
+      version: VERSION,
+      ready: this.#ready,
+      controller: { address: this.#opts.controller, connected: this.#stream?.connected ?? false, configVersion: this.state.version },
+      identity: this.#identity ? { node: this.node, notAfter: this.#identity.notAfter.toISOString(), trustDomain: this.#identity.trustDomain } : null,
+      connections: { live: this.flows.liveCount },
+      workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
+      services: this.#view.services.size,
+      policies: this.#view.policies.length,
+      datapath: this.#datapath ? { counters: this.#datapath.counters(), config: this.#datapath.config() } : null,
+    };
+  }
+
+  /** Stops: not ready, drains connections, closes everything; the data path stays pinned. */
+  async close(drainMs = 2_000): Promise<void> {
+    clearTimeout(this.#renewTimer);
+    this.#ready = false;
+    try {
+      this.#datapath?.setReady(false);
+    } catch {
+      // the data path was uninstalled under us
+    }
+    this.#stream?.stop();
+    await this.#outbound?.close(drainMs);
+    await this.#admin?.close();
+    this.#client?.close();
+    this.#datapath?.close();
+  }
+}
