@@ -1,8 +1,8 @@
-/** Polls `pred` until it holds or `timeoutMs` passes; resolves to its last value. */
-export async function waitFor(pred: () => boolean, timeoutMs = 5000, stepMs = 10): Promise<boolean> {
+/** Polls `pred` (sync or async) until it holds or `timeoutMs` passes; resolves to whether it held. */
+export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs = 5000, stepMs = 10): Promise<boolean> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    if (pred()) return true;
+    if (await pred()) return true;
     if (Date.now() > end) return false;
     await new Promise((r) => setTimeout(r, stepMs));
   }

@@ -116,7 +116,7 @@ export class LocalityBalancer implements Balancer {
     if (this.#ejected > 0) this.#returnDue(this.#now());
     let local = true;
     let list = this.#local;
-    let eligible = list.length - this.#excludedUsable(exclude, true);
+    let eligible = list.length === 0 ? 0 : list.length - this.#excludedUsable(exclude, true);
     if (eligible <= 0) {
       local = false;
       list = this.#all;

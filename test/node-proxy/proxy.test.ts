@@ -1,0 +1,138 @@
+/**
+ * The node proxies in a lab with its controller: pods reach a Service on both
+ * nodes through their proxies; policy, REGISTRY_ONLY, endpoint failure and a
+ * lost controller behave as a user expects; flows and metrics say so.
+ */
+import { t } from 'tap';
+
+import { ControllerClient } from '../../src/controller/client';
+import { podWorkload, type LabState } from '../../src/lab';
+import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
+import type { Flow } from '../../src/node-proxy/flows';
+import { bpfTest } from '../helpers/bpf';
+import { fixture } from '../helpers/child';
+import { doc } from '../helpers/controller';
+import { labProcess, labRun, testLab } from '../helpers/lab';
+import { waitFor } from '../helpers/wait';
+
+const A = 'nodemesh.io/v1alpha1';
+const VIP = '198.19.0.50';
+
+async function client(lab: LabState, pod: string, args: (string | number)[]): Promise<Record<string, unknown>> {
+  const r = await labRun(lab, pod, [process.execPath, fixture('mesh-client.js'), ...args.map(String)]);
+  if (r.code !== 0 || !r.stdout.trim()) throw new Error(`mesh-client ${args.join(' ')} in ${pod}: ${r.code} ${r.stderr}`);
+  return JSON.parse(r.stdout) as Record<string, unknown>;
+}
+const whoami = async (lab: LabState, pod: string, host: string, port: number, n: number): Promise<string[]> =>
+  (await client(lab, pod, ['whoami', host, port, n])).answers as string[];
+
+async function flows(node: string, q = ''): Promise<Flow[]> {
+  return JSON.parse(await adminGet(adminSocketOf(node), `/flows?limit=10000${q}`)) as Flow[];
+}
+
+bpfTest(t, 'node proxies in a lab', async (t) => {
+  const lab = await testLab(t, 2, 2, true);
+  const [n1, n2] = lab.nodes;
+  const admin = ControllerClient.fromCredentials(lab.mesh!.controller.credentials);
+  t.teardown(() => admin.close());
+
+  // An "echo" service with an endpoint on each node.
+  const echoPods = lab.pods.filter((p) => p.index === 1);
+  await admin.apply([
+    ...echoPods.map((p, i) => {
+      const w = podWorkload(lab, p) as { metadata: { labels: Record<string, string> } };
+      w.metadata.labels.role = 'echo';
+      return doc(w, i + 1);
+    }),
+    doc({ apiVersion: A, kind: 'Service', metadata: { name: 'echo', namespace: 'default' }, spec: { selector: { role: 'echo' }, addresses: [VIP], ports: [{ port: 80, targetPort: 8080 }, { port: 81, targetPort: 8081 }] } }, 9),
+  ]);
+  for (const p of echoPods) await labProcess(t, lab, p.name, [process.execPath, fixture('mesh-server.js'), p.name], /serving/);
+
+  await t.test('pods reach the service through their node proxy, same-node endpoints first', async (t) => {
+    t.ok(await waitFor(async () => (await whoami(lab, 'n1-p2', VIP, 81, 1))[0] === 'n1-p1', 10_000), 'the service is in place');
+    t.same(await whoami(lab, 'n1-p2', VIP, 81, 10), new Array(10).fill('n1-p1'), 'n1-p2 reaches the endpoint on its own node');
+    t.same(await whoami(lab, 'n2-p2', VIP, 81, 10), new Array(10).fill('n2-p1'), 'n2-p2 reaches the one on its node');
+    const f = (await flows(n1!.name, '&from=n1-p2')).at(-1)!;
+    t.match(f, { node: n1!.name, source: { workload: 'n1-p2', namespace: 'default', identity: 'spiffe://cluster.local/ns/default/sa/n1-p2' }, destination: { service: 'echo', workload: 'n1-p1' }, verdict: 'allowed', closeReason: 'closed' });
+    t.equal(f.bytesReceived, 6, 'the flow counts bytes: "n1-p1\\n"');
+  });
+
+  await t.test('bytes come back intact: 16 MB each way, then half-close', async (t) => {
+    const r = await client(lab, 'n1-p2', ['echo', VIP, 80, 16 * 1024 * 1024]);
+    t.same(r, { sent: 16 * 1024 * 1024, received: 16 * 1024 * 1024, same: true });
+    const crossNode = await client(lab, 'n2-p2', ['echo', lab.pods.find((p) => p.name === 'n1-p1')!.ip, 8080, 1024 * 1024]);
+    t.same(crossNode, { sent: 1048576, received: 1048576, same: true }, 'to a pod on the other node by its address');
+  });
+
+  await t.test('a DENY applies within a second to new connections; established ones live on', async (t) => {
+    const held = client(lab, 'n1-p2', ['hold', VIP, 80, 3000]);
+    await new Promise((r) => setTimeout(r, 300));
+    const applied = Date.now();
+    await admin.apply([
+      doc({
+        apiVersion: A,
+        kind: 'AuthorizationPolicy',
+        metadata: { name: 'deny-n1-p2', namespace: 'default' },
+        spec: { selector: { matchLabels: { role: 'echo' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/n1-p2'] } }] }] },
+      }),
+    ]);
+    let deniedAt = 0;
+    for (;;) {
+      const [a] = await whoami(lab, 'n1-p2', VIP, 81, 1);
+      if (a !== 'n1-p1') {
+        deniedAt = Date.now();
+        t.match(a, /^(ECONNRESET|EMPTY)$/, 'refused at once');
+        break;
+      }
+      if (Date.now() - applied > 5000) break;
+    }
+    t.ok(deniedAt > 0 && deniedAt - applied < 1000, `denied ${deniedAt - applied} ms after the apply`);
+    t.same(await whoami(lab, 'n2-p2', VIP, 81, 3), ['n2-p1', 'n2-p1', 'n2-p1'], 'other sources are still allowed');
+    const h = await held;
+    t.equal(h.failed, null, 'the connection opened before the policy kept working');
+    t.ok((h.roundTrips as number) >= 20, `${String(h.roundTrips)} round trips on it`);
+    const denied = (await flows(n1!.name, '&verdict=denied')).at(-1)!;
+    t.match(denied, { source: { workload: 'n1-p2' }, destination: { service: 'echo' }, verdict: 'denied', reason: 'explicit-deny', policy: 'default/deny-n1-p2' });
+    await admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'default', name: 'deny-n1-p2' }]);
+    t.ok(await waitFor(async () => (await whoami(lab, 'n1-p2', VIP, 81, 1))[0] === 'n1-p1', 5000), 'allowed again once the policy is gone');
+  });
+
+  await t.test('ALLOW_ANY passes unknown destinations through; REGISTRY_ONLY refuses them', async (t) => {
+    // A server in node n2 itself: not a mesh workload, not a service.
+    await labProcess(t, lab, 'n2', [process.execPath, fixture('mesh-server.js'), 'outside', '9081', '9080'], /serving/);
+    t.same(await whoami(lab, 'n1-p2', n2!.ip, 9081, 1), ['outside'], 'passthrough under ALLOW_ANY');
+    await admin.apply([doc({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' } } })]);
+    t.ok(await waitFor(async () => (await whoami(lab, 'n1-p2', n2!.ip, 9081, 1))[0] !== 'outside', 5000), 'refused under REGISTRY_ONLY');
+    t.same(await whoami(lab, 'n1-p2', VIP, 81, 1), ['n1-p1'], 'registered services still work');
+    t.match((await flows(n1!.name, '&verdict=denied')).at(-1), { reason: 'registry-only', destination: { originalAddress: `${n2!.ip}:9081` } });
+    await admin.apply([doc({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { outboundTrafficPolicy: { mode: 'ALLOW_ANY' } } })]);
+  });
+
+  await t.test('killing an endpoint sends new connections to the others', async (t) => {
+    await labRun(lab, 'n1-p1', ['sh', '-c', 'pkill -f "mesh-server.js n1-p1" || true']);
+    const answers = await whoami(lab, 'n1-p2', VIP, 81, 10);
+    t.same(answers, new Array(10).fill('n2-p1'), 'every connection reached the endpoint on the other node');
+    const failed = (await flows(n1!.name, '&from=n1-p2')).filter((f) => f.verdict !== 'allowed');
+    t.same(failed.filter((f) => f.reason === 'connect-failed'), [], 'no client saw the dead endpoint: the proxy retried elsewhere');
+  });
+
+  await t.test('traffic keeps flowing while the controller is away', async (t) => {
+    process.kill(lab.mesh!.controller.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 500));
+    t.same(await whoami(lab, 'n2-p2', VIP, 81, 5), new Array(5).fill('n2-p1'));
+    const status = JSON.parse(await adminGet(adminSocketOf(n2!.name), '/status')) as { ready: boolean; controller: { connected: boolean } };
+    t.match(status, { ready: true, controller: { connected: false } }, 'still ready, serving the last config');
+  });
+
+  await t.test('metrics name what happened, with Istio label names', async (t) => {
+    const r = await labRun(lab, 'n1', [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))"]);
+    const m = r.stdout;
+    t.match(m, /nodemesh_tcp_connections_opened_total\{reporter="source",source_workload="n1-p2",source_namespace="default",source_principal="spiffe:\/\/cluster.local\/ns\/default\/sa\/n1-p2",destination_service="echo.default",destination_service_namespace="default",destination_workload="n1-p1",destination_namespace="default",connection_security_policy="none"\} \d+/);
+    t.match(m, /nodemesh_tcp_denied_total\{[^}]*source_workload="n1-p2"[^}]*reason="explicit-deny",policy="default\/deny-n1-p2"\} [1-9]/);
+    t.match(m, /nodemesh_tcp_denied_total\{[^}]*reason="registry-only"[^}]*\} [1-9]/);
+    t.match(m, /nodemesh_tcp_sent_bytes_total\{[^}]*destination_workload="n1-p1"[^}]*\} (1677\d{4}|[2-9]\d{7})/);
+    t.match(m, /nodemesh_datapath_events\{counter="redirected"\} [1-9]/);
+    t.match(m, /nodemesh_proxy_nodejs_eventloop_lag_seconds/);
+    t.match(m, /nodemesh_proxy_ready 1/);
+  });
+});
