@@ -481,8 +481,8 @@ const cases: Case[] = [
   },
   {
     name: 'HTTP: when request.headers, header name case-insensitive',
-    policies: [allow('hdr', [{ when: [{ key: 'request.headers[X-Token]', values: ['abc*'] }] }])],
-    facts: facts({ http: { headers: { 'x-token': 'abc123' } } }),
+    policies: [allow('hdr', [{ when: [{ key: 'request.headers[x-token]', values: ['abc*'] }] }])],
+    facts: facts({ http: { headers: { 'X-Token': 'abc123' } } }),
     want: allowedBy('foo/hdr'),
   },
   {
@@ -566,6 +566,12 @@ const cases: Case[] = [
     policies: [deny('deny-all', [{}], 'bar'), allow('allow-nothing', undefined, 'bar')],
     facts: facts(),
     want: ALLOWED_NO_POLICY,
+  },
+  {
+    name: 'a workload in the root namespace: its policies count once',
+    policies: [allow('ports', [{ to: [{ operation: { ports: ['1'] } }] }], ROOT), audit('log', [{}], ROOT)],
+    facts: facts({ ns: ROOT, labels: {} }),
+    want: { ...notAllowed(`${ROOT}/ports`), audit: [`${ROOT}/log`] },
   },
   {
     name: 'root and local DENY both match: the root one is reported',

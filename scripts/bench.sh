@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# npm run bench: set up as for the tests, add the benchmark tools, run the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+missing=()
+for tool in iperf3 haproxy; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "bench: missing ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+node dist/bench/proxy.js "$@"
+node dist/bench/controller.js
