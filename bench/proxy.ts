@@ -97,7 +97,7 @@ async function main(): Promise<void> {
     const hcfg = path.join(os.tmpdir(), `nodemesh-bench-haproxy-${process.pid}.cfg`);
     fs.writeFileSync(
       hcfg,
-      `global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n` +
+      `global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n` +
         `listen iperf\n  bind ${n1!.ip}:15101\n  server s ${server.ip}:5201\n` +
         `listen rr\n  bind ${n1!.ip}:15102\n  server s ${server.ip}:7000\n`,
     );

@@ -45,6 +45,7 @@ export interface ProxyOptions {
   adminSocket?: string;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
   log?: Logger;
 }
 
@@ -121,6 +122,7 @@ export class NodeProxy {
       log: this.#log.child({ component: 'outbound' }),
       connectTimeoutMs: o.connectTimeoutMs,
       idleTimeoutMs: o.idleTimeoutMs,
+      accessLogLevel: o.accessLogLevel,
     });
     await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
       throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);

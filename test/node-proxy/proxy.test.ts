@@ -3,12 +3,15 @@
  * nodes through their proxies; policy, REGISTRY_ONLY, endpoint failure and a
  * lost controller behave as a user expects; flows and metrics say so.
  */
+import * as path from 'node:path';
+
 import { t } from 'tap';
 
 import { ControllerClient } from '../../src/controller/client';
 import { podWorkload, type LabState } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import type { Flow } from '../../src/node-proxy/flows';
+import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
 import { doc } from '../helpers/controller';
@@ -16,6 +19,7 @@ import { labProcess, labRun, testLab } from '../helpers/lab';
 import { waitFor } from '../helpers/wait';
 
 const A = 'nodemesh.io/v1alpha1';
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
 const VIP = '198.19.0.50';
 
 async function client(lab: LabState, pod: string, args: (string | number)[]): Promise<Record<string, unknown>> {
@@ -114,6 +118,31 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     t.same(answers, new Array(10).fill('n2-p1'), 'every connection reached the endpoint on the other node');
     const failed = (await flows(n1!.name, '&from=n1-p2')).filter((f) => f.verdict !== 'allowed');
     t.same(failed.filter((f) => f.reason === 'connect-failed'), [], 'no client saw the dead endpoint: the proxy retried elsewhere');
+  });
+
+  await t.test('a config the proxy cannot apply is NACKed; the previous one stays', async (t) => {
+    const bad = { apiVersion: A, kind: 'Workload', metadata: { name: 'ghost', namespace: 'default' }, spec: { node: n1!.name, serviceAccount: 'ghost', addresses: ['198.18.9.9'], netns: '/run/netns/nodemesh-test-no-such-netns' } };
+    const r = await admin.apply([doc(bad)]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).some((n) => n.node === n1!.name && n.nackedVersion === r.version), 5000), 'the node refused the version');
+    const n = (await admin.listNodes()).find((x) => x.node === n1!.name)!;
+    t.match(n.nackReason, /Workload\/default\/ghost: its netns \/run\/netns\/nodemesh-test-no-such-netns does not exist/);
+    t.same(await whoami(lab, 'n1-p2', VIP, 81, 2), ['n2-p1', 'n2-p1'], 'and keeps serving the config it had (n1-p1 is down since the last test)');
+    const cli = await labRun(lab, 'n1', [process.execPath, BIN, 'status', '--credentials', lab.mesh!.controller.credentials]);
+    t.match(cli.stdout, new RegExp(`${n1!.name} +yes +\\d+ +\\d+ +${r.version} .*does not exist`), `nodemesh status shows the refusal: ${cli.stdout}${cli.stderr}`);
+    await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'ghost' }]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).find((x) => x.node === n1!.name)!.ackedVersion > r.version, 5000), 'the next good version is taken');
+  });
+
+  await t.test('nodemesh flows and status from the host', async (t) => {
+    const text = await labRun(lab, 'n1', [process.execPath, BIN, 'flows', '--node', n1!.name, '--from', 'n1-p2', '--verdict', 'denied']);
+    t.match(text.stdout, new RegExp(`  ${n1!.name}  default/n1-p2 \\(198\\.18\\.\\d+\\.2:\\d+\\) -> default/echo -> n1-p1 \\S+  DENIED  explicit-deny \\(default/deny-n1-p2\\)  0 B out, 0 B in`));
+    const json = JSON.parse((await labRun(lab, 'n1', [process.execPath, BIN, 'flows', '-o', 'json', '--to', 'echo'])).stdout) as Flow[];
+    t.ok(json.length > 10 && json.every((f) => f.destination.service === 'echo'), 'all nodes merged, filtered by service');
+    t.ok(new Set(json.map((f) => f.node)).size === 2, 'from both proxies');
+    const status = await labRun(lab, 'n1', [process.execPath, BIN, 'status', '--node', n1!.name]);
+    t.match(status.stdout, /proxy\n  health      ready/);
+    t.match(status.stdout, /config      1 services, 0 authorization policies, 2 local workloads/);
+    t.match(status.stdout, /workload    Workload\/default\/n1-p2  spiffe:\/\/cluster.local\/ns\/default\/sa\/n1-p2/);
   });
 
   await t.test('traffic keeps flowing while the controller is away', async (t) => {

@@ -10,6 +10,11 @@ import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
 
+function accessLevel(v: string): 'trace' | 'debug' | 'info' | 'warn' | 'silent' {
+  if (['trace', 'debug', 'info', 'warn', 'silent'].includes(v)) return v as 'trace';
+  throw new UsageError(`nodemesh proxy: --access-log-level must be trace, debug, info, warn or silent, not ${v}`);
+}
+
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
@@ -30,8 +35,10 @@ export const proxyCommand = defineCommand({
     'proxy-ip6': { type: 'string' },
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
+    'access-log-level': { type: 'string', default: 'info' },
   },
   optionHelp: {
+    'access-log-level': 'level of the per-connection access log line: trace, debug, info, warn or silent',
     node: 'node name (required)',
     controller: 'controller address IP:PORT (required)',
     token: 'bootstrap token (first start)',
@@ -61,6 +68,7 @@ export const proxyCommand = defineCommand({
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
       failClosed: values['fail-closed'] as boolean,
+      accessLogLevel: accessLevel(values['access-log-level'] as string),
       log,
     });
     io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${adminSocketOf(node)}, metrics ${proxy.ports.metrics}\n`);

@@ -2,6 +2,7 @@ import { probeFeatures, type FeatureReport } from '../../bpf';
 import { Datapath, DatapathError, type DatapathStatus } from '../../node-proxy/datapath';
 import { defineCommand, EXIT, type Io } from '../command';
 import { withAdmin } from './controller';
+import { adminGet, adminSocketOf } from '../../node-proxy/admin';
 import { outputFormat, requiredFlag, table, toJson } from '../output';
 
 export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
@@ -56,6 +57,36 @@ async function controllerStatus(values: Record<string, unknown>, io: Io, format:
   });
 }
 
+interface ProxyStatus {
+  ready: boolean;
+  version: string;
+  controller: { address: string; connected: boolean; configVersion: number };
+  identity: { notAfter: string } | null;
+  connections: { live: number };
+  workloads: { workload: string; identity: string }[];
+  services: number;
+  policies: number;
+}
+
+async function proxyStatus(node: string): Promise<ProxyStatus | undefined> {
+  try {
+    return JSON.parse(await adminGet(adminSocketOf(node), '/status')) as ProxyStatus;
+  } catch {
+    return undefined;
+  }
+}
+
+function formatProxy(p: ProxyStatus): string {
+  return [
+    `  health      ${p.ready ? 'ready' : 'NOT ready'} (nodemesh ${p.version})`,
+    `  controller  ${p.controller.address} ${p.controller.connected ? 'connected' : 'NOT connected (serving the last config)'}, config version ${p.controller.configVersion}`,
+    `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
+    `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads`,
+    `  connections ${p.connections.live} open`,
+    ...p.workloads.map((w) => `  workload    ${w.workload}  ${w.identity}`),
+  ].join('\n') + '\n';
+}
+
 export const statusCommand = defineCommand({
   name: 'status',
   summary: "The mesh's nodes as the controller sees them, or one node's data path (--node)",
@@ -90,7 +121,12 @@ export const statusCommand = defineCommand({
     }
     try {
       const status = dp.status();
-      io.out(format === 'json' ? toJson({ ...status, installed: true, features }) : formatStatus(status, features));
+      const proxy = await proxyStatus(node);
+      if (format === 'json') io.out(toJson({ ...status, installed: true, features, proxy }));
+      else {
+        io.out(formatStatus(status, features));
+        io.out(proxy ? `\nproxy\n${formatProxy(proxy)}` : `\nproxy     not running here (no ${adminSocketOf(node)})\n`);
+      }
     } finally {
       dp.close();
     }

@@ -37,6 +37,11 @@ interface NodeState {
   channel: NodeChannel | null;
   /** version -> when its write was committed (ms), until ACKed. */
   pending: Map<number, number>;
+  /**
+   * The node refused a version and holds an older one, which deltas cannot
+   * start from: its next config is a whole snapshot.
+   */
+  resync: boolean;
 }
 
 export class ConfigHub {
@@ -67,6 +72,10 @@ export class ConfigHub {
     if (this.#commitTimes.size > 10_000) this.#commitTimes.delete(this.#commitTimes.keys().next().value!);
     for (const s of this.#nodes.values()) {
       if (!s.channel) continue;
+      if (s.resync) {
+        this.#sendSnapshot(s, committedAt);
+        continue;
+      }
       const upserts: Item[] = [];
       const removals: string[] = [];
       for (const key of dirty) this.#diffKey(s, key, upserts, removals);
@@ -100,9 +109,9 @@ export class ConfigHub {
   connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel): void {
     let s = this.#nodes.get(node);
     if (s?.channel) s.channel.close('replaced by a newer stream from the same node');
-    const resumable = s !== undefined && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion;
+    const resumable = s !== undefined && !s.resync && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion;
     if (!s) {
-      s = { node, sent: new Map(), sentVersion: 0, ackedVersion: 0, nackedVersion: 0, nackReason: '', lastSeen: Date.now(), proxyVersion, channel, pending: new Map() };
+      s = { node, sent: new Map(), sentVersion: 0, ackedVersion: 0, nackedVersion: 0, nackReason: '', lastSeen: Date.now(), proxyVersion, channel, pending: new Map(), resync: false };
       this.#nodes.set(node, s);
     }
     s.channel = channel;
@@ -121,16 +130,22 @@ export class ConfigHub {
       else channel.send({ delta: { version: s.sentVersion, fromVersion: s.sentVersion, upserts: [], removals: [] } });
       return;
     }
+    this.#sendSnapshot(s, now);
+  }
+
+  /** Everything the node should hold, replacing what it has. */
+  #sendSnapshot(s: NodeState, committedAt: number): void {
     s.sent.clear();
+    s.resync = false;
     const items: Item[] = [];
     for (const item of this.#registry.items.values()) {
-      if (!wants(item, node)) continue;
+      if (!wants(item, s.node)) continue;
       items.push({ key: item.key, json: item.json });
       s.sent.set(item.key, item.version);
     }
     s.sentVersion = this.#version;
-    s.pending.set(this.#version, now);
-    channel.send({ snapshot: { version: this.#version, items } });
+    s.pending.set(this.#version, committedAt);
+    s.channel!.send({ snapshot: { version: this.#version, items } });
   }
 
   ack(node: string, version: number): void {
@@ -150,6 +165,7 @@ export class ConfigHub {
     s.nackedVersion = version;
     s.nackReason = reason;
     s.pending.delete(version);
+    s.resync = true;
     this.#events.nacked?.(node, version, reason);
   }
 

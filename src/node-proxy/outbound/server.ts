@@ -34,6 +34,8 @@ export interface OutboundOptions {
   log: Logger;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  /** pino level of the access log line written when each connection closes (default info). */
+  accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
 }
 
 interface Target {
@@ -57,6 +59,18 @@ export class OutboundServer {
     this.#connectTimeout = opts.connectTimeoutMs ?? 5_000;
     this.#idleTimeout = opts.idleTimeoutMs ?? 3_600_000;
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => this.#accept(sock));
+    const level = opts.accessLogLevel ?? 'info';
+    if (level !== 'silent') {
+      // One access-log line per connection, when it closes (denied ones too).
+      opts.flows.follow((e) => {
+        if (e.event !== 'close') return;
+        const f = e.flow;
+        opts.log[level](
+          { access: true, flow: f.id, src: `${f.source.namespace ?? '-'}/${f.source.workload ?? '-'}`, srcAddr: `${f.source.ip}:${f.source.port}`, service: f.destination.service, dst: f.destination.address || f.destination.originalAddress, verdict: f.verdict, reason: f.reason, policy: f.policy, sent: f.bytesSent, received: f.bytesReceived, ms: f.durationMs, close: f.closeReason },
+          'connection',
+        );
+      });
+    }
   }
 
   listen(port: number, host = '::'): Promise<number> {

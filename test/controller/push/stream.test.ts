@@ -127,6 +127,11 @@ t.test('a NACKed version leaves the previous config and shows in the node list',
   const n = (await c.admin.listNodes()).find((x) => x.node === 'n1')!;
   t.equal(n.nackedVersion, r.version);
   t.equal(n.nackReason, 'policy only-a uses a feature this proxy lacks');
+  // The node holds an older version than the one it refused: the next change comes whole.
+  const good = await c.admin.apply([doc(policy(['3']))]);
+  t.ok(await waitFor(() => s.state.version === good.version), 'the next good version is taken');
+  t.match(s.state.get('AuthorizationPolicy/shop/only-a'), { spec: { rules: [{ to: [{ operation: { ports: ['3'] } }] }] } });
+  t.equal(nacks.length, 1);
 });
 
 t.test('a node must say hello as itself', async (t) => {
