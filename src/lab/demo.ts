@@ -1,24 +1,28 @@
 /**
- * `nodemesh lab demo`: what nodemesh does today, end to end, on this machine.
- * Builds a lab, installs the data path on every node with a stand-in proxy
- * (`nodemesh datapath echo`) on the proxy port, has pods connect to Service
- * VIPs, prints what the proxy learned about each connection, the flow records
- * and counters, and removes the lab — also when interrupted.
+ * `nodemesh lab demo`: nodemesh end to end on this machine. A lab of two
+ * nodes with a controller and a proxy each; a Service with an endpoint on
+ * both nodes; pods calling it through their node proxies; a DENY policy
+ * applied live; then the flows and metrics the proxies recorded. The lab is
+ * removed at the end, also when interrupted.
  */
-import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 
-import { Datapath, type FlowRecord } from '../node-proxy/datapath';
+import { API_VERSION } from '../api/kinds';
+import { ControllerClient } from '../controller/client';
+import { adminGet, adminSocketOf } from '../node-proxy/admin';
+import { formatFlow, type Flow } from '../node-proxy/flows';
 import { PACKAGE_ROOT } from '../paths';
 import { labDown, labSpawn, labUp, type LabState } from './lab';
-
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
+import { podWorkload } from './mesh';
 
 export interface DemoOptions {
   name: string;
   out: (line: string) => void;
   signal?: AbortSignal;
 }
+
+const SERVER = path.join(PACKAGE_ROOT, 'dist', 'src', 'lab', 'demo-server.js');
+const VIP = '198.19.0.10';
 
 function runIn(lab: LabState, target: string, argv: string[]): Promise<string> {
   const child = labSpawn(lab, target, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -28,84 +32,77 @@ function runIn(lab: LabState, target: string, argv: string[]): Promise<string> {
   return new Promise((resolve) => child.on('close', () => resolve(out.trim())));
 }
 
-const CLIENT = `
-const net = require('net');
-const [host, port] = [process.argv[1], Number(process.argv[2])];
-const s = net.connect(port, host);
-let a = '';
-s.on('data', (d) => (a += d)).on('end', () => console.log(a.trim())).on('error', (e) => console.log(JSON.stringify({ error: e.code })));
-`;
+const CALL = `const s=require('net').connect(${80},process.argv[1]);let a='';s.on('data',d=>a+=d).on('end',()=>console.log(a.trim()||'(closed without an answer)')).on('error',e=>console.log('refused: '+e.code))`;
 
 export async function runDemo(opts: DemoOptions): Promise<void> {
   const { out } = opts;
-  const children: ChildProcess[] = [];
-  const datapaths: Datapath[] = [];
-  out(`== 1. a lab: 2 nodes, 2 pods each (nodemesh lab up --name ${opts.name})`);
-  const lab = await labUp({ name: opts.name, nodes: 2, podsPerNode: 2, signal: opts.signal, log: (l) => out(l) });
+  out(`== 1. a lab: 2 nodes, 2 pods each, a controller and a proxy per node (nodemesh lab up --name ${opts.name})`);
+  const lab = await labUp({ name: opts.name, nodes: 2, podsPerNode: 2, mesh: true, signal: opts.signal, log: (l) => out(l) });
+  const admin = ControllerClient.fromCredentials(lab.mesh!.controller.credentials);
   try {
     out('');
-    out('== 2. the data path on each node: eBPF on the pods cgroup, pinned; pods enrolled by netns');
-    for (const node of lab.nodes) {
-      const dp = Datapath.install({ node: node.name, cgroup: node.cgroup, proxyIp: node.ip, proxyIp6: node.ip6 });
-      datapaths.push(dp);
-      for (const [i, pod] of lab.pods.filter((p) => p.node === node.name).entries()) {
-        const cookie = await dp.enroll(`/run/netns/${pod.netns}`, { index: i + 1 });
-        out(`  ${node.name}: enrolled ${pod.name} (${pod.ip}, netns cookie ${cookie})`);
-      }
-      const echo = labSpawn(lab, `n${node.index}`, [process.execPath, BIN, 'datapath', 'echo', '--node', node.name], { stdio: ['ignore', 'pipe', 'inherit'] });
-      children.push(echo);
-      await new Promise<void>((resolve, reject) => {
-        echo.stdout!.on('data', (d: Buffer) => /listening on/.test(d.toString()) && resolve());
-        echo.once('exit', (code) => reject(new Error(`the stand-in proxy on ${node.name} exited (${code})`)));
-      });
-      out(`  ${node.name}: stand-in proxy listening on ${node.ip}:15001`);
-    }
-    const flows: FlowRecord[] = [];
-    const rings = datapaths.map((dp) => dp.flowEvents((r) => flows.push(...r)));
-
-    out('');
-    out('== 3. pods connect to Service VIPs (198.19.0.0/16, routed nowhere); the kernel sends them to their node proxy');
-    const calls: [string, string, number][] = [
-      ['n1-p1', '198.19.0.10', 80],
-      ['n1-p2', '198.19.0.20', 5432],
-      ['n2-p1', '198.19.0.10', 80],
-      ['n2-p2', '198.19.1.1', 443],
+    out(`== 2. a Service "web" (${VIP}:80) with an endpoint on each node (nodemesh apply)`);
+    const web = lab.pods.filter((p) => p.index === 1);
+    const docs = [
+      ...web.map((p) => {
+        const w = podWorkload(lab, p) as { metadata: { labels: Record<string, string> } };
+        w.metadata.labels.app = 'web';
+        return w;
+      }),
+      { apiVersion: API_VERSION, kind: 'Service', metadata: { name: 'web', namespace: 'default' }, spec: { selector: { app: 'web' }, addresses: [VIP], ports: [{ port: 80, targetPort: 8080, appProtocol: 'tcp' }] } },
     ];
-    for (const [pod, host, port] of calls) {
-      const answer = await runIn(lab, pod, [process.execPath, '-e', CLIENT, host, String(port)]);
-      let shown = answer;
-      try {
-        const a = JSON.parse(answer) as { peer: string; origin: { ip: string; port: number; netnsCookie: string; pid: number } | null };
-        shown = a.origin ? `proxy saw ${a.peer}, original destination ${a.origin.ip}:${a.origin.port}, netns ${a.origin.netnsCookie}, pid ${a.origin.pid}` : `proxy saw ${a.peer}, no origin`;
-      } catch {
-        // show it as it came
-      }
-      out(`  ${pod} -> ${host}:${port}   ${shown}`);
+    const applied = await admin.apply(docs.map((d, i) => ({ source: 'demo', index: i + 1, json: JSON.stringify(d) })));
+    for (const r of applied.results) out(`  ${r.kind.toLowerCase()}.nodemesh.io/${r.name} ${r.action}`);
+    for (const p of web) {
+      const child = labSpawn(lab, p.name, [process.execPath, SERVER, p.name], { stdio: ['ignore', 'pipe', 'ignore'] });
+      await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+      out(`  ${p.name} serves on :8080`);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 300));
+
+    const calls = async (): Promise<void> => {
+      for (const pod of ['n1-p2', 'n2-p2']) out(`  ${pod} -> ${VIP}:80   ${await runIn(lab, pod, [process.execPath, '-e', CALL, VIP])}`);
+    };
+    out('');
+    out('== 3. pods call the service; each proxy prefers the endpoint on its own node');
+    await calls();
 
     out('');
-    out('== 4. flow records (from the kernel, on close)');
-    for (const f of flows)
-      out(`  ${f.srcIp}:${f.srcPort} -> ${f.origin.ip}:${f.origin.port}  ${((Number(f.endNs - f.origin.startNs)) / 1e6).toFixed(2)} ms  received ${f.bytesReceived} B  ${f.established ? 'established' : 'failed'}`);
-    for (const r of rings) r.close();
+    out('== 4. a DENY policy for n2-p2 (by its SPIFFE identity), applied while the mesh runs');
+    await admin.apply([
+      {
+        source: 'demo',
+        index: 1,
+        json: JSON.stringify({
+          apiVersion: API_VERSION,
+          kind: 'AuthorizationPolicy',
+          metadata: { name: 'deny-n2-p2', namespace: 'default' },
+          spec: { selector: { matchLabels: { app: 'web' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/n2-p2'] } }] }] },
+        }),
+      },
+    ]);
+    out('  authorizationpolicy.nodemesh.io/deny-n2-p2 created');
+    await new Promise((r) => setTimeout(r, 300));
+    await calls();
 
     out('');
-    out('== 5. counters (nodemesh status --node N)');
-    for (const dp of datapaths) {
-      const c = dp.counters();
-      out(`  ${dp.node}: ${Object.entries(c).map(([k, v]) => `${k}=${v}`).join(' ')}`);
-    }
+    out('== 5. flows (nodemesh flows)');
+    const flows: Flow[] = [];
+    for (const n of lab.nodes) flows.push(...(JSON.parse(await adminGet(adminSocketOf(n.name), '/flows')) as Flow[]));
+    flows.sort((a, b) => (a.start < b.start ? -1 : 1));
+    for (const f of flows) out(`  ${formatFlow(f)}`);
+
     out('');
-    out('The proxy, the controller and mTLS between nodes come next (see ../shared/DESIGN.md).');
+    out(`== 6. metrics of ${lab.nodes[1]!.name} (:15020/metrics, Istio label names)`);
+    const metrics = await runIn(lab, 'n2', [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>console.log(t))"]);
+    for (const line of metrics.split('\n').filter((l) => /^nodemesh_tcp_(connections_opened|denied)_total\{/.test(l))) out(`  ${line}`);
+    out('');
+    out('mTLS between nodes, L7 routing and STRICT mode come next (see ../shared/DESIGN.md).');
   } finally {
-    for (const c of children) c.kill('SIGTERM');
-    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once('exit', r)) : undefined)));
-    for (const dp of datapaths) dp.close();
+    admin.close();
     out('');
-    out(`== 6. teardown (nodemesh lab down --name ${opts.name})`);
+    out(`== 7. teardown (nodemesh lab down --name ${opts.name})`);
     const r = await labDown(opts.name);
     out(`  removed ${r.removed.length} objects${r.errors.length ? `; errors: ${r.errors.join('; ')}` : ''}`);
   }
 }
-

@@ -5,7 +5,7 @@ import { findCgroup2Mount } from '../../bpf';
 import { DEFAULT_DATA_DIR } from '../../controller/controller';
 import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
-import type { Flow } from '../../node-proxy/flows';
+import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
@@ -79,20 +79,6 @@ export const proxyCommand = defineCommand({
     return EXIT.ok;
   },
 });
-
-function kb(n: number): string {
-  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1048576).toFixed(1)} MB`;
-}
-
-export function formatFlow(f: Flow): string {
-  const src = `${f.source.namespace && f.source.workload ? `${f.source.namespace}/${f.source.workload}` : 'unknown'} (${f.source.ip}:${f.source.port})`;
-  const svc = f.destination.service ? `${f.destination.namespace ?? ''}/${f.destination.service}` : f.destination.originalAddress;
-  const dst = `${svc}${f.destination.workload ? ` -> ${f.destination.workload} ${f.destination.address}` : f.destination.address && f.destination.address !== f.destination.originalAddress ? ` -> ${f.destination.address}` : ''}`;
-  const verdict = f.verdict.toUpperCase();
-  const why = f.policy ? `${f.reason} (${f.policy})` : f.reason;
-  const bytes = f.end ? `${kb(f.bytesSent)} out, ${kb(f.bytesReceived)} in, ${f.durationMs} ms, ${f.closeReason}` : 'open';
-  return `${f.start}  ${f.node}  ${src} -> ${dst}  ${verdict}  ${why}  ${bytes}`;
-}
 
 export const flowsCommand = defineCommand({
   name: 'flows',
