@@ -260,7 +260,11 @@ export async function labDown(name: string, opts: { stateDir?: string; pinBase?:
     .filter((n) => nsRe.test(n))
     .sort((a, b) => b.length - a.length); // pods before nodes
   for (const ns of namespaces) killPids((await ipQuiet(['netns', 'pids', ns])).split('\n').filter(Boolean));
-  await attempt(`lab ${name} controller`, () => stopLabController(name, stateDirOf(opts.stateDir)));
+  try {
+    if (stopLabController(name, stateDirOf(opts.stateDir))) removed.push(`lab ${name} controller`);
+  } catch (err) {
+    errors.push(`lab ${name} controller: ${err instanceof Error ? err.message : String(err)}`);
+  }
 
   // 2. Data paths: detached before the cgroups they sit on go.
   const pinBase = opts.pinBase ?? DEFAULT_PIN_BASE;

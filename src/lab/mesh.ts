@@ -122,22 +122,23 @@ export async function startLabMesh(lab: LabState, dir: string, record: (mesh: La
   }
 }
 
-/** Stops the lab controller recorded in the lab's state, if it still runs. */
-export function stopLabController(name: string, stateDir: string): void {
+/** Stops the lab controller recorded in the lab's state, if it still runs; whether it did. */
+export function stopLabController(name: string, stateDir: string): boolean {
   let pid: number | undefined;
   try {
     pid = (JSON.parse(fs.readFileSync(path.join(stateDir, `${name}.json`), 'utf8')) as LabState).mesh?.controller.pid;
   } catch {
-    return;
+    return false;
   }
-  if (!pid) return;
+  if (!pid) return false;
   // Only if that pid is still our controller (pids are reused).
   let cmdline = '';
   try {
     cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
   } catch {
-    return;
+    return false;
   }
-  if (!cmdline.includes('controller') || !cmdline.includes(path.join(stateDir, name))) return;
+  if (!cmdline.includes('controller') || !cmdline.includes(path.join(stateDir, name))) return false;
   process.kill(pid, 'SIGKILL');
+  return true;
 }
