@@ -8,3 +8,4 @@ export {
   type Decision,
   type Verdict,
 } from './evaluate';
+export { explainConnection, type Explanation } from './explain';
