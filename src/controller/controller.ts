@@ -41,6 +41,8 @@ export interface ControllerOptions {
   caKeyFile?: string;
   trustDomain?: string;
   heartbeatMs?: number;
+  /** Workload certificate lifetime in seconds, over MeshConfig's (short ones test rotation). */
+  workloadCertLifetimeSeconds?: number;
   log?: Logger;
 }
 
@@ -127,7 +129,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     });
 
     const ctx = { log: log.child({ component: 'controller-api' }), metrics };
-    const certs = certificateServices(ctx, ca, store, registry, () => registry.meshConfig().certificateLifetimeSeconds);
+    const certs = certificateServices(ctx, ca, store, registry, () => opts.workloadCertLifetimeSeconds ?? registry.meshConfig().certificateLifetimeSeconds);
     const svc = services();
     grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
     grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));

@@ -83,8 +83,10 @@ export const controllerCommand = defineCommand({
     'ca-key': { type: 'string' },
     'trust-domain': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    'workload-cert-lifetime': { type: 'string' },
   },
   optionHelp: {
+    'workload-cert-lifetime': 'workload certificate lifetime (e.g. 30s, 24h), over MeshConfig',
     'data-dir': 'where the store, the CA and admin.json live',
     listen: 'gRPC address',
     'metrics-listen': 'Prometheus metrics and /healthz address',
@@ -106,6 +108,7 @@ export const controllerCommand = defineCommand({
       caCertFile: values['ca-cert'] as string | undefined,
       caKeyFile: values['ca-key'] as string | undefined,
       trustDomain: values['trust-domain'] as string | undefined,
+      workloadCertLifetimeSeconds: values['workload-cert-lifetime'] ? parseDurationSeconds('workload-cert-lifetime', values['workload-cert-lifetime'] as string) : undefined,
       log,
     });
     io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);

@@ -1,0 +1,57 @@
+/** Workload certificates from a real controller: issued, renewed at half life, retried while it is away. */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+
+import { t } from 'tap';
+
+import { ControllerClient } from '../../../src/controller/client';
+import { startController } from '../../../src/controller/controller';
+import { generateKeyAndCsr, WorkloadCertificates } from '../../../src/node-proxy/identity';
+import { doc, tempDir, testController } from '../../helpers/controller';
+import { waitFor } from '../../helpers/wait';
+
+const A = 'nodemesh.io/v1alpha1';
+const wl = { apiVersion: A, kind: 'Workload', metadata: { name: 'web-1', namespace: 'shop' }, spec: { node: 'n1', serviceAccount: 'web', addresses: ['198.18.1.1'] } };
+const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
+
+t.test('issued for workloads on the node, renewed at half life', async (t) => {
+  const dataDir = tempDir(t);
+  const first = await testController(t, dataDir);
+  await first.admin.apply([doc(wl)]);
+  await first.controller.close();
+  // The same store, with 4-second workload certificates.
+  const c = await startController({ dataDir, listen: '127.0.0.1:0', metricsListen: '127.0.0.1:0', workloadCertLifetimeSeconds: 4 });
+  t.teardown(() => c.close());
+  const admin = ControllerClient.fromCredentials(c.credentialsPath);
+  t.teardown(() => admin.close());
+  const { token } = await admin.createToken('n1');
+  const creds = JSON.parse(fs.readFileSync(c.credentialsPath, 'utf8')) as { controller: string; ca: string };
+  const anon = new ControllerClient({ address: creds.controller, ca: creds.ca });
+  t.teardown(() => anon.close());
+  const n = await generateKeyAndCsr('spiffe://cluster.local/nodemesh/node/n1');
+  const joined = await anon.join(token, 'n1', n.csrPem);
+  const node = new ControllerClient({ address: creds.controller, ca: joined.trustBundlePem, cert: joined.certificateChainPem, key: n.keyPem });
+  t.teardown(() => node.close());
+
+  const issued: { serial: string; renewal: boolean }[] = [];
+  const certs = new WorkloadCertificates({ sign: (csr) => node.sign(csr), onIssued: (c, renewal) => issued.push({ serial: c.serial, renewal }) });
+  t.teardown(() => certs.close());
+  certs.want(WEB);
+  const c1 = await certs.ready(WEB);
+  const x = new crypto.X509Certificate(c1.certPem);
+  t.match(x.subjectAltName, /URI:spiffe:\/\/cluster\.local\/ns\/shop\/sa\/web/);
+  t.ok(x.verify(new crypto.X509Certificate(c1.trustBundlePem).publicKey), 'signed by the trust bundle');
+  t.ok(crypto.createPrivateKey(c1.keyPem).asymmetricKeyType === 'ec' && x.checkPrivateKey(crypto.createPrivateKey(c1.keyPem)), 'the key matches');
+  t.ok(await waitFor(() => issued.length >= 3, 12_000), 'renewed again and again before expiry');
+  t.same(issued.slice(1).map((i) => i.renewal), issued.slice(1).map(() => true));
+  t.equal(new Set(issued.map((i) => i.serial)).size, issued.length, 'a new certificate each time');
+  t.ok(certs.get(WEB)!.notAfter.getTime() > Date.now(), 'the kept certificate is always valid');
+  t.match(certs.list(), [{ identity: WEB, renewals: issued.length - 1 }]);
+
+  // An identity of no workload on this node: refused, retried, reported.
+  certs.want('spiffe://cluster.local/ns/shop/sa/other');
+  t.ok(await waitFor(() => certs.list().some((l) => /runs no workload/.test(l.lastError ?? '')), 5000), 'the refusal is kept as the last error');
+  await t.rejects(certs.ready('spiffe://cluster.local/ns/shop/sa/other', 500), /no certificate for .* within 500 ms: .*runs no workload/);
+  certs.drop(WEB);
+  t.equal(certs.get(WEB), undefined, 'dropped');
+});
