@@ -110,6 +110,7 @@ export interface Hello {
   node: string;
   version: number;
   proxyVersion: string;
+  addresses: string[];
 }
 export interface NodeMessage {
   msg?: 'hello' | 'ack' | 'nack' | 'heartbeat';
@@ -148,6 +149,7 @@ export interface NodeStatusMessage {
   lastSeenUnixMs: number;
   peer: string;
   proxyVersion: string;
+  addresses: string[];
 }
 
 export interface CertificateResponse {

@@ -125,7 +125,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     store.subscribe((changes, version) => {
       const committedAt = Date.now();
       metrics.storeVersion.set(version);
-      hub.changed(registry.apply(changes, version), version, committedAt);
+      hub.changed(registry.apply(changes), version, committedAt);
     });
 
     const ctx = { log: log.child({ component: 'controller-api' }), metrics };

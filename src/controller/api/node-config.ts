@@ -51,7 +51,7 @@ export function nodeConfigService(ctx: HandlerContext, hub: ConfigHub, ca: Certi
           node = certNode;
           ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
           ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion: m.hello.proxyVersion }, 'node connected');
-          hub.connect(node, m.hello.version, m.hello.proxyVersion, channel);
+          hub.connect(node, m.hello.version, m.hello.proxyVersion, channel, m.hello.addresses ?? []);
           return;
         }
         switch (m.msg) {

@@ -34,6 +34,7 @@ interface NodeState {
   nackReason: string;
   lastSeen: number;
   proxyVersion: string;
+  addresses: string[];
   channel: NodeChannel | null;
   /** version -> when its write was committed (ms), until ACKed. */
   pending: Map<number, number>;
@@ -106,16 +107,20 @@ export class ConfigHub {
    * A node said hello on `channel`. `holds` is the version it has (0: none).
    * Replaces an older stream of the same node.
    */
-  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel): void {
+  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = []): void {
+    // Where the node takes tunnels is part of other nodes' config: push that first.
+    const moved = this.#registry.setNodeAddresses(node, addresses);
+    if (moved.size) this.changed(moved, this.#version);
     let s = this.#nodes.get(node);
     if (s?.channel) s.channel.close('replaced by a newer stream from the same node');
     const resumable = s !== undefined && !s.resync && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion;
     if (!s) {
-      s = { node, sent: new Map(), sentVersion: 0, ackedVersion: 0, nackedVersion: 0, nackReason: '', lastSeen: Date.now(), proxyVersion, channel, pending: new Map(), resync: false };
+      s = { node, sent: new Map(), sentVersion: 0, ackedVersion: 0, nackedVersion: 0, nackReason: '', lastSeen: Date.now(), proxyVersion, addresses, channel, pending: new Map(), resync: false };
       this.#nodes.set(node, s);
     }
     s.channel = channel;
     s.proxyVersion = proxyVersion;
+    s.addresses = addresses;
     s.lastSeen = Date.now();
     s.pending.clear();
     this.#events.connected?.(this.connectedCount);
@@ -209,6 +214,7 @@ export class ConfigHub {
         lastSeenUnixMs: s.lastSeen,
         peer: s.channel?.peer ?? '',
         proxyVersion: s.proxyVersion,
+        addresses: s.addresses,
       }));
   }
 }

@@ -29,7 +29,10 @@ export const MESH_CONFIG_KEY = 'MeshConfig//default';
 export interface ItemState {
   key: string;
   json: string;
-  /** Store version at which content or scope last changed. */
+  /**
+   * Bumped (from a counter of the registry's own) whenever content or scope
+   * changes, also for changes that are no store write (a node's addresses).
+   */
   version: number;
   /** null: every node; else the nodes that need it. */
   scope: ReadonlySet<string> | null;
@@ -41,6 +44,8 @@ export interface Endpoint {
   /** The workload's labels: which policies select it. */
   labels: Record<string, string>;
   node: string;
+  /** Where that node's proxy takes tunnels (empty until the node has said hello). */
+  nodeAddresses: string[];
   addresses: string[];
   identity: string;
   ready: boolean;
@@ -93,12 +98,14 @@ export class Registry {
   readonly #unselective = new Map<string, Set<string>>();
   readonly #items = new Map<string, ItemState>();
   #mesh: MeshConfigSpec = { ...MESH_CONFIG_DEFAULTS };
+  readonly #nodeAddresses = new Map<string, string[]>();
+  #seq = 0;
   #trustBundle: string;
 
   constructor(trustBundlePem: string) {
     this.#trustBundle = trustBundlePem;
-    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem: trustBundlePem }), null, 0);
-    this.#setMeshItem(0);
+    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem: trustBundlePem }), null);
+    this.#setMeshItem();
   }
 
   get items(): ReadonlyMap<string, ItemState> {
@@ -126,21 +133,34 @@ export class Registry {
 
   /** Loads the whole state (at start). */
   load(resources: Resource[], version: number): void {
-    this.apply(
-      resources.map((resource) => ({ type: 'ADDED' as const, version, resource })),
-      version,
-    );
+    this.apply(resources.map((resource) => ({ type: 'ADDED' as const, version, resource })));
   }
 
-  setTrustBundle(pem: string, version: number): Set<string> {
+  /**
+   * A node said where its proxy listens. Services with endpoints on it change
+   * (their endpoints carry it); returns their keys.
+   */
+  setNodeAddresses(node: string, addresses: string[]): Set<string> {
+    const old = this.#nodeAddresses.get(node) ?? [];
+    if (old.length === addresses.length && old.every((a, i) => a === addresses[i])) return new Set();
+    this.#nodeAddresses.set(node, [...addresses]);
+    const changed = new Set<string>();
+    for (const [key, r] of this.#objects) {
+      if (r.kind !== 'Service') continue;
+      if (this.endpointsOf(r as Service).some((e) => e.node === node) && this.#refresh(key)) changed.add(key);
+    }
+    return changed;
+  }
+
+  setTrustBundle(pem: string): Set<string> {
     if (pem === this.#trustBundle) return new Set();
     this.#trustBundle = pem;
-    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem }), null, version);
+    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem }), null);
     return new Set([TRUST_BUNDLE_KEY]);
   }
 
   /** Applies store changes; returns the keys of items whose content or scope changed. */
-  apply(changes: Change[], version: number): Set<string> {
+  apply(changes: Change[]): Set<string> {
     const dirty = new Set<string>();
     let everything = false;
     for (const c of changes) {
@@ -176,7 +196,7 @@ export class Registry {
       dirty.add(MESH_CONFIG_KEY);
     }
     const changed = new Set<string>();
-    for (const key of dirty) if (this.#refresh(key, version)) changed.add(key);
+    for (const key of dirty) if (this.#refresh(key)) changed.add(key);
     return changed;
   }
 
@@ -229,29 +249,29 @@ export class Registry {
   }
 
   /** Recomputes one item; true when its content or scope changed (or it went away). */
-  #refresh(key: string, version: number): boolean {
-    if (key === MESH_CONFIG_KEY) return this.#setMeshItem(version);
+  #refresh(key: string): boolean {
+    if (key === MESH_CONFIG_KEY) return this.#setMeshItem();
     if (key === TRUST_BUNDLE_KEY) return false;
     const r = this.#objects.get(key);
     if (!r) return this.#items.delete(key);
     switch (r.kind) {
       case 'Workload': {
         const w = r as Workload;
-        return this.#set(key, JSON.stringify({ ...w, status: { identity: this.identityOf(w) } }), new Set([w.spec.node]), version);
+        return this.#set(key, JSON.stringify({ ...w, status: { identity: this.identityOf(w) } }), new Set([w.spec.node]));
       }
       case 'Service': {
         const s = r as Service;
-        return this.#set(key, JSON.stringify({ ...s, status: { endpoints: this.endpointsOf(s) } }), null, version);
+        return this.#set(key, JSON.stringify({ ...s, status: { endpoints: this.endpointsOf(s) } }), null);
       }
       case 'AuthorizationPolicy':
         // Authorization runs at the source proxy while delivery is plaintext,
         // so every node needs every policy; once the destination node decides
         // (the mTLS tunnel), this narrows to #policyScope like PeerAuthentication.
-        return this.#set(key, JSON.stringify(r), null, version);
+        return this.#set(key, JSON.stringify(r), null);
       case 'PeerAuthentication':
-        return this.#set(key, JSON.stringify(r), this.#policyScope(r as PeerAuthentication), version);
+        return this.#set(key, JSON.stringify(r), this.#policyScope(r as PeerAuthentication));
       case 'HTTPRoute':
-        return this.#set(key, JSON.stringify(r), null, version);
+        return this.#set(key, JSON.stringify(r), null);
       default:
         return false;
     }
@@ -266,6 +286,7 @@ export class Registry {
         namespace: ns,
         labels: w.metadata.labels ?? {},
         node: w.spec.node,
+        nodeAddresses: this.#nodeAddresses.get(w.spec.node) ?? [],
         addresses: w.spec.addresses,
         identity: this.identityOf(w),
         ready: w.spec.ready,
@@ -282,14 +303,14 @@ export class Registry {
     return nodes;
   }
 
-  #setMeshItem(version: number): boolean {
-    return this.#set(MESH_CONFIG_KEY, JSON.stringify({ kind: 'MeshConfig', metadata: { name: 'default' }, spec: this.#mesh }), null, version);
+  #setMeshItem(): boolean {
+    return this.#set(MESH_CONFIG_KEY, JSON.stringify({ kind: 'MeshConfig', metadata: { name: 'default' }, spec: this.#mesh }), null);
   }
 
-  #set(key: string, json: string, scope: Set<string> | null, version: number): boolean {
+  #set(key: string, json: string, scope: Set<string> | null): boolean {
     const old = this.#items.get(key);
     if (old && old.json === json && sameScope(old.scope, scope)) return false;
-    this.#items.set(key, { key, json, version, scope });
+    this.#items.set(key, { key, json, version: ++this.#seq, scope });
     return true;
   }
 }

@@ -17,6 +17,8 @@ export interface ConfigStreamOptions {
   client: ControllerClient;
   node: string;
   proxyVersion?: string;
+  /** Where other nodes reach this node's proxy (sent in the hello). */
+  addresses?: string[];
   state?: ConfigState;
   log?: Logger;
   /** First reconnect delay; doubles up to maxBackoffMs. */
@@ -64,7 +66,7 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   #open(): void {
     const call = this.#opts.client.configStream();
     this.#call = call;
-    call.write({ hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '' } });
+    call.write({ hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '', addresses: this.#opts.addresses ?? [] } });
     call.on('data', (m: ConfigMessage) => {
       if (!this.#connected) {
         this.#connected = true;

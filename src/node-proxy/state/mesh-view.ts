@@ -22,6 +22,7 @@ export interface EndpointView {
   namespace: string;
   labels: Record<string, string>;
   node: string;
+  nodeAddresses?: string[];
   addresses: string[];
   identity: string;
   ready: boolean;

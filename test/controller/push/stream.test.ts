@@ -146,3 +146,22 @@ t.test('a node must say hello as itself', async (t) => {
   t.equal(s.state.version, 0, 'and got nothing');
   void why;
 });
+
+t.test('where a node takes tunnels reaches the other nodes in its endpoints', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(service, 2)]);
+  const s2 = new ConfigStream({ client: await c.nodeClient('n2'), node: 'n2' });
+  const u2 = updates(s2);
+  s2.start();
+  t.teardown(() => s2.stop());
+  t.ok(await waitFor(() => u2.length === 1));
+  t.match(s2.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', nodeAddresses: [] }] } }, 'n1 has not said hello yet');
+  const s1 = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1', addresses: ['198.18.0.1', '2001:2:0:0::1'] });
+  s1.start();
+  t.teardown(() => s1.stop());
+  t.ok(
+    await waitFor(() => ((s2.state.get('Service/shop/a') as { status: { endpoints: { nodeAddresses: string[] }[] } }).status.endpoints[0]!.nodeAddresses.length === 2)),
+    'n2 learns n1 address from its hello',
+  );
+  t.same((await c.admin.listNodes()).find((n) => n.node === 'n1')!.addresses, ['198.18.0.1', '2001:2:0:0::1']);
+});
