@@ -12,7 +12,7 @@ export interface Flow {
   end?: string;
   durationMs?: number;
   source: { workload?: string; namespace?: string; identity?: string; ip: string; port: number };
-  destination: { service?: string; workload?: string; namespace?: string; address: string; originalAddress: string };
+  destination: { service?: string; workload?: string; namespace?: string; identity?: string; address: string; originalAddress: string };
   verdict: FlowVerdict;
   /** Why: allowed-by-policy, no-allow-policy, explicit-deny, not-allowed, registry-only, passthrough, no-endpoint, connect-failed… */
   reason: string;

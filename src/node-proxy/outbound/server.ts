@@ -8,6 +8,7 @@
  * going.
  */
 import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 
 import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
@@ -34,15 +35,36 @@ export interface OutboundOptions {
   log: Logger;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  /**
+   * Opens a mutual-TLS tunnel stream to another node's proxy for a workload
+   * there (DESIGN §4 step 4). Without it, every destination is dialled
+   * directly. Rejects with an error carrying `status` (403: the destination
+   * refused, with `reason`) when the other side says no.
+   */
+  tunnel?(req: TunnelRequest): Promise<Duplex>;
   /** pino level of the access log line written when each connection closes (default info). */
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
+}
+
+export interface TunnelRequest {
+  sourceIdentity: string;
+  destination: { identity: string; node: string; nodeAddresses: string[] };
+  target: { host: string; port: number };
 }
 
 interface Target {
   address: string;
   port: number;
   endpoint?: Endpoint;
-  workload?: { name: string; namespace: string; labels: Record<string, string> };
+  workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: string[] };
+}
+
+/** What the other node's proxy said when it refused a tunnel stream: "explicit-deny default/deny-x". */
+function refusal(err: unknown): { status: number; reason: string; policy?: string } | undefined {
+  const e = err as { status?: number; reason?: string };
+  if (typeof e?.status !== 'number') return undefined;
+  const [reason, policy] = (e.reason ?? '').split(' ');
+  return { status: e.status, reason: reason || `status-${e.status}`, policy };
 }
 
 const UNKNOWN = 'unknown';
@@ -150,7 +172,12 @@ export class OutboundServer {
       const ep = b.pick({ sourceIp, sourceNode: o.node }, tried);
       if (!ep) return undefined;
       const e = plan.service.endpoints.find((x) => `${x.namespace}/${x.workload}` === ep.id);
-      return { address: ep.address, port: ep.port, endpoint: ep, workload: e ? { name: e.workload, namespace: e.namespace, labels: e.labels } : undefined };
+      return {
+        address: ep.address,
+        port: ep.port,
+        endpoint: ep,
+        workload: e ? { name: e.workload, namespace: e.namespace, labels: e.labels, identity: e.identity, node: e.node, nodeAddresses: e.nodeAddresses } : undefined,
+      };
     };
     if (plan.kind === 'service') {
       service = { name: plan.service.name, namespace: plan.service.namespace };
@@ -184,70 +211,93 @@ export class OutboundServer {
       }
       const key = target.endpoint?.id ?? `${target.address}:${target.port}`;
       tried.add(key);
-      const dstLabels: ConnectionLabels = { ...labels, destination_workload: target.workload?.name ?? UNKNOWN, destination_namespace: target.workload?.namespace ?? UNKNOWN };
+      const w = target.workload;
+      // A workload on another node: through a tunnel to its node, whose proxy decides.
+      const tunneled = o.tunnel !== undefined && w?.node !== undefined && w.node !== o.node && w.identity !== undefined;
+      const security = tunneled ? 'mutual_tls' : 'none';
+      const dstLabels: ConnectionLabels = {
+        ...labels,
+        destination_workload: w?.name ?? UNKNOWN,
+        destination_namespace: w?.namespace ?? UNKNOWN,
+        connection_security_policy: security,
+      };
       const address = net.isIPv6(target.address) ? `[${target.address}]:${target.port}` : `${target.address}:${target.port}`;
-      const decision = decide(target);
-      if (decision && !decision.allowed) {
-        const flow = o.flows.open({
-          node: o.node,
-          source,
-          destination: { service: service?.name, workload: target.workload?.name, namespace: target.workload?.namespace, address, originalAddress: original },
-          verdict: 'denied',
-          reason: decision.reason,
-          policy: decision.policy,
-          security: 'none',
-        });
-        o.metrics.denied.inc({ ...dstLabels, reason: decision.reason, policy: decision.policy ?? '' });
+      const destination = { service: service?.name, workload: w?.name, namespace: w?.namespace, identity: w?.identity, address, originalAddress: original };
+      const deny = (reason: string, policy: string | undefined, flowSecurity: 'none' | 'mutual_tls'): void => {
+        const flow = o.flows.open({ node: o.node, source, destination, verdict: 'denied', reason, policy, security: flowSecurity });
+        o.metrics.denied.inc({ ...dstLabels, reason, policy: policy ?? '' });
         o.flows.close(flow, 'denied', 0, 0);
-        o.log.info({ src: source, dst: address, service: service?.name, reason: decision.reason, policy: decision.policy }, 'connection denied');
+        o.log.info({ src: source, dst: address, service: service?.name, reason, policy }, 'connection denied');
         client.resetAndDestroy();
-        return;
-      }
+      };
+      const decision = tunneled ? undefined : decide(target);
+      if (decision && !decision.allowed) return deny(decision.reason, decision.policy, 'none');
       if (decision?.audit.length) o.log.info({ src: source, dst: address, audit: decision.audit }, 'audited');
+      if (tunneled && !src?.identity) return deny('unknown-source', undefined, 'none');
+
       const started = performance.now();
       const b = plan.kind === 'service' ? o.balancers.get(plan.service, plan.targetPort, family) : undefined;
-      const upstream = net.connect({ host: target.address, port: target.port, allowHalfOpen: true });
-      upstream.setNoDelay(true);
-      const connectTimer = setTimeout(() => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })), this.#connectTimeout);
-      const failed = (err: NodeJS.ErrnoException): void => {
-        clearTimeout(connectTimer);
-        if (target.endpoint) b?.connectResult(target.endpoint.id, false, performance.now() - started);
-        o.log.debug({ dst: address, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
-        attempt();
-      };
-      upstream.once('error', failed);
-      upstream.once('connect', () => {
-        clearTimeout(connectTimer);
-        upstream.off('error', failed);
-        if (target.endpoint && b) {
-          b.connectResult(target.endpoint.id, true, performance.now() - started);
-          b.started(target.endpoint.id);
-        }
-        const flow = o.flows.open({
-          node: o.node,
-          source,
-          destination: { service: service?.name, workload: target.workload?.name, namespace: target.workload?.namespace, address, originalAddress: original },
-          verdict: 'allowed',
-          reason: decision?.reason ?? (plan.kind === 'passthrough' ? 'passthrough' : 'allowed'),
-          policy: decision?.policy,
-          security: 'none',
-        });
-        o.metrics.opened.inc(dstLabels);
-        o.metrics.active.inc();
-        this.#splice(client, upstream, flow, () => {
-          if (target.endpoint && b) b.finished(target.endpoint.id);
-          o.metrics.active.dec();
-          o.metrics.closed.inc(dstLabels);
-          o.metrics.sent.inc(dstLabels, client.bytesRead);
-          o.metrics.received.inc(dstLabels, client.bytesWritten);
-        });
+      const open: Promise<Duplex> = tunneled
+        ? o.tunnel!({
+            sourceIdentity: src!.identity,
+            destination: { identity: w!.identity!, node: w!.node!, nodeAddresses: w!.nodeAddresses ?? [] },
+            target: { host: target.address, port: target.port },
+          })
+        : new Promise((resolve, reject) => {
+            const sock = net.connect({ host: target.address, port: target.port, allowHalfOpen: true });
+            sock.setNoDelay(true);
+            sock.once('error', reject);
+            sock.once('connect', () => {
+              sock.off('error', reject);
+              resolve(sock);
+            });
+          });
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })), this.#connectTimeout);
       });
+      Promise.race([open, timeout]).then(
+        (upstream) => {
+          clearTimeout(timer);
+          if (target.endpoint && b) {
+            b.connectResult(target.endpoint.id, true, performance.now() - started);
+            b.started(target.endpoint.id);
+          }
+          const flow = o.flows.open({
+            node: o.node,
+            source,
+            destination,
+            verdict: 'allowed',
+            reason: decision?.reason ?? (tunneled ? 'allowed-by-destination' : plan.kind === 'passthrough' ? 'passthrough' : 'allowed'),
+            policy: decision?.policy,
+            security,
+          });
+          o.metrics.opened.inc(dstLabels);
+          o.metrics.active.inc();
+          this.#splice(client, upstream, flow, () => {
+            if (target.endpoint && b) b.finished(target.endpoint.id);
+            o.metrics.active.dec();
+            o.metrics.closed.inc(dstLabels);
+            o.metrics.sent.inc(dstLabels, client.bytesRead);
+            o.metrics.received.inc(dstLabels, client.bytesWritten);
+          });
+        },
+        (err: NodeJS.ErrnoException) => {
+          clearTimeout(timer);
+          open.then((d) => d.destroy(), () => {}); // a late success after the timeout
+          const refused = refusal(err);
+          if (refused && refused.status === 403) return deny(refused.reason, refused.policy, 'mutual_tls');
+          if (target.endpoint) b?.connectResult(target.endpoint.id, false, performance.now() - started);
+          o.log.debug({ dst: address, tunneled, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
+          attempt();
+        },
+      );
     };
     attempt();
   }
 
   /** Pipes both ways (pipe() honours backpressure and forwards half-close) until both sides are done. */
-  #splice(client: net.Socket, upstream: net.Socket, flow: Flow, done: () => void): void {
+  #splice(client: net.Socket, upstream: Duplex & { setTimeout?(ms: number, cb: () => void): unknown }, flow: Flow, done: () => void): void {
     const o = this.#o;
     let reason = 'closed';
     let closed = 0;
@@ -264,7 +314,7 @@ export class OutboundServer {
     client.on('error', fail('client error'));
     upstream.on('error', fail('upstream error'));
     client.setTimeout(this.#idleTimeout, () => fail('idle-timeout')());
-    upstream.setTimeout(this.#idleTimeout, () => fail('idle-timeout')());
+    upstream.setTimeout?.(this.#idleTimeout, () => fail('idle-timeout')());
     client.once('close', onClose);
     upstream.once('close', onClose);
     client.pipe(upstream);

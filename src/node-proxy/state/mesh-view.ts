@@ -53,6 +53,8 @@ export interface WorkloadView {
   ready: boolean;
   /** This node runs it. */
   local: boolean;
+  /** Where its node's proxy takes tunnels (remote workloads). */
+  nodeAddresses?: string[];
 }
 
 /** Maps ::ffff:1.2.3.4 to 1.2.3.4 so both forms find the same entry. */
@@ -78,11 +80,14 @@ export class MeshView {
   readonly services: ReadonlyMap<string, ServiceView>;
   readonly localWorkloads: readonly WorkloadView[];
   readonly policies: readonly AuthorizationPolicy[];
+  /** The CA certificates (PEM) peers' certificates must chain to. */
+  readonly trustBundle: string;
   readonly #byVip = new Map<string, { service: ServiceView; port: ServicePort }>();
   readonly #byAddress = new Map<string, WorkloadView>();
 
-  private constructor(version: number, node: string, mesh: MeshConfigSpec, services: Map<string, ServiceView>, local: WorkloadView[], policies: AuthorizationPolicy[]) {
+  private constructor(version: number, node: string, mesh: MeshConfigSpec, services: Map<string, ServiceView>, local: WorkloadView[], policies: AuthorizationPolicy[], trustBundle: string) {
     this.version = version;
+    this.trustBundle = trustBundle;
     this.node = node;
     this.mesh = mesh;
     this.services = services;
@@ -95,9 +100,11 @@ export class MeshView {
     const services = new Map<string, ServiceView>();
     const local: WorkloadView[] = [];
     const policies: AuthorizationPolicy[] = [];
+    let trustBundle = '';
     for (const [key, raw] of state.items) {
       const kind = key.slice(0, key.indexOf('/'));
-      if (kind === 'MeshConfig') mesh = { ...mesh, ...(raw as { spec: Partial<MeshConfigSpec> }).spec };
+      if (kind === 'TrustBundle') trustBundle = (raw as { pem: string }).pem;
+      else if (kind === 'MeshConfig') mesh = { ...mesh, ...(raw as { spec: Partial<MeshConfigSpec> }).spec };
       else if (kind === 'AuthorizationPolicy') policies.push(raw as AuthorizationPolicy);
       else if (kind === 'Service') {
         const s = raw as ServiceItem;
@@ -128,7 +135,7 @@ export class MeshView {
         });
       }
     }
-    const view = new MeshView(state.version, node, mesh, services, local, policies);
+    const view = new MeshView(state.version, node, mesh, services, local, policies, trustBundle);
     for (const s of services.values()) {
       for (const vip of s.addresses) for (const p of s.ports) view.#byVip.set(`${normalizeIp(vip)}|${p.port}`, { service: s, port: p });
       for (const e of s.endpoints) {
@@ -145,6 +152,7 @@ export class MeshView {
             serviceAccount: e.identity.split('/sa/')[1] ?? '',
             ready: e.ready,
             local: e.node === node,
+            nodeAddresses: e.nodeAddresses ?? [],
           });
         }
       }
