@@ -16,7 +16,9 @@ import { VERSION } from '../version';
 import { startAdmin } from './admin';
 import { Datapath } from './datapath';
 import { FlowTable } from './flows';
-import { joinController, loadNodeIdentity, renewNodeIdentity, type NodeIdentity } from './identity';
+import { joinController, loadNodeIdentity, renewNodeIdentity, WorkloadCertificates, type NodeIdentity } from './identity';
+import { inboundServer } from './inbound';
+import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { ProxyMetrics } from './metrics';
 import { BalancerCache, OutboundServer } from './outbound';
 import { compilePolicies, type CompiledPolicySet } from './policy';
@@ -38,6 +40,8 @@ export interface ProxyOptions {
   proxyIp6?: string;
   failClosed?: boolean;
   outboundPort?: number;
+  /** Tunnel port other nodes' proxies connect to (15008). */
+  tunnelPort?: number;
   adminPort?: number;
   metricsPort?: number;
   healthPort?: number;
@@ -72,6 +76,9 @@ export class NodeProxy {
   readonly #byCookie = new Map<bigint, WorkloadView>();
   #renewTimer: NodeJS.Timeout | undefined;
   readonly #balancers: BalancerCache;
+  #certs!: WorkloadCertificates;
+  readonly #pool = new HbonePool();
+  #inbound: HboneServer | undefined;
 
   private constructor(opts: ProxyOptions) {
     this.node = opts.node;
@@ -86,9 +93,11 @@ export class NodeProxy {
     return this.#ready;
   }
 
-  get ports(): { outbound: number; admin: number; metrics: number; health: number } {
-    return { outbound: (this.#outbound.server.address() as { port: number }).port, ...this.#admin.ports };
+  get ports(): { outbound: number; tunnel: number; admin: number; metrics: number; health: number } {
+    return { outbound: (this.#outbound.server.address() as { port: number }).port, tunnel: this.#tunnelPort, ...this.#admin.ports };
   }
+
+  #tunnelPort = 0;
 
   static async start(opts: ProxyOptions): Promise<NodeProxy> {
     const p = new NodeProxy(opts);
@@ -108,6 +117,7 @@ export class NodeProxy {
     this.#client = new ControllerClient({ address: o.controller, ca: this.#identity.caPem, cert: this.#identity.certPem, key: this.#identity.keyPem });
     this.#scheduleRenewal();
 
+    this.#certs = new WorkloadCertificates({ sign: (csr) => this.#client.sign(csr), log: this.#log });
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
     this.#outbound = new OutboundServer({
@@ -123,9 +133,34 @@ export class NodeProxy {
       connectTimeoutMs: o.connectTimeoutMs,
       idleTimeoutMs: o.idleTimeoutMs,
       accessLogLevel: o.accessLogLevel,
+      tunnel: async (req) => {
+        const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
+        if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
+        const cert = await this.#certs.ready(req.sourceIdentity, 5_000);
+        return this.#pool.connect({
+          sourceIdentity: req.sourceIdentity,
+          credentials: { certPem: cert.certPem, keyPem: cert.keyPem },
+          trustBundle: this.#view.trustBundle,
+          node: { address, port: o.tunnelPort ?? 15008 },
+          destinationIdentity: req.destination.identity,
+          target: req.target,
+        });
+      },
     });
     await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
       throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+    });
+    this.#inbound = inboundServer({
+      node: o.node,
+      view: () => this.#view,
+      policies: () => this.#policies,
+      certs: this.#certs,
+      flows: this.flows,
+      metrics: this.#metrics,
+      log: this.#log.child({ component: 'inbound' }),
+    });
+    this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
     });
     this.#admin = await startAdmin(
       {
@@ -146,7 +181,15 @@ export class NodeProxy {
       },
     );
 
-    this.#stream = new ConfigStream({ client: this.#client, node: o.node, proxyVersion: VERSION, state: this.state, log: this.#log, validate: (s) => this.#validate(s) });
+    this.#stream = new ConfigStream({
+      client: this.#client,
+      node: o.node,
+      proxyVersion: VERSION,
+      addresses: [o.proxyIp, ...(o.proxyIp6 ? [o.proxyIp6] : [])],
+      state: this.state,
+      log: this.#log,
+      validate: (s) => this.#validate(s),
+    });
     const first = new Promise<void>((resolve) => this.#stream.once('update', () => resolve()));
     this.#stream.on('update', () => {
       void this.#applyConfig().catch((err: unknown) => this.#log.error({ err }, 'applying config failed'));
@@ -220,6 +263,10 @@ export class NodeProxy {
     this.#view = view;
     this.#balancers.retain(view.services.keys());
     this.#metrics.configVersion.set(view.version);
+    // A certificate for each identity of this node's workloads, for tunnels both ways.
+    const identities = new Set(view.localWorkloads.filter((w) => w.local && w.identity).map((w) => w.identity));
+    for (const id of identities) this.#certs.want(id);
+    for (const id of this.#certs.wanted()) if (!identities.has(id)) this.#certs.drop(id);
     const want = new Map(view.localWorkloads.filter((w) => w.local && w.netns).map((w) => [w.key, w]));
     for (const [key, cookie] of this.#enrolled) {
       if (want.has(key)) continue;
@@ -253,6 +300,8 @@ export class NodeProxy {
       ready: this.#ready,
       controller: { address: this.#opts.controller, connected: this.#stream?.connected ?? false, configVersion: this.state.version },
       identity: this.#identity ? { node: this.node, notAfter: this.#identity.notAfter.toISOString(), trustDomain: this.#identity.trustDomain } : null,
+      workloadCertificates: this.#certs?.list() ?? [],
+      tunnels: this.#pool.stats(),
       connections: { live: this.flows.liveCount },
       workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#view.services.size,
@@ -272,6 +321,9 @@ export class NodeProxy {
     }
     this.#stream?.stop();
     await this.#outbound?.close(drainMs);
+    await this.#inbound?.close();
+    await this.#pool.close();
+    this.#certs?.close();
     await this.#admin?.close();
     this.#client?.close();
     this.#datapath?.close();

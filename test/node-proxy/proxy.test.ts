@@ -66,6 +66,30 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     t.same(r, { sent: 16 * 1024 * 1024, received: 16 * 1024 * 1024, same: true });
     const crossNode = await client(lab, 'n2-p2', ['echo', lab.pods.find((p) => p.name === 'n1-p1')!.ip, 8080, 1024 * 1024]);
     t.same(crossNode, { sent: 1048576, received: 1048576, same: true }, 'to a pod on the other node by its address');
+    const out = (await flows(n2!.name, '&from=n2-p2')).at(-1)!;
+    t.match(out, { security: 'mutual_tls', verdict: 'allowed', destination: { workload: 'n1-p1', identity: 'spiffe://cluster.local/ns/default/sa/n1-p1' } }, 'across nodes it went through the tunnel');
+    const inbound = (await flows(n1!.name)).filter((f) => f.source.identity === 'spiffe://cluster.local/ns/default/sa/n2-p2').at(-1)!;
+    t.match(inbound, { security: 'mutual_tls', verdict: 'allowed', destination: { workload: 'n1-p1' }, bytesSent: 1048576 }, 'and the destination proxy saw the source identity');
+  });
+
+  await t.test('across nodes the destination decides: a DENY on a principal blocks exactly that identity', async (t) => {
+    const n1p1 = lab.pods.find((p) => p.name === 'n1-p1')!;
+    const r = await admin.apply([
+      doc({
+        apiVersion: A,
+        kind: 'AuthorizationPolicy',
+        metadata: { name: 'deny-n2-p2', namespace: 'default' },
+        spec: { selector: { matchLabels: { pod: 'n1-p1' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/n2-p2'] } }] }] },
+      }),
+    ]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).every((n) => n.ackedVersion >= r.version || n.node !== n1!.name), 5000));
+    t.same(await whoami(lab, 'n2-p2', n1p1.ip, 8081, 1), ['ECONNRESET'], 'n2-p2 is refused');
+    t.same(await whoami(lab, 'n2-p1', n1p1.ip, 8081, 1), ['n1-p1'], 'n2-p1 is not');
+    const src = (await flows(n2!.name, '&from=n2-p2&verdict=denied')).at(-1)!;
+    t.match(src, { reason: 'explicit-deny', policy: 'default/deny-n2-p2', security: 'mutual_tls' }, 'the source flow names the policy the destination applied');
+    const dst = (await flows(n1!.name, '&verdict=denied')).at(-1)!;
+    t.match(dst, { source: { identity: 'spiffe://cluster.local/ns/default/sa/n2-p2' }, reason: 'explicit-deny', policy: 'default/deny-n2-p2', security: 'mutual_tls' }, 'so does the destination flow');
+    await admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'default', name: 'deny-n2-p2' }]);
   });
 
   await t.test('a DENY applies within a second to new connections; established ones live on', async (t) => {

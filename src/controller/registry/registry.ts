@@ -264,12 +264,10 @@ export class Registry {
         return this.#set(key, JSON.stringify({ ...s, status: { endpoints: this.endpointsOf(s) } }), null);
       }
       case 'AuthorizationPolicy':
-        // Authorization runs at the source proxy while delivery is plaintext,
-        // so every node needs every policy; once the destination node decides
-        // (the mTLS tunnel), this narrows to #policyScope like PeerAuthentication.
-        return this.#set(key, JSON.stringify(r), null);
       case 'PeerAuthentication':
-        return this.#set(key, JSON.stringify(r), this.#policyScope(r as PeerAuthentication));
+        // The destination's node decides (over the tunnel, or locally for
+        // same-node traffic): only nodes running a selected workload need it.
+        return this.#set(key, JSON.stringify(r), this.#policyScope(r as AuthorizationPolicy | PeerAuthentication));
       case 'HTTPRoute':
         return this.#set(key, JSON.stringify(r), null);
       default:
@@ -296,7 +294,7 @@ export class Registry {
   }
 
   /** Nodes running a workload the policy selects (mesh-wide from the root namespace). */
-  #policyScope(p: PeerAuthentication): Set<string> {
+  #policyScope(p: AuthorizationPolicy | PeerAuthentication): Set<string> {
     const ns = p.metadata.namespace ?? 'default';
     const nodes = new Set<string>();
     for (const w of this.#selected(ns === ROOT_NAMESPACE ? null : ns, p.spec.selector?.matchLabels)) nodes.add(w.spec.node);

@@ -37,7 +37,7 @@ t.test('endpoints and identities', async (t) => {
   t.same(reg.workloadsOn('n1').map((w) => w.metadata.name).sort(), ['web-1', 'web-x']);
 });
 
-t.test('scope: workloads to their node, peer authentication to nodes running what it selects, the rest everywhere', async (t) => {
+t.test('scope: workloads to their node, policies to nodes running what they select, the rest everywhere', async (t) => {
   const reg = new Registry('PEM');
   reg.load(
     [
@@ -59,8 +59,8 @@ t.test('scope: workloads to their node, peer authentication to nodes running wha
     ['PeerAuthentication/shop/only-a', ['n1']],
     ['PeerAuthentication/shop/all-shop', ['n1', 'n2']],
     [`PeerAuthentication/${ROOT_NAMESPACE}/mesh-a`, ['n1', 'n3']],
-    // Authorization runs at the source while delivery is plaintext: every node.
-    ['AuthorizationPolicy/shop/deny-a', ['n1', 'n2', 'n3', 'n4']],
+    // The destination's node decides: only nodes running what it selects.
+    ['AuthorizationPolicy/shop/deny-a', ['n1']],
     ['Service/shop/s', ['n1', 'n2', 'n3', 'n4']],
     ['MeshConfig//default', ['n1', 'n2', 'n3', 'n4']],
     ['TrustBundle//bundle', ['n1', 'n2', 'n3', 'n4']],

@@ -1,0 +1,1 @@
+export { inboundServer, type InboundOptions } from './server';

@@ -1,0 +1,71 @@
+/**
+ * The inbound side (15008): tunnels from other nodes' proxies. The tunnel
+ * module checks the peer's certificate against the trust bundle and takes its
+ * one SPIFFE URI as the source principal; here the CONNECT target must be a
+ * workload on this node, and the destination's authorization policies decide
+ * (the same evaluate() as everywhere). A denial answers 403 with the reason
+ * and the policy, which the source proxy puts in its own flow.
+ */
+import type { Logger } from '../../log';
+import type { FlowTable, Flow } from '../flows';
+import type { WorkloadCertificates } from '../identity';
+import type { ProxyMetrics } from '../metrics';
+import type { CompiledPolicySet } from '../policy';
+import type { MeshView } from '../state';
+import { HboneServer, type InboundDecision, type InboundRequest } from '../tunnel';
+
+export interface InboundOptions {
+  node: string;
+  view(): MeshView;
+  policies(): CompiledPolicySet;
+  certs: WorkloadCertificates;
+  flows: FlowTable;
+  metrics: ProxyMetrics;
+  log: Logger;
+}
+
+function namespaceOf(principal: string): string | undefined {
+  return /\/ns\/([^/]+)\/sa\//.exec(principal)?.[1];
+}
+
+export function inboundServer(o: InboundOptions): HboneServer {
+  const flows = new WeakMap<InboundRequest, Flow>();
+  return new HboneServer({
+    trustBundle: () => o.view().trustBundle,
+    serverCertificate: (identity) => {
+      const c = o.certs.get(identity);
+      return c ? { certPem: c.certPem, keyPem: c.keyPem } : undefined;
+    },
+    authorize: (req): InboundDecision => {
+      const w = o.view().workloadAt(req.target.host);
+      if (!w || !w.local) return { accept: false, status: 404, reason: `not-on-this-node ${req.target.host}` };
+      const d = o.policies().evaluate({
+        source: { principal: req.peer.principal, namespace: namespaceOf(req.peer.principal), ip: '0.0.0.0' },
+        destination: { namespace: w.namespace, labels: w.labels, ip: req.target.host, port: req.target.port },
+      });
+      if (d.audit.length) o.log.info({ peer: req.peer.principal, target: req.target, audit: d.audit }, 'audited');
+      return d.allowed ? { accept: true } : { accept: false, status: 403, reason: `${d.reason}${d.policy ? ` ${d.policy}` : ''}` };
+    },
+    onStream: (e) => {
+      if (e.phase === 'decided') {
+        const w = o.view().workloadAt(e.req.target.host);
+        const [reason, policy] = e.decision.accept ? ['allowed', undefined] : e.decision.reason.split(' ');
+        const flow = o.flows.open({
+          node: o.node,
+          source: { identity: e.req.peer.principal, namespace: namespaceOf(e.req.peer.principal), ip: '', port: 0 },
+          destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: `${e.req.target.host}:${e.req.target.port}`, originalAddress: `${e.req.target.host}:${e.req.target.port}` },
+          verdict: e.decision.accept ? 'allowed' : 'denied',
+          reason: reason ?? 'denied',
+          policy,
+          security: 'mutual_tls',
+        });
+        flows.set(e.req, flow);
+        if (!e.decision.accept) o.metrics.denied.inc({ reporter: 'destination', source_workload: 'unknown', source_namespace: namespaceOf(e.req.peer.principal) ?? 'unknown', source_principal: e.req.peer.principal, destination_service: 'unknown', destination_service_namespace: 'unknown', destination_workload: w?.name ?? 'unknown', destination_namespace: w?.namespace ?? 'unknown', connection_security_policy: 'mutual_tls', reason: reason ?? '', policy: policy ?? '' });
+      } else {
+        const flow = flows.get(e.req);
+        if (flow) o.flows.close(flow, e.closeReason ?? (e.decision.accept ? 'closed' : 'denied'), e.bytesIn ?? 0, e.bytesOut ?? 0);
+      }
+    },
+    onConnectionRefused: (e) => o.log.warn({ event: 'security', remote: e.remoteAddress, reason: e.reason }, 'tunnel connection refused'),
+  });
+}

@@ -1,0 +1,15 @@
+export { HbonePool, POOL_DEFAULTS, TunnelError, type TunnelDial, type TunnelErrorCode } from './client';
+export {
+  formatAuthority,
+  HBONE_DEFAULTS,
+  HboneServer,
+  parseAuthority,
+  REASON_HEADER,
+  SecureContextCache,
+  type HboneServerOptions,
+  type InboundDecision,
+  type InboundRequest,
+  type InboundStreamEvent,
+  type TunnelPeer,
+} from './server';
+export { certificateUris, identityToSni, sniToIdentity } from './sni';

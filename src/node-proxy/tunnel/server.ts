@@ -1,0 +1,476 @@
+/**
+ * The HBONE tunnel server (port 15008), as Istio's ztunnel speaks it:
+ * mutual TLS 1.3 with ALPN "h2", then one HTTP/2 CONNECT stream per proxied
+ * TCP connection, `:authority` naming the destination `ip:port`.
+ *
+ * Per TLS connection: the client's SNI names the destination workload
+ * (see ./sni), which picks the certificate presented; the client certificate
+ * must chain to the trust bundle and carry exactly one URI SAN, a SPIFFE ID,
+ * which becomes the stream's source principal. Per stream: authorize (a value,
+ * never an exception), dial the target, answer 200, then pipe both ways with
+ * backpressure and half-close (END_STREAM <-> FIN); resets map both ways
+ * (RST_STREAM CONNECT_ERROR <-> TCP RST), as RFC 9113 §8.5 asks of a proxy.
+ *
+ * Node verifies client certificates in JavaScript after the handshake, so a
+ * certificate from another CA, or expired, gets no TLS alert: the connection
+ * is closed right after a handshake the TLS 1.3 client already considers
+ * done. A missing certificate, TLS <= 1.2 and a non-h2 ALPN offer do get
+ * alerts.
+ */
+import type { X509Certificate } from 'node:crypto';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+
+import { parseSpiffeId } from '../../controller/ca';
+import { MeshError } from '../../errors';
+import { certificateUris, sniToIdentity } from './sni';
+
+export interface TunnelPeer {
+  /** The client's one SPIFFE URI. */
+  principal: string;
+  certificate: X509Certificate;
+}
+
+export interface InboundRequest {
+  peer: TunnelPeer;
+  target: { host: string; port: number };
+  /** The HTTP/2 stream id, unique per tunnel connection; for flows. */
+  streamId: number;
+}
+
+export type InboundDecision = { accept: true } | { accept: false; status: 403 | 404 | 502 | 503; reason: string };
+
+export interface InboundStreamEvent {
+  req: InboundRequest;
+  decision: InboundDecision;
+  /** Tunnel -> target bytes; set on 'closed'. */
+  bytesIn?: number;
+  /** Target -> tunnel bytes; set on 'closed'. */
+  bytesOut?: number;
+  closeReason?: string;
+  phase: 'decided' | 'closed';
+}
+
+export interface HboneServerOptions {
+  /** PEM trust bundle; called per handshake so rotation takes effect. */
+  trustBundle(): string;
+  /** The certificate (chain PEM) and key this node presents for a destination identity named by SNI; undefined -> handshake refused. */
+  serverCertificate(identity: string): { certPem: string; keyPem: string } | undefined;
+  /** Decide per CONNECT (after the peer was verified); the module then dials target and pipes. */
+  authorize(req: InboundRequest): InboundDecision | Promise<InboundDecision>;
+  /**
+   * Dial the target (default net.connect). The socket should allow half-open
+   * (`allowHalfOpen: true`), or the target's FIN also ends the client's direction.
+   */
+  dial?(target: { host: string; port: number }): net.Socket;
+  /**
+   * Every CONNECT that parsed into an InboundRequest gets one 'decided' and
+   * then one 'closed' event. Malformed requests (405, 400) get neither.
+   * Exceptions thrown here are ignored: an observer must not break a stream.
+   */
+  onStream?(e: InboundStreamEvent): void;
+  /** A connection refused before any stream: bad TLS, no or bad identity, no h2. */
+  onConnectionRefused?(e: { remoteAddress?: string; reason: string }): void;
+  /** Dialing the target; 504 after it (default 5 s). */
+  connectTimeoutMs?: number;
+  /** A stream with no bytes either way for this long is cut; a tunnel connection with no frames is closed (default 1 h). */
+  idleTimeoutMs?: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS per tunnel connection (default 100). */
+  maxConcurrentStreams?: number;
+}
+
+export const HBONE_DEFAULTS = Object.freeze({
+  port: 15008,
+  connectTimeoutMs: 5_000,
+  idleTimeoutMs: 3_600_000,
+  maxConcurrentStreams: 100,
+  handshakeTimeoutMs: 10_000,
+  /** Per-stream HTTP/2 receive window: enough for ~1 Gbit/s at sub-millisecond RTT without letting one stalled stream buffer much. */
+  streamWindow: 1 << 20,
+  /** Per-connection receive window, shared by its streams. */
+  sessionWindow: 16 << 20,
+  /** nghttp2's per-session memory cap in MB (Node's default, 10, is below one full connection window). */
+  maxSessionMemoryMb: 64,
+});
+
+/** The response header carrying why a CONNECT was not answered 200. */
+export const REASON_HEADER = 'x-nodemesh-reason';
+
+const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
+const PEM_CERT = '-----BEGIN CERTIFICATE-----';
+const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const PORT_RE = /^[0-9]{1,5}$/;
+const ignore = (): void => {};
+
+function errName(err: unknown): string {
+  if (err && typeof err === 'object') {
+    const e = err as NodeJS.ErrnoException;
+    return e.code ?? e.message ?? String(err);
+  }
+  return String(err);
+}
+
+/** `host:port` or `[v6]:port` -> target; undefined when malformed. Exported for the table test and the client. */
+export function parseAuthority(authority: unknown): { host: string; port: number } | undefined {
+  if (typeof authority !== 'string') return undefined;
+  const colon = authority.lastIndexOf(':');
+  if (colon <= 0) return undefined;
+  const portText = authority.slice(colon + 1);
+  if (!PORT_RE.test(portText)) return undefined;
+  const port = Number(portText);
+  if (port < 1 || port > 65535) return undefined;
+  const host = authority.slice(0, colon);
+  if (host.startsWith('[')) {
+    const v6 = host.endsWith(']') ? host.slice(1, -1) : '';
+    return net.isIPv6(v6) ? { host: v6, port } : undefined;
+  }
+  return net.isIPv4(host) || (HOSTNAME_RE.test(host) && !host.includes(':')) ? { host, port } : undefined;
+}
+
+/** The CONNECT `:authority` for a target (IPv6 in brackets). */
+export function formatAuthority(target: { host: string; port: number }): string {
+  return net.isIPv6(target.host) ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+}
+
+/**
+ * SecureContexts by (trust bundle, chain, key) content, so a handshake never
+ * re-parses PEM it has seen; a rotated bundle or certificate is new content
+ * and gets a new context. Bounded: the oldest entry goes first.
+ */
+export class SecureContextCache {
+  readonly #max: number;
+  readonly #byContent = new Map<string, tls.SecureContext>();
+
+  constructor(max = 64) {
+    this.#max = max;
+  }
+
+  /** Throws MeshError NM_ERR_TUNNEL_BAD_CREDENTIALS when the PEM does not load. */
+  get(trustBundle: string, certPem: string, keyPem: string): tls.SecureContext {
+    const key = `${trustBundle}\0${certPem}\0${keyPem}`;
+    let ctx = this.#byContent.get(key);
+    if (ctx) return ctx;
+    // An empty `ca` makes Node fall back to its public root store: never let that happen on the mesh's own port.
+    if (typeof trustBundle !== 'string' || !trustBundle.includes(PEM_CERT)) {
+      throw new MeshError('NM_ERR_TUNNEL_BAD_CREDENTIALS', 'hbone: the trust bundle holds no PEM certificate (push the mesh root before opening tunnels)');
+    }
+    try {
+      ctx = tls.createSecureContext({ ca: trustBundle, cert: certPem, key: keyPem, minVersion: 'TLSv1.3' });
+    } catch (err) {
+      throw new MeshError(
+        'NM_ERR_TUNNEL_BAD_CREDENTIALS',
+        `hbone: cannot load the certificate, key or trust bundle: ${errName(err)} (pass PEM, with the key matching the first certificate)`,
+        { cause: err },
+      );
+    }
+    this.#byContent.set(key, ctx);
+    if (this.#byContent.size > this.#max) this.#byContent.delete(this.#byContent.keys().next().value!);
+    return ctx;
+  }
+}
+
+/** Header values are visible-ASCII; a reason is for humans, so it is also kept short. */
+function headerSafe(reason: string): string {
+  return String(reason).replace(/[^\x20-\x7e]/g, '?').slice(0, 256);
+}
+
+function respond(stream: http2.ServerHttp2Stream, headers: http2.OutgoingHttpHeaders, endStream: boolean): boolean {
+  if (stream.destroyed || stream.closed || stream.headersSent) return false;
+  try {
+    stream.respond(headers, { endStream });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as Promise<T> | undefined)?.then === 'function';
+}
+
+export class HboneServer {
+  readonly #o: HboneServerOptions;
+  readonly #tls: tls.Server;
+  readonly #connectTimeout: number;
+  readonly #idleTimeout: number;
+  readonly #contexts = new SecureContextCache();
+  /** Raw accepted sockets, so close() can cut handshakes in progress too. */
+  readonly #sockets = new Set<net.Socket>();
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  readonly #settings: http2.Settings;
+  #closing: Promise<void> | undefined;
+
+  constructor(opts: HboneServerOptions) {
+    this.#o = opts;
+    this.#connectTimeout = opts.connectTimeoutMs ?? HBONE_DEFAULTS.connectTimeoutMs;
+    this.#idleTimeout = opts.idleTimeoutMs ?? HBONE_DEFAULTS.idleTimeoutMs;
+    this.#settings = {
+      maxConcurrentStreams: opts.maxConcurrentStreams ?? HBONE_DEFAULTS.maxConcurrentStreams,
+      initialWindowSize: HBONE_DEFAULTS.streamWindow,
+      enablePush: false,
+    };
+    // The default context has no certificate, so a ClientHello without our SNI fails; every real handshake gets its context from SNICallback.
+    this.#tls = tls.createServer({
+      minVersion: 'TLSv1.3',
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+      handshakeTimeout: HBONE_DEFAULTS.handshakeTimeoutMs,
+      SNICallback: (servername, cb) => this.#sni(servername, cb),
+    });
+    this.#tls.on('connection', (raw: net.Socket) => {
+      this.#sockets.add(raw);
+      raw.once('close', () => this.#sockets.delete(raw));
+    });
+    this.#tls.on('tlsClientError', (err, socket) => this.#refused(socket, `tls: ${errName(err)}`));
+    this.#tls.on('secureConnection', (socket: tls.TLSSocket) => this.#secure(socket));
+  }
+
+  /** Listens (host default `::`, dual stack); resolves to the bound port. */
+  listen(port: number = HBONE_DEFAULTS.port, host = '::'): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.#tls.once('error', onError);
+      this.#tls.listen({ port, host, ipv6Only: false }, () => {
+        this.#tls.off('error', onError);
+        resolve((this.#tls.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  /**
+   * Stops accepting and sends GOAWAY on every tunnel connection; after
+   * `drainMs` (default 0) cuts whatever is left, streams included. Safe to
+   * call twice.
+   */
+  close(drainMs = 0): Promise<void> {
+    this.#closing ??= (async () => {
+      const stopped = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
+      for (const s of this.#sessions) s.close();
+      const until = Date.now() + drainMs;
+      while (this.#sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      for (const s of this.#sessions) s.destroy();
+      for (const raw of this.#sockets) raw.destroy();
+      await stopped;
+    })();
+    return this.#closing;
+  }
+
+  #refused(socket: net.Socket | tls.TLSSocket, reason: string): void {
+    try {
+      this.#o.onConnectionRefused?.({ remoteAddress: socket.remoteAddress, reason });
+    } catch {
+      // an observer must not break the server
+    }
+  }
+
+  #sni(servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void): void {
+    const identity = sniToIdentity(servername);
+    if (identity === undefined) {
+      cb(new Error(`hbone: SNI ${JSON.stringify(servername)} does not name a workload identity`));
+      return;
+    }
+    try {
+      const cred = this.#o.serverCertificate(identity);
+      if (!cred) {
+        cb(new Error(`hbone: this node holds no certificate for ${identity}`));
+        return;
+      }
+      cb(null, this.#contexts.get(this.#o.trustBundle(), cred.certPem, cred.keyPem));
+    } catch (err) {
+      cb(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  #secure(socket: tls.TLSSocket): void {
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    // No ALPN offered at all passes the handshake; h2 is the only protocol spoken here.
+    if (socket.alpnProtocol !== 'h2') {
+      this.#refused(socket, `alpn: the client offered no h2 (negotiated ${String(socket.alpnProtocol)})`);
+      socket.destroy();
+      return;
+    }
+    if (!socket.authorized) {
+      this.#refused(socket, `tls: client certificate not trusted: ${String(socket.authorizationError)}`);
+      socket.destroy();
+      return;
+    }
+    const certificate = socket.getPeerX509Certificate();
+    const uris = certificate ? certificateUris(certificate.raw) : [];
+    if (!certificate || uris.length !== 1 || !parseSpiffeId(uris[0]!)) {
+      this.#refused(socket, `identity: the client certificate must carry exactly one SPIFFE URI SAN, it carries ${uris.length ? uris.join(', ') : 'none'}`);
+      socket.destroy();
+      return;
+    }
+    const peer: TunnelPeer = { principal: uris[0]!, certificate };
+    const session = http2.performServerHandshake(socket, {
+      settings: this.#settings,
+      maxSessionMemory: HBONE_DEFAULTS.maxSessionMemoryMb,
+    });
+    this.#sessions.add(session);
+    session.on('error', ignore);
+    session.once('close', () => this.#sessions.delete(session));
+    session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.#stream(peer, stream, headers));
+    session.setTimeout(this.#idleTimeout, () => session.close());
+    try {
+      session.setLocalWindowSize(HBONE_DEFAULTS.sessionWindow);
+    } catch {
+      // the peer is already gone; 'close' cleans up
+    }
+  }
+
+  #stream(peer: TunnelPeer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    // A peer's RST_STREAM or a dead connection surfaces as 'error': it is handled through 'close', never thrown.
+    stream.on('error', ignore);
+    const method = headers[':method'];
+    if (method !== 'CONNECT') {
+      respond(stream, { ':status': 405, allow: 'CONNECT', [REASON_HEADER]: headerSafe(`method ${String(method)} not allowed: the tunnel speaks only CONNECT`) }, true);
+      return;
+    }
+    const target = parseAuthority(headers[':authority']);
+    if (!target) {
+      respond(stream, { ':status': 400, [REASON_HEADER]: headerSafe(`bad :authority ${JSON.stringify(headers[':authority'])} (expected host:port or [ipv6]:port)`) }, true);
+      return;
+    }
+    const req: InboundRequest = { peer, target, streamId: stream.id ?? 0 };
+    let decision: InboundDecision | Promise<InboundDecision>;
+    try {
+      decision = this.#o.authorize(req);
+    } catch (err) {
+      decision = authorizeFailed(err);
+    }
+    if (isPromise(decision)) {
+      decision.then(
+        (d) => this.#decided(req, stream, d),
+        (err: unknown) => this.#decided(req, stream, authorizeFailed(err)),
+      );
+    } else {
+      this.#decided(req, stream, decision);
+    }
+  }
+
+  #emit(e: InboundStreamEvent): void {
+    try {
+      this.#o.onStream?.(e);
+    } catch {
+      // an observer must not break a stream
+    }
+  }
+
+  #closed(req: InboundRequest, decision: InboundDecision, closeReason: string, bytesIn = 0, bytesOut = 0): void {
+    this.#emit({ req, decision, phase: 'closed', bytesIn, bytesOut, closeReason });
+  }
+
+  #decided(req: InboundRequest, stream: http2.ServerHttp2Stream, decision: InboundDecision): void {
+    this.#emit({ req, decision, phase: 'decided' });
+    if (stream.destroyed || stream.closed) {
+      this.#closed(req, decision, 'reset before connect');
+      return;
+    }
+    if (!decision.accept) {
+      respond(stream, { ':status': decision.status, [REASON_HEADER]: headerSafe(decision.reason) }, true);
+      this.#closed(req, decision, `denied: ${decision.reason}`);
+      return;
+    }
+    this.#connect(req, stream, decision);
+  }
+
+  #connect(req: InboundRequest, stream: http2.ServerHttp2Stream, decision: InboundDecision): void {
+    const { host, port } = req.target;
+    const fail = (status: 502 | 504, why: string): void => {
+      respond(stream, { ':status': status, [REASON_HEADER]: headerSafe(why) }, true);
+      this.#closed(req, decision, why);
+    };
+    let upstream: net.Socket;
+    try {
+      upstream = this.#o.dial ? this.#o.dial(req.target) : net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    } catch (err) {
+      fail(502, `connect-failed: ${errName(err)}`);
+      return;
+    }
+    let settled = false;
+    const timer = setTimeout(() => {
+      upstream.destroy(Object.assign(new Error(`connect to ${formatAuthority(req.target)} timed out after ${this.#connectTimeout} ms`), { code: 'ETIMEDOUT' }));
+    }, this.#connectTimeout);
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      upstream.off('error', onError);
+      upstream.off('close', onUpstreamClose);
+      upstream.off('connect', onConnect);
+      stream.off('close', onStreamClose);
+      return true;
+    };
+    const onError = (err: NodeJS.ErrnoException): void => {
+      if (!settle()) return;
+      upstream.destroy();
+      fail(err.code === 'ETIMEDOUT' ? 504 : 502, `connect-failed: ${errName(err)}`);
+    };
+    const onUpstreamClose = (): void => {
+      if (settle()) fail(502, 'connect-failed: closed before connecting');
+    };
+    const onStreamClose = (): void => {
+      if (!settle()) return;
+      upstream.destroy();
+      this.#closed(req, decision, 'reset before connect');
+    };
+    const onConnect = (): void => {
+      if (!settle()) return;
+      if (!respond(stream, { ':status': 200 }, false)) {
+        upstream.destroy();
+        this.#closed(req, decision, 'reset before connect');
+        return;
+      }
+      this.#splice(req, decision, stream, upstream);
+    };
+    upstream.on('error', onError);
+    upstream.once('close', onUpstreamClose);
+    stream.once('close', onStreamClose);
+    if (upstream.connecting) upstream.once('connect', onConnect);
+    else if (!upstream.destroyed) onConnect();
+  }
+
+  /** Pipes both ways (pipe() honours backpressure and forwards half-close) until both sides are closed; one 'closed' event. */
+  #splice(req: InboundRequest, decision: InboundDecision, stream: http2.ServerHttp2Stream, upstream: net.Socket): void {
+    let reason: string | undefined;
+    let open = 2;
+    let upstreamEnded = false;
+    const done = (): void => {
+      if (--open === 0) this.#closed(req, decision, reason ?? 'closed', upstream.bytesWritten, upstream.bytesRead);
+    };
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      reason ??= `upstream error: ${errName(err)}`;
+      if (!stream.closed) stream.close(NGHTTP2_CONNECT_ERROR);
+      upstream.destroy();
+    });
+    upstream.once('end', () => {
+      upstreamEnded = true;
+    });
+    upstream.once('close', done);
+    upstream.setTimeout(this.#idleTimeout, () => {
+      reason ??= 'idle-timeout';
+      if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+      upstream.destroy();
+    });
+    stream.once('close', () => {
+      // Clean only when both END_STREAMs went through (ours follows the target's FIN); anything else is a reset or a dead tunnel, and the target gets a RST.
+      const clean = stream.rstCode === NGHTTP2_NO_ERROR && stream.readableEnded && upstreamEnded;
+      if (!clean && !upstream.destroyed) {
+        reason ??= stream.rstCode === NGHTTP2_NO_ERROR ? 'tunnel closed' : `stream reset (code ${stream.rstCode})`;
+        upstream.resetAndDestroy();
+      }
+      done();
+    });
+    stream.pipe(upstream);
+    upstream.pipe(stream);
+  }
+}
+
+function authorizeFailed(err: unknown): InboundDecision {
+  return { accept: false, status: 503, reason: `authorization failed: ${err instanceof Error ? err.message : String(err)}` };
+}
