@@ -19,6 +19,8 @@ need_cmd g++ g++
 need_cmd pkg-config pkg-config
 need_cmd ip iproute2
 need_cmd setpriv util-linux
+need_cmd tcpdump tcpdump
+need_cmd openssl openssl
 need_file /usr/include/bpf/libbpf.h libbpf-dev
 need_file /usr/include/gelf.h libelf-dev
 need_file /usr/include/zlib.h zlib1g-dev

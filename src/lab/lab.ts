@@ -46,6 +46,8 @@ export interface UpOptions {
   log?: (line: string) => void;
   /** Also start a controller and a proxy per node, and register the pods as Workloads. */
   mesh?: boolean;
+  /** Workload certificate lifetime for the lab controller (short ones exercise rotation). */
+  workloadCertLifetimeSeconds?: number;
 }
 
 function stateDirOf(dir?: string): string {
@@ -210,10 +212,16 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
     step();
     if (opts.mesh) {
       opts.log?.(`lab ${plan.name}: starting the mesh`);
-      await startLabMesh(state, path.join(dir, opts.name), (mesh) => {
-        state.mesh = mesh;
-        fs.writeFileSync(statePath, JSON.stringify(state, null, 2) + '\n');
-      }, opts.log);
+      await startLabMesh(
+        state,
+        path.join(dir, opts.name),
+        (mesh) => {
+          state.mesh = mesh;
+          fs.writeFileSync(statePath, JSON.stringify(state, null, 2) + '\n');
+        },
+        opts.log,
+        opts.workloadCertLifetimeSeconds,
+      );
       step();
     }
     return state;

@@ -61,12 +61,19 @@ export function podWorkload(lab: LabState, pod: LabState['pods'][number]): Recor
 }
 
 /** Starts the lab's controller and proxies; resolves once every proxy is ready. */
-export async function startLabMesh(lab: LabState, dir: string, record: (mesh: LabMesh) => void, log: (l: string) => void = () => {}): Promise<LabMesh> {
+export async function startLabMesh(
+  lab: LabState,
+  dir: string,
+  record: (mesh: LabMesh) => void,
+  log: (l: string) => void = () => {},
+  workloadCertLifetimeSeconds?: number,
+): Promise<LabMesh> {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const dataDir = path.join(dir, 'controller');
   const ctlLog = path.join(dir, 'controller.log');
   const address = `${lab.bridgeIp}:15010`;
-  const pid = startDetached([process.execPath, BIN, 'controller', '--data-dir', dataDir, '--listen', address, '--metrics-listen', `${lab.bridgeIp}:15014`], ctlLog);
+  const lifetime = workloadCertLifetimeSeconds ? ['--workload-cert-lifetime', `${workloadCertLifetimeSeconds}s`] : [];
+  const pid = startDetached([process.execPath, BIN, 'controller', '--data-dir', dataDir, '--listen', address, '--metrics-listen', `${lab.bridgeIp}:15014`, ...lifetime], ctlLog);
   const mesh: LabMesh = {
     controller: { pid, address, credentials: path.join(dataDir, 'admin.json'), caFile: path.join(dataDir, 'ca', 'ca.crt'), log: ctlLog, metrics: `${lab.bridgeIp}:15014` },
     proxies: [],

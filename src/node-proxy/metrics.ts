@@ -32,6 +32,9 @@ export class ProxyMetrics {
   readonly active = new prom.Gauge({ name: 'nodemesh_tcp_active_connections', help: 'Connections open now', registers: [this.registry] });
   readonly configVersion = new prom.Gauge({ name: 'nodemesh_proxy_config_version', help: 'Config version applied', registers: [this.registry] });
   readonly ready = new prom.Gauge({ name: 'nodemesh_proxy_ready', help: '1 once config and data path are in place', registers: [this.registry] });
+  readonly certExpiry = new prom.Gauge({ name: 'nodemesh_workload_certificate_expiry_seconds', help: 'When each workload certificate expires (Unix seconds)', labelNames: ['identity'] as const, registers: [this.registry] });
+  readonly certRenewals = new prom.Counter({ name: 'nodemesh_workload_certificate_renewals_total', help: 'Workload certificates renewed', labelNames: ['identity'] as const, registers: [this.registry] });
+  readonly certFailures = new prom.Counter({ name: 'nodemesh_workload_certificate_failures_total', help: 'Workload certificate requests that failed (retried with backoff)', registers: [this.registry] });
 
   constructor(datapathCounters?: () => Record<string, bigint>) {
     prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_proxy_' });

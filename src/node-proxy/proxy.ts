@@ -117,9 +117,17 @@ export class NodeProxy {
     this.#client = new ControllerClient({ address: o.controller, ca: this.#identity.caPem, cert: this.#identity.certPem, key: this.#identity.keyPem });
     this.#scheduleRenewal();
 
-    this.#certs = new WorkloadCertificates({ sign: (csr) => this.#client.sign(csr), log: this.#log });
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    this.#certs = new WorkloadCertificates({
+      sign: (csr) => this.#client.sign(csr),
+      log: this.#log,
+      onIssued: (c, renewal) => {
+        this.#metrics.certExpiry.set({ identity: c.identity }, Math.floor(c.notAfter.getTime() / 1000));
+        if (renewal) this.#metrics.certRenewals.inc({ identity: c.identity });
+      },
+      onFailed: () => this.#metrics.certFailures.inc(),
+    });
     this.#outbound = new OutboundServer({
       node: o.node,
       originOf: (s) => this.#datapath.originOf(s),
@@ -264,10 +272,10 @@ export class NodeProxy {
     this.#balancers.retain(view.services.keys());
     this.#metrics.configVersion.set(view.version);
     // A certificate for each identity of this node's workloads, for tunnels both ways.
-    const identities = new Set(view.localWorkloads.filter((w) => w.local && w.identity).map((w) => w.identity));
+    const identities = new Set(view.workloads.filter((w) => w.local && w.identity).map((w) => w.identity));
     for (const id of identities) this.#certs.want(id);
     for (const id of this.#certs.wanted()) if (!identities.has(id)) this.#certs.drop(id);
-    const want = new Map(view.localWorkloads.filter((w) => w.local && w.netns).map((w) => [w.key, w]));
+    const want = new Map(view.workloads.filter((w) => w.local && w.netns).map((w) => [w.key, w]));
     for (const [key, cookie] of this.#enrolled) {
       if (want.has(key)) continue;
       this.#datapath.unenrollCookie(cookie);

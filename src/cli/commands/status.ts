@@ -64,6 +64,8 @@ interface ProxyStatus {
   identity: { notAfter: string } | null;
   connections: { live: number };
   workloads: { workload: string; identity: string }[];
+  workloadCertificates: { identity: string; notAfter?: string; renewals: number; lastError?: string }[];
+  tunnels: { sessions: number; streams: number };
   services: number;
   policies: number;
 }
@@ -82,8 +84,11 @@ function formatProxy(p: ProxyStatus): string {
     `  controller  ${p.controller.address} ${p.controller.connected ? 'connected' : 'NOT connected (serving the last config)'}, config version ${p.controller.configVersion}`,
     `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
     `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads`,
-    `  connections ${p.connections.live} open`,
+    `  connections ${p.connections.live} open; tunnels: ${p.tunnels.sessions} connections, ${p.tunnels.streams} streams`,
     ...p.workloads.map((w) => `  workload    ${w.workload}  ${w.identity}`),
+    ...p.workloadCertificates.map(
+      (c) => `  certificate ${c.identity}  ${c.notAfter ? `valid until ${c.notAfter}` : 'NONE yet'}, renewed ${c.renewals}×${c.lastError ? `; last error: ${c.lastError}` : ''}`,
+    ),
   ].join('\n') + '\n';
 }
 

@@ -137,8 +137,8 @@ export class Registry {
   }
 
   /**
-   * A node said where its proxy listens. Services with endpoints on it change
-   * (their endpoints carry it); returns their keys.
+   * A node said where its proxy listens. Its workloads and the services with
+   * endpoints on it change (they carry it); returns their keys.
    */
   setNodeAddresses(node: string, addresses: string[]): Set<string> {
     const old = this.#nodeAddresses.get(node) ?? [];
@@ -146,8 +146,8 @@ export class Registry {
     this.#nodeAddresses.set(node, [...addresses]);
     const changed = new Set<string>();
     for (const [key, r] of this.#objects) {
-      if (r.kind !== 'Service') continue;
-      if (this.endpointsOf(r as Service).some((e) => e.node === node) && this.#refresh(key)) changed.add(key);
+      const touches = r.kind === 'Service' ? this.endpointsOf(r as Service).some((e) => e.node === node) : r.kind === 'Workload' && (r as Workload).spec.node === node;
+      if (touches && this.#refresh(key)) changed.add(key);
     }
     return changed;
   }
@@ -256,8 +256,10 @@ export class Registry {
     if (!r) return this.#items.delete(key);
     switch (r.kind) {
       case 'Workload': {
+        // Every node: a pod's address must resolve to its identity and node
+        // anywhere, so traffic to it takes the tunnel even without a Service.
         const w = r as Workload;
-        return this.#set(key, JSON.stringify({ ...w, status: { identity: this.identityOf(w) } }), new Set([w.spec.node]));
+        return this.#set(key, JSON.stringify({ ...w, status: { identity: this.identityOf(w), nodeAddresses: this.#nodeAddresses.get(w.spec.node) ?? [] } }), null);
       }
       case 'Service': {
         const s = r as Service;

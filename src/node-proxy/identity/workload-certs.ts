@@ -31,6 +31,8 @@ export interface WorkloadCertificatesOptions {
   maxBackoffMs?: number;
   /** Called after each new certificate (first or renewed). */
   onIssued?: (cert: WorkloadCertificate, renewal: boolean) => void;
+  /** Called after each failed request (it is retried). */
+  onFailed?: (identity: string, err: string) => void;
 }
 
 interface Entry {
@@ -132,6 +134,7 @@ export class WorkloadCertificates {
     } catch (err) {
       e.lastError = err instanceof Error ? err.message : String(err);
       this.#log.warn({ identity: e.identity, err: e.lastError, retryInMs: e.backoff }, 'workload certificate request failed');
+      this.#opts.onFailed?.(e.identity, e.lastError);
       if (this.#entries.get(e.identity) === e && !this.#closed) {
         e.timer = setTimeout(() => void this.#issue(e), e.backoff);
         e.timer.unref();

@@ -70,7 +70,7 @@ interface ServiceItem {
 interface WorkloadItem {
   metadata: { name: string; namespace?: string; labels?: Record<string, string> };
   spec: WorkloadSpec;
-  status?: { identity?: string };
+  status?: { identity?: string; nodeAddresses?: string[] };
 }
 
 export class MeshView {
@@ -78,7 +78,8 @@ export class MeshView {
   readonly node: string;
   readonly mesh: Readonly<MeshConfigSpec>;
   readonly services: ReadonlyMap<string, ServiceView>;
-  readonly localWorkloads: readonly WorkloadView[];
+  /** Every workload of the mesh (`local` marks this node's). */
+  readonly workloads: readonly WorkloadView[];
   readonly policies: readonly AuthorizationPolicy[];
   /** The CA certificates (PEM) peers' certificates must chain to. */
   readonly trustBundle: string;
@@ -91,7 +92,7 @@ export class MeshView {
     this.node = node;
     this.mesh = mesh;
     this.services = services;
-    this.localWorkloads = local;
+    this.workloads = local;
     this.policies = policies;
   }
 
@@ -132,6 +133,7 @@ export class MeshView {
           netns: w.spec.netns,
           ready: w.spec.ready,
           local: w.spec.node === node,
+          nodeAddresses: w.status?.nodeAddresses ?? [],
         });
       }
     }
@@ -157,7 +159,7 @@ export class MeshView {
         }
       }
     }
-    // Local workloads know more than their endpoint entries (netns): they win.
+    // Workload items know more than endpoint entries (netns): they win.
     for (const w of local) for (const a of w.addresses) view.#byAddress.set(normalizeIp(a), w);
     return view;
   }
