@@ -6,6 +6,8 @@
  *   sockops            on TCP_CONNECT_CB the origin is copied under the
  *                      4-tuple the proxy will see on accept; on close a flow
  *                      event is sent and the socket's entry removed
+ *   cgroup_skb/ingress a SYN to a listener of a STRICT pod from anywhere but
+ *                      the node proxy is dropped (PeerAuthentication STRICT)
  *   sock_release       removes what a socket that never connected left
  *                      (it runs before the TCP close, so a connected socket's
  *                      entry stays for the close event)
@@ -326,6 +328,7 @@ static __always_inline void on_close(struct bpf_sock_ops *skops, __u32 old_state
 		e->bytes_received = skops->bytes_received;
 		e->src_port = t.src_port;
 		e->established = established;
+		e->kind = NM_EVENT_CLOSE;
 		__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 		bpf_ringbuf_submit(e, 0);
 	}
@@ -346,6 +349,80 @@ int nm_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+#define NM_TCP_LISTEN 10
+#define NM_ETH_P_IP 0x0800
+#define NM_ETH_P_IPV6 0x86DD
+
+/* A new inbound connection (a packet for a listening socket) to a pod in
+ * STRICT mode is let in only from the node proxy's own addresses: the proxy
+ * delivers from them, anything else is plaintext that bypassed the mesh.
+ * Packets of established connections (replies to the pod's own outbound
+ * connections included) never meet a listener and pass. */
+SEC("cgroup_skb/ingress")
+int nm_ingress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != NM_IPPROTO_TCP || sk->state != NM_TCP_LISTEN)
+		return 1;
+	__u64 netns_cookie = bpf_get_netns_cookie(skb);
+	struct nm_pod *pod = bpf_map_lookup_elem(&nm_pods, &netns_cookie);
+	if (!pod || !(pod->flags & NM_POD_STRICT))
+		return 1;
+	__u32 zero = 0;
+	struct nm_config *cfg = bpf_map_lookup_elem(&nm_config, &zero);
+	if (!cfg)
+		return 1;
+
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 ports[2]; /* source, destination: network order */
+	if (skb->protocol == bpf_htons(NM_ETH_P_IP)) {
+		__u32 s4, d4;
+		__u8 ihl;
+		if (bpf_skb_load_bytes(skb, 0, &ihl, 1) || bpf_skb_load_bytes(skb, 12, &s4, 4) || bpf_skb_load_bytes(skb, 16, &d4, 4))
+			return 1;
+		if (s4 == cfg->proxy_ip4)
+			return 1;
+		if (bpf_skb_load_bytes(skb, (ihl & 0x0f) * 4, ports, 4))
+			return 1;
+		ip4_mapped(src, s4);
+		ip4_mapped(dst, d4);
+	} else if (skb->protocol == bpf_htons(NM_ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, 8, src, 16) || bpf_skb_load_bytes(skb, 24, dst, 16))
+			return 1;
+		__u32 a[4], p[4];
+		__builtin_memcpy(a, src, 16);
+		__builtin_memcpy(p, cfg->proxy_ip6, 16);
+		if (a[0] == p[0] && a[1] == p[1] && a[2] == p[2] && a[3] == p[3])
+			return 1;
+		/* No extension headers expected before TCP here; others pass. */
+		__u8 next;
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || next != NM_IPPROTO_TCP || bpf_skb_load_bytes(skb, 40, ports, 4))
+			return 1;
+	} else {
+		return 1;
+	}
+
+	stat_inc(NM_STAT_STRICT_DROP);
+	struct nm_flow_event *e = bpf_ringbuf_reserve(&nm_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		__builtin_memcpy(e->origin.orig_ip, dst, 16);
+		e->origin.orig_port = bpf_ntohs(ports[1]);
+		e->origin.netns_cookie = netns_cookie;
+		e->origin.start_ns = bpf_ktime_get_ns();
+		__builtin_memcpy(e->src_ip, src, 16);
+		e->src_port = bpf_ntohs(ports[0]);
+		e->end_ns = e->origin.start_ns;
+		e->kind = NM_EVENT_STRICT_DROP;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
 }
 
 SEC("cgroup/sock_release")

@@ -63,7 +63,7 @@ struct nm_pod {
 	__u32 flags;  /* NM_POD_* */
 };
 
-#define NM_POD_STRICT (1U << 0) /* inbound plaintext refused (later) */
+#define NM_POD_STRICT (1U << 0) /* PeerAuthentication STRICT: TCP only from the node proxy */
 
 /* nm_exclude key: an LPM trie over IPv4-mapped/IPv6 addresses. */
 struct nm_cidr_key {
@@ -112,8 +112,12 @@ struct nm_flow_event {
 	__u64 bytes_received; /* bytes_received of the pod's socket */
 	__u16 src_port;       /* host order */
 	__u8 established;     /* 0: the connect never completed */
-	__u8 _pad[5];
+	__u8 kind;            /* NM_EVENT_* */
+	__u8 _pad[4];
 };
+
+#define NM_EVENT_CLOSE 0       /* a redirected connection closed */
+#define NM_EVENT_STRICT_DROP 1 /* plaintext to a STRICT pod dropped: origin.orig_* is the pod's listener, src_* the sender */
 
 /* nm_stats index (per-CPU __u64 counters). */
 enum nm_stat {
@@ -124,6 +128,7 @@ enum nm_stat {
 	NM_STAT_LOOKUP_MISS,
 	NM_STAT_MAP_FULL,
 	NM_STAT_CLOSED,
+	NM_STAT_STRICT_DROP,
 	NM_STAT_MAX,
 };
 

@@ -83,11 +83,18 @@ export const FlowEvent = struct('nm_flow_event', {
   bytes_received: 'u64',
   src_port: 'u16',
   established: 'u8',
-  _pad: 'pad5',
+  kind: 'u8',
+  _pad: 'pad4',
 });
 
+/** nm_flow_event.kind */
+export const EVENT_CLOSE = 0;
+export const EVENT_STRICT_DROP = 1;
+/** nm_pod.flags */
+export const POD_STRICT = 1;
+
 /** enum nm_stat, in order: the index of each per-CPU counter in nm_stats. */
-export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed'] as const;
+export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed', 'strict_drop'] as const;
 export type StatName = (typeof STATS)[number];
 
 /** Every shared struct, with the object (bpf/<object>.bpf.c) whose BTF has it. */

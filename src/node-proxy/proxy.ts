@@ -14,7 +14,8 @@ import { MeshError } from '../errors';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
 import { startAdmin } from './admin';
-import { Datapath } from './datapath';
+import { abi } from '../bpf';
+import { Datapath, type FlowRecord } from './datapath';
 import { FlowTable } from './flows';
 import { joinController, loadNodeIdentity, renewNodeIdentity, WorkloadCertificates, type NodeIdentity } from './identity';
 import { inboundServer } from './inbound';
@@ -79,6 +80,7 @@ export class NodeProxy {
   #certs!: WorkloadCertificates;
   readonly #pool = new HbonePool();
   #inbound: HboneServer | undefined;
+  #events: { close(): void } | undefined;
 
   private constructor(opts: ProxyOptions) {
     this.node = opts.node;
@@ -141,6 +143,7 @@ export class NodeProxy {
       connectTimeoutMs: o.connectTimeoutMs,
       idleTimeoutMs: o.idleTimeoutMs,
       accessLogLevel: o.accessLogLevel,
+      localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
         if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
@@ -166,7 +169,12 @@ export class NodeProxy {
       flows: this.flows,
       metrics: this.#metrics,
       log: this.#log.child({ component: 'inbound' }),
+      localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
     });
+    this.#events = this.#datapath.flowEvents(
+      (records) => this.#onDatapathEvents(records),
+      (err) => this.#log.warn({ err: err.message }, 'data path events'),
+    );
     this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
       throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
     });
@@ -286,18 +294,53 @@ export class NodeProxy {
     let index = 0;
     for (const [key, w] of want) {
       index++;
+      // PeerAuthentication STRICT: the kernel drops plaintext that bypasses the proxy.
+      const flags = view.mtlsMode(w) === 'STRICT' ? abi.POD_STRICT : 0;
       let cookie = this.#enrolled.get(key);
       if (cookie === undefined) {
         try {
-          cookie = await this.#datapath.enroll(w.netns!, { index });
+          cookie = await this.#datapath.enroll(w.netns!, { index, flags });
         } catch (err) {
           this.#log.warn({ workload: key, netns: w.netns, err: (err as Error).message }, 'cannot enroll');
           continue;
         }
         this.#enrolled.set(key, cookie);
-        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie) }, 'enrolled');
+        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie), strict: flags !== 0 }, 'enrolled');
+      } else {
+        this.#datapath.enrollCookie(cookie, { index, flags });
       }
       this.#byCookie.set(cookie, w);
+    }
+  }
+
+  /** Kernel events: plaintext the STRICT check dropped becomes a flow. */
+  #onDatapathEvents(records: FlowRecord[]): void {
+    for (const r of records) {
+      if (r.kind !== 'strict-drop') continue;
+      const w = this.#byCookie.get(r.origin.netnsCookie);
+      const dst = `${r.origin.ip}:${r.origin.port}`;
+      const flow = this.flows.open({
+        node: this.node,
+        source: { ip: r.srcIp, port: r.srcPort },
+        destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: dst, originalAddress: dst },
+        verdict: 'dropped',
+        reason: 'strict-plaintext',
+        security: 'none',
+      });
+      this.flows.close(flow, 'dropped by the kernel (PeerAuthentication STRICT)', 0, 0);
+      this.#metrics.denied.inc({
+        reporter: 'destination',
+        source_workload: 'unknown',
+        source_namespace: 'unknown',
+        source_principal: 'unknown',
+        destination_service: 'unknown',
+        destination_service_namespace: 'unknown',
+        destination_workload: w?.name ?? 'unknown',
+        destination_namespace: w?.namespace ?? 'unknown',
+        connection_security_policy: 'none',
+        reason: 'strict-plaintext',
+        policy: '',
+      });
     }
   }
 
@@ -330,6 +373,7 @@ export class NodeProxy {
     this.#stream?.stop();
     await this.#outbound?.close(drainMs);
     await this.#inbound?.close();
+    this.#events?.close();
     await this.#pool.close();
     this.#certs?.close();
     await this.#admin?.close();

@@ -83,7 +83,7 @@ export const proxyCommand = defineCommand({
 export const flowsCommand = defineCommand({
   name: 'flows',
   summary: 'Connections the node proxies handled, one line each (like hubble observe)',
-  usage: 'flows [--node N] [-f] [--from POD] [--to SVC] [--verdict allowed|denied|error] [-o text|json]',
+  usage: 'flows [--node N] [-f] [--from POD] [--to SVC] [--verdict allowed|denied|dropped|error] [-o text|json]',
   description: 'Without --node: every proxy running on this host (each lab node), merged by time.',
   options: {
     node: { type: 'string' },
@@ -99,14 +99,14 @@ export const flowsCommand = defineCommand({
     follow: 'keep printing new flows',
     from: 'source workload (pod) name',
     to: 'destination service or workload name',
-    verdict: 'allowed, denied or error',
+    verdict: 'allowed, denied, dropped (STRICT) or error',
     limit: 'at most this many past flows per node',
     output: 'text or json (NDJSON with -f)',
   },
   async run(values, _p, io: Io) {
     const format = outputFormat('nodemesh flows', values.output);
-    if (values.verdict && !['allowed', 'denied', 'error'].includes(values.verdict as string))
-      throw new UsageError(`nodemesh flows: --verdict must be allowed, denied or error, not ${String(values.verdict)}`);
+    if (values.verdict && !['allowed', 'denied', 'dropped', 'error'].includes(values.verdict as string))
+      throw new UsageError(`nodemesh flows: --verdict must be allowed, denied, dropped or error, not ${String(values.verdict)}`);
     const nodes = values.node ? [values.node as string] : fs.existsSync(PROXY_RUN_DIR) ? fs.readdirSync(PROXY_RUN_DIR).filter((n) => fs.existsSync(adminSocketOf(n))) : [];
     if (nodes.length === 0) throw new UsageError('nodemesh flows: no node proxy runs on this host (none under /run/nodemesh/proxy); start one, or give --node');
     const q = new URLSearchParams();

@@ -45,7 +45,7 @@ function adminHandler(src: AdminSources): http.RequestListener {
       case '/flows': {
         const filter = filterOf(url.searchParams);
         const verdict = filter.verdict;
-        if (verdict && !['allowed', 'denied', 'error'].includes(verdict)) return json(res, 400, { error: `verdict must be allowed, denied or error, not ${verdict}` });
+        if (verdict && !['allowed', 'denied', 'dropped', 'error'].includes(verdict)) return json(res, 400, { error: `verdict must be allowed, denied, dropped or error, not ${verdict}` });
         if (url.searchParams.get('follow') === '1') {
           res.writeHead(200, { 'content-type': 'application/x-ndjson' });
           for (const f of src.flows.list(filter, Number(url.searchParams.get('limit') ?? 100))) res.write(JSON.stringify({ event: f.end ? 'close' : 'open', flow: f }) + '\n');

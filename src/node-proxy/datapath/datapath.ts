@@ -22,7 +22,7 @@ export const DEFAULT_STATE_DIR = '/run/nodemesh/datapath';
 export const DEFAULT_PROXY_PORT = 15001;
 
 /** Programs of redirect.bpf.o and the pinned link name of each. */
-const PROGRAMS = ['nm_connect4', 'nm_connect6', 'nm_sockops', 'nm_sock_release'] as const;
+const PROGRAMS = ['nm_connect4', 'nm_connect6', 'nm_sockops', 'nm_ingress', 'nm_sock_release'] as const;
 type Program = (typeof PROGRAMS)[number];
 
 const MAPS = {
@@ -85,6 +85,8 @@ export interface Origin {
 }
 
 export interface FlowRecord {
+  /** close: a redirected connection ended; strict-drop: plaintext to a STRICT pod was dropped (origin = the pod's listener, src = the sender). */
+  kind: 'close' | 'strict-drop';
   origin: Origin;
   srcIp: string;
   srcPort: number;
@@ -502,6 +504,7 @@ export class Datapath {
       decode: (buf: Buffer, at = 0): FlowRecord => {
         const e = abi.FlowEvent.decode(buf, at);
         return {
+          kind: e.kind === abi.EVENT_STRICT_DROP ? 'strict-drop' : 'close',
           origin: toOrigin(abi.Origin.decode(e.origin)),
           srcIp: e.src_ip,
           srcPort: e.src_port,

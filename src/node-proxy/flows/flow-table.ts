@@ -3,7 +3,7 @@
  * of recent closed ones. Readers get copies; followers get each record as it
  * opens and closes.
  */
-export type FlowVerdict = 'allowed' | 'denied' | 'error';
+export type FlowVerdict = 'allowed' | 'denied' | 'dropped' | 'error';
 
 export interface Flow {
   id: number;

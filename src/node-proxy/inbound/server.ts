@@ -6,6 +6,8 @@
  * (the same evaluate() as everywhere). A denial answers 403 with the reason
  * and the policy, which the source proxy puts in its own flow.
  */
+import * as net from 'node:net';
+
 import type { Logger } from '../../log';
 import type { FlowTable, Flow } from '../flows';
 import type { WorkloadCertificates } from '../identity';
@@ -22,6 +24,8 @@ export interface InboundOptions {
   flows: FlowTable;
   metrics: ProxyMetrics;
   log: Logger;
+  /** Where deliveries to local pods come from (STRICT pods accept only the proxy). */
+  localAddress?(family: 4 | 6): string | undefined;
 }
 
 function namespaceOf(principal: string): string | undefined {
@@ -32,6 +36,10 @@ export function inboundServer(o: InboundOptions): HboneServer {
   const flows = new WeakMap<InboundRequest, Flow>();
   return new HboneServer({
     trustBundle: () => o.view().trustBundle,
+    dial: (target) => {
+      const local = o.localAddress?.(net.isIPv6(target.host) ? 6 : 4);
+      return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, ...(local ? { localAddress: local } : {}) });
+    },
     serverCertificate: (identity) => {
       const c = o.certs.get(identity);
       return c ? { certPem: c.certPem, keyPem: c.keyPem } : undefined;

@@ -42,6 +42,11 @@ export interface OutboundOptions {
    * refused, with `reason`) when the other side says no.
    */
   tunnel?(req: TunnelRequest): Promise<Duplex>;
+  /**
+   * The address to deliver to this node's own pods from: STRICT pods accept
+   * new connections only from the node proxy's addresses.
+   */
+  localAddress?(family: 4 | 6): string | undefined;
   /** pino level of the access log line written when each connection closes (default info). */
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
 }
@@ -244,7 +249,8 @@ export class OutboundServer {
             target: { host: target.address, port: target.port },
           })
         : new Promise((resolve, reject) => {
-            const sock = net.connect({ host: target.address, port: target.port, allowHalfOpen: true });
+            const local = w?.node === o.node ? o.localAddress?.(net.isIPv6(target.address) ? 6 : 4) : undefined;
+            const sock = net.connect({ host: target.address, port: target.port, allowHalfOpen: true, ...(local ? { localAddress: local } : {}) });
             sock.setNoDelay(true);
             sock.once('error', reject);
             sock.once('connect', () => {

@@ -10,6 +10,7 @@ import {
   MESH_CONFIG_DEFAULTS,
   type AuthorizationPolicy,
   type LoadBalancerPolicy,
+  type PeerAuthentication,
   type MeshConfigSpec,
   type ServicePort,
   type ServiceSpec,
@@ -83,12 +84,23 @@ export class MeshView {
   readonly policies: readonly AuthorizationPolicy[];
   /** The CA certificates (PEM) peers' certificates must chain to. */
   readonly trustBundle: string;
+  readonly peerAuthentications: readonly PeerAuthentication[];
   readonly #byVip = new Map<string, { service: ServiceView; port: ServicePort }>();
   readonly #byAddress = new Map<string, WorkloadView>();
 
-  private constructor(version: number, node: string, mesh: MeshConfigSpec, services: Map<string, ServiceView>, local: WorkloadView[], policies: AuthorizationPolicy[], trustBundle: string) {
+  private constructor(
+    version: number,
+    node: string,
+    mesh: MeshConfigSpec,
+    services: Map<string, ServiceView>,
+    local: WorkloadView[],
+    policies: AuthorizationPolicy[],
+    trustBundle: string,
+    peerAuthentications: PeerAuthentication[],
+  ) {
     this.version = version;
     this.trustBundle = trustBundle;
+    this.peerAuthentications = peerAuthentications;
     this.node = node;
     this.mesh = mesh;
     this.services = services;
@@ -102,9 +114,11 @@ export class MeshView {
     const local: WorkloadView[] = [];
     const policies: AuthorizationPolicy[] = [];
     let trustBundle = '';
+    const peerAuths: PeerAuthentication[] = [];
     for (const [key, raw] of state.items) {
       const kind = key.slice(0, key.indexOf('/'));
       if (kind === 'TrustBundle') trustBundle = (raw as { pem: string }).pem;
+      else if (kind === 'PeerAuthentication') peerAuths.push(raw as PeerAuthentication);
       else if (kind === 'MeshConfig') mesh = { ...mesh, ...(raw as { spec: Partial<MeshConfigSpec> }).spec };
       else if (kind === 'AuthorizationPolicy') policies.push(raw as AuthorizationPolicy);
       else if (kind === 'Service') {
@@ -137,7 +151,7 @@ export class MeshView {
         });
       }
     }
-    const view = new MeshView(state.version, node, mesh, services, local, policies, trustBundle);
+    const view = new MeshView(state.version, node, mesh, services, local, policies, trustBundle, peerAuths);
     for (const s of services.values()) {
       for (const vip of s.addresses) for (const p of s.ports) view.#byVip.set(`${normalizeIp(vip)}|${p.port}`, { service: s, port: p });
       for (const e of s.endpoints) {
@@ -162,6 +176,21 @@ export class MeshView {
     // Workload items know more than endpoint entries (netns): they win.
     for (const w of local) for (const a of w.addresses) view.#byAddress.set(normalizeIp(a), w);
     return view;
+  }
+
+  /**
+   * The mTLS mode of a workload, as Istio decides it: a PeerAuthentication
+   * selecting it in its namespace, else one for its whole namespace, else one
+   * in the root namespace, else the mesh default.
+   */
+  mtlsMode(w: { namespace: string; labels: Record<string, string> }): 'STRICT' | 'PERMISSIVE' {
+    const selects = (sel: Record<string, string>): boolean => Object.entries(sel).every(([k, v]) => w.labels[k] === v);
+    const inNs = this.peerAuthentications.filter((p) => (p.metadata.namespace ?? 'default') === w.namespace);
+    const pick =
+      inNs.find((p) => p.spec.selector && selects(p.spec.selector.matchLabels)) ??
+      inNs.find((p) => !p.spec.selector) ??
+      this.peerAuthentications.find((p) => p.metadata.namespace === 'nodemesh-system' && !p.spec.selector);
+    return pick?.spec.mtls.mode ?? this.mesh.defaultMtlsMode;
   }
 
   /** The Service answering on ip:port. */

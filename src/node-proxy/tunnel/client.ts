@@ -83,8 +83,8 @@ interface PooledSession {
   capacity: number;
   /** False once it errored, got GOAWAY or is closing: no new streams. */
   usable: boolean;
-  /** TLS handshake done (our side). */
-  secure: boolean;
+  /** TCP connected: failures from here on are the handshake's, not reachability's. */
+  connected: boolean;
   /** The server's SETTINGS arrived: it accepted our certificate and speaks h2. */
   established: boolean;
   /** Why it broke; streams that die with it get this. */
@@ -287,8 +287,10 @@ export class HbonePool {
     // Registered before http2's own socket listeners (http2.connect below adds them), so the
     // cause is known, and handed to the open streams, before Node ends them without one.
     let s!: PooledSession;
+    socket.once('connect', () => {
+      s.connected = true;
+    });
     socket.once('secureConnect', () => {
-      s.secure = true;
       if (socket.alpnProtocol !== 'h2') {
         socket.destroy(new TunnelError('NM_ERR_TUNNEL_TLS', `hbone: node ${node} did not negotiate ALPN h2 (is port ${d.node.port} an HBONE port?)`));
       }
@@ -322,7 +324,7 @@ export class HbonePool {
       reserved: 0,
       capacity: this.#maxStreams,
       usable: true,
-      secure: false,
+      connected: false,
       established: false,
     };
     this.#sessionCount++;
@@ -384,7 +386,7 @@ export class HbonePool {
     if (s.established) {
       return new TunnelError('NM_ERR_TUNNEL_BROKEN', `hbone: the tunnel to node ${s.node} (${s.destination}) failed: ${code}`, { cause: err });
     }
-    if (!s.secure && /^E[A-Z]+$/.test(code)) {
+    if (!s.connected) {
       return new TunnelError(
         'NM_ERR_TUNNEL_BROKEN',
         `hbone: cannot reach the node proxy at ${s.node}: ${code} (is it running, and is HBONE port 15008 open between the nodes?)`,

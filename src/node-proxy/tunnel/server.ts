@@ -223,7 +223,11 @@ export class HboneServer {
       this.#sockets.add(raw);
       raw.once('close', () => this.#sockets.delete(raw));
     });
-    this.#tls.on('tlsClientError', (err, socket) => this.#refused(socket, `tls: ${errName(err)}`));
+    // Node checks the client chain after the handshake and destroys the socket itself; authorizationError says why.
+    this.#tls.on('tlsClientError', (err, socket) => {
+      const why = (socket as tls.TLSSocket).authorizationError;
+      this.#refused(socket, why ? `tls: client certificate not trusted: ${String(why)}` : `tls: ${errName(err)}`);
+    });
     this.#tls.on('secureConnection', (socket: tls.TLSSocket) => this.#secure(socket));
   }
 
@@ -409,7 +413,8 @@ export class HboneServer {
     const onError = (err: NodeJS.ErrnoException): void => {
       if (!settle()) return;
       upstream.destroy();
-      fail(err.code === 'ETIMEDOUT' ? 504 : 502, `connect-failed: ${errName(err)}`);
+      if (err.code === 'ETIMEDOUT') fail(504, `connect-timeout: ${formatAuthority(req.target)} did not answer within ${this.#connectTimeout} ms`);
+      else fail(502, `connect-failed: ${errName(err)}`);
     };
     const onUpstreamClose = (): void => {
       if (settle()) fail(502, 'connect-failed: closed before connecting');
@@ -435,7 +440,12 @@ export class HboneServer {
     else if (!upstream.destroyed) onConnect();
   }
 
-  /** Pipes both ways (pipe() honours backpressure and forwards half-close) until both sides are closed; one 'closed' event. */
+  /**
+   * Pipes both ways until both sides are closed, then one 'closed' event.
+   * pipe() gives backpressure; half-close is forwarded by hand in the tunnel
+   * -> target direction, because Node ends a reset stream's readable side as
+   * if END_STREAM had arrived, and that must become a RST, not a FIN.
+   */
   #splice(req: InboundRequest, decision: InboundDecision, stream: http2.ServerHttp2Stream, upstream: net.Socket): void {
     let reason: string | undefined;
     let open = 2;
@@ -457,17 +467,42 @@ export class HboneServer {
       if (!stream.closed) stream.close(NGHTTP2_CANCEL);
       upstream.destroy();
     });
+    // 'aborted': closed (RST_STREAM, or the tunnel died) while our direction was still open; emitted before that artificial 'end'.
+    stream.once('aborted', () => {
+      reason ??= `stream reset (code ${stream.rstCode})`;
+      cut(upstream);
+    });
+    stream.once('end', () => {
+      if (!stream.aborted) upstream.end();
+    });
     stream.once('close', () => {
-      // Clean only when both END_STREAMs went through (ours follows the target's FIN); anything else is a reset or a dead tunnel, and the target gets a RST.
-      const clean = stream.rstCode === NGHTTP2_NO_ERROR && stream.readableEnded && upstreamEnded;
-      if (!clean && !upstream.destroyed) {
+      // Clean only when both END_STREAMs went through (ours follows the target's FIN).
+      if (!(stream.rstCode === NGHTTP2_NO_ERROR && stream.readableEnded && upstreamEnded)) {
         reason ??= stream.rstCode === NGHTTP2_NO_ERROR ? 'tunnel closed' : `stream reset (code ${stream.rstCode})`;
-        upstream.resetAndDestroy();
+        cut(upstream);
       }
       done();
     });
-    stream.pipe(upstream);
+    stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
+  }
+}
+
+/**
+ * A TCP RST to the target (RFC 9113 §8.5), or a plain close once our FIN was
+ * queued: Node 20 loses the socket's 'close' (EINVAL) when resetAndDestroy()
+ * follows end() before the shutdown completed.
+ */
+function cut(sock: net.Socket): void {
+  if (sock.destroyed) return;
+  if (sock.writableEnded) {
+    sock.destroy();
+    return;
+  }
+  try {
+    sock.resetAndDestroy();
+  } catch {
+    sock.destroy(); // not a TCP handle (a custom dial): no RST to send
   }
 }
 

@@ -203,7 +203,7 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
   const pod = lab.pods[0]!;
   cli(['datapath', 'install', '--node', n1.name, '--cgroup', n1.cgroup, '--proxy-ip', n1.ip]);
   cli(['datapath', 'enroll', '--node', n1.name, '--netns', `/run/netns/${pod.netns}`]);
-  t.same(attachedPrograms(n1.cgroup), ['nm_connect4', 'nm_connect6', 'nm_sock_release', 'nm_sockops']);
+  t.same(attachedPrograms(n1.cgroup), ['nm_connect4', 'nm_connect6', 'nm_ingress', 'nm_sock_release', 'nm_sockops']);
 
   // The installer is gone; the echo (another process) marks ready; pods are redirected.
   await startEcho(t, lab, n1.name);
@@ -215,7 +215,7 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
   first.close();
   const again = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip });
   const linksAfter = again.links();
-  t.same(linksAfter.map((l) => l.attached), [true, true, true, true]);
+  t.same(linksAfter.map((l) => l.attached), [true, true, true, true, true]);
   t.ok(linksAfter.every((l, i) => l.progId !== linksBefore[i]!.progId), 'each link now runs the newly loaded program');
   t.equal(again.pods().length, 1, 'enrolled pods kept');
   t.equal(again.config().ready, true, 'readiness kept');
@@ -224,7 +224,7 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
 
   // Installing on another cgroup while installed is refused, and changes nothing.
   t.throws(() => Datapath.install({ node: n1.name, cgroup: pod.cgroup, proxyIp: n1.ip }), { code: 'NM_ERR_DATAPATH_CGROUP', message: /installed on another cgroup/ });
-  t.equal(attachedPrograms(n1.cgroup).length, 4);
+  t.equal(attachedPrograms(n1.cgroup).length, 5);
 
   const status = JSON.parse(cli(['status', '--node', n1.name, '-o', 'json'])) as { installed: boolean; links: { attached: boolean }[]; pods: unknown[]; counters: Record<string, string> };
   t.equal(status.installed, true);
