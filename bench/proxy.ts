@@ -1,7 +1,8 @@
 /**
  * The L4 data path benchmark (DESIGN §8), in one run on this machine through
- * a lab: pod n1-p2 to pod n2-p1 (across nodes), directly, through the node
- * proxy, and through HAProxy (mode tcp, one thread) in node n1.
+ * a lab: pod n1-p2 to pod n2-p1 (across nodes), directly, through nodemesh
+ * (the node proxy of n1, the mTLS tunnel, the node proxy of n2), and through
+ * HAProxy (mode tcp, one thread) in node n1.
  *   - one TCP stream's throughput (iperf3)
  *   - request/response: a new connection per request, and round trips on
  *     long-lived connections (64 B each way)
@@ -116,6 +117,10 @@ async function main(): Promise<void> {
       const iperf = JSON.parse(await run(lab, 'n1-p2', ['iperf3', '-c', p.iperf[0]!, '-p', p.iperf[1]!, '-t', String(SECONDS), '-J'])) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
       if (!iperf.end?.sum_received) throw new Error(`iperf3 to ${p.name} (${p.iperf.join(':')}) failed: ${iperf.error ?? 'no result'}`);
       r.gbps = iperf.end.sum_received.bits_per_second / 1e9;
+      const paced = JSON.parse(await run(lab, 'n1-p2', [process.execPath, path.join(BENCH, 'rr-client.js'), p.rr[0]!, p.rr[1]!, String(SECONDS), '1', 'paced'])) as { requests: number; seconds: number; p50Ms: number; p99Ms: number };
+      r.pacedP50 = paced.p50Ms;
+      r.pacedP99 = paced.p99Ms;
+      r.pacedRps = paced.requests / paced.seconds;
       for (const mode of ['connect', 'persistent'] as const) {
         const before = cpuTicks(pid);
         const out = JSON.parse(await run(lab, 'n1-p2', [process.execPath, path.join(BENCH, 'rr-client.js'), p.rr[0]!, p.rr[1]!, String(SECONDS), '16', mode])) as { requests: number; seconds: number; errors: number; p50Ms: number; p99Ms: number };
@@ -137,13 +142,16 @@ async function main(): Promise<void> {
     const h = results.haproxy!;
     const row = (label: string, k: string, fmt: (x: number) => string): string =>
       `  ${label.padEnd(36)} ${fmt(d[k]!).padStart(11)} ${fmt(m[k]!).padStart(11)} ${fmt(h[k]!).padStart(11)}   ${(m[k]! / d[k]!).toFixed(2).padStart(5)}x direct, ${(m[k]! / h[k]!).toFixed(2).padStart(5)}x haproxy`;
-    console.log(`L4 benchmark, pod n1-p2 -> pod n2-p1 across two lab nodes, ${SECONDS} s per run, ${os.cpus().length} cores`);
+    console.log(`L4 benchmark, pod n1-p2 -> pod n2-p1 across two lab nodes (nodemesh: both proxies and the mTLS tunnel), ${SECONDS} s per run, ${os.cpus().length} cores`);
     console.log(`  ${''.padEnd(36)} ${'direct'.padStart(11)} ${'nodemesh'.padStart(11)} ${'haproxy'.padStart(11)}`);
     console.log(row('one TCP stream (Gbit/s, iperf3)', 'gbps', (x) => x.toFixed(2)));
     console.log(row('new connection per request (req/s)', 'connectRps', (x) => x.toFixed(0)));
     console.log(row('  p99 latency (ms)', 'connectP99', (x) => x.toFixed(2)));
     console.log(row('round trips, 16 connections (req/s)', 'persistentRps', (x) => x.toFixed(0)));
     console.log(row('  p99 latency (ms)', 'persistentP99', (x) => x.toFixed(2)));
+    console.log(
+      `  1 KB request/response at ${m.pacedRps!.toFixed(0)}/s: p50 ${d.pacedP50!.toFixed(3)} / ${m.pacedP50!.toFixed(3)} / ${h.pacedP50!.toFixed(3)} ms, p99 ${d.pacedP99!.toFixed(3)} / ${m.pacedP99!.toFixed(3)} / ${h.pacedP99!.toFixed(3)} ms (direct / nodemesh / haproxy); nodemesh adds p50 ${(m.pacedP50! - d.pacedP50!).toFixed(3)} ms, p99 ${(m.pacedP99! - d.pacedP99!).toFixed(3)} ms`,
+    );
     console.log(`  nodemesh proxy CPU per 1,000 req/s: ${m.connectCorePer1k!.toFixed(3)} core (new connections), ${m.persistentCorePer1k!.toFixed(3)} core (round trips); RSS ${rss.toFixed(0)} MiB`);
     const errs = paths.map((p) => results[p.name]!.connectErrors! + results[p.name]!.persistentErrors!).reduce((a, b) => a + b, 0);
     if (errs) console.log(`  (${errs} request errors in total)`);

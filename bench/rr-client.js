@@ -1,7 +1,8 @@
 // Request/response load from a lab pod (plain JS: it runs inside the pod).
 //   node rr-client.js HOST PORT SECONDS CONCURRENCY MODE   (MODE: connect | persistent)
 // connect: a new connection per request (64 B out, 64 B back, close);
-// persistent: round trips on CONCURRENCY long-lived connections.
+// persistent: round trips on CONCURRENCY long-lived connections;
+// paced: 1 KB request/response at 1,000 per second on one connection (latency).
 // Prints {"requests":N,"seconds":S,"errors":E,"p50Ms":x,"p99Ms":y}
 'use strict';
 const net = require('node:net');
@@ -47,9 +48,32 @@ async function persistentLoop() {
   s.destroy();
 }
 
+async function pacedLoop() {
+  const body = Buffer.alloc(1024, 121);
+  const s = net.connect({ host, port });
+  s.setNoDelay(true);
+  await new Promise((r, j) => s.once('connect', r).once('error', j));
+  const t0 = Date.now();
+  for (let i = 0; Date.now() < end; i++) {
+    const due = t0 + i; // one per millisecond
+    const wait = due - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const start = process.hrtime.bigint();
+    await new Promise((resolve) => {
+      let got = 0;
+      const on = (d) => { got += d.length; if (got >= 1024) { s.off('data', on); resolve(); } };
+      s.on('data', on);
+      s.write(body);
+    });
+    lat.push(Number(process.hrtime.bigint() - start) / 1e6);
+    requests++;
+  }
+  s.destroy();
+}
+
 (async () => {
   const start = Date.now();
-  await Promise.all(Array.from({ length: concurrency }, () => (mode === 'persistent' ? persistentLoop() : connectLoop())));
+  await Promise.all(Array.from({ length: concurrency }, () => (mode === 'persistent' ? persistentLoop() : mode === 'paced' ? pacedLoop() : connectLoop())));
   lat.sort((a, b) => a - b);
   const pct = (p) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] || 0;
   process.stdout.write(JSON.stringify({ requests, seconds: (Date.now() - start) / 1000, errors, p50Ms: pct(50), p99Ms: pct(99) }) + '\n');

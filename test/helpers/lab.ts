@@ -1,6 +1,8 @@
 /** A lab made for one test and removed at its end (and on exit or signal). */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import type { Test } from 'tap';
@@ -20,6 +22,14 @@ export async function testLab(t: Test, nodes = 2, podsPerNode = 2, mesh = false,
   onCleanupAsync(
     t,
     async () => {
+      // A failed test keeps the lab's logs (controller, proxies) for a look.
+      const logs = path.join('/run/nodemesh/labs', name);
+      if (!t.passing() && fs.existsSync(logs)) {
+        const keep = path.join(os.tmpdir(), `nodemesh-failed-${name}`);
+        fs.mkdirSync(keep, { recursive: true });
+        for (const f of fs.readdirSync(logs).filter((x) => x.endsWith('.log'))) fs.copyFileSync(path.join(logs, f), path.join(keep, f));
+        t.comment(`lab logs kept in ${keep}`);
+      }
       const r = await labDown(name);
       if (r.errors.length) t.fail(`lab down ${name}: ${r.errors.join('; ')}`);
     },

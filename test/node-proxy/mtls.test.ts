@@ -74,6 +74,12 @@ bpfTest(t, 'mutual TLS between nodes', async (t) => {
     const ports = spawnSync('tcpdump', ['-nn', '-r', pcap], { encoding: 'utf8' }).stdout;
     t.match(ports, new RegExp(`${n1!.ip.replace(/\./g, '\\.')}\\.15008`), 'the traffic went to the tunnel port');
     t.notMatch(ports, new RegExp(`${n1p1.ip.replace(/\./g, '\\.')}\\.8080`), 'never to the pod in the clear');
+    const m = await labRun(lab, 'n1', [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))"]);
+    t.match(
+      m.stdout,
+      /nodemesh_tcp_connections_opened_total\{reporter="destination",[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/default\/sa\/n2-p2"[^}]*destination_workload="n1-p1"[^}]*connection_security_policy="mutual_tls"\} [1-9]/,
+      'the destination reports it too, as mutual_tls with the peer identity',
+    );
   });
 
   await t.test('the tunnel port refuses peers without a good certificate (openssl s_client)', async (t) => {

@@ -3,6 +3,7 @@
  * nodes through their proxies; policy, REGISTRY_ONLY, endpoint failure and a
  * lost controller behave as a user expects; flows and metrics say so.
  */
+import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 
 import { t } from 'tap';
@@ -50,7 +51,9 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     }),
     doc({ apiVersion: A, kind: 'Service', metadata: { name: 'echo', namespace: 'default' }, spec: { selector: { role: 'echo' }, addresses: [VIP], ports: [{ port: 80, targetPort: 8080 }, { port: 81, targetPort: 8081 }] } }, 9),
   ]);
-  for (const p of echoPods) await labProcess(t, lab, p.name, [process.execPath, fixture('mesh-server.js'), p.name], /serving/);
+  // The servers, by pod: killed one by one below (pkill would hit other labs' servers of the same name).
+  const servers = new Map<string, ChildProcess>();
+  for (const p of echoPods) servers.set(p.name, (await labProcess(t, lab, p.name, [process.execPath, fixture('mesh-server.js'), p.name], /serving/)).child);
 
   await t.test('pods reach the service through their node proxy, same-node endpoints first', async (t) => {
     t.ok(await waitFor(async () => (await whoami(lab, 'n1-p2', VIP, 81, 1))[0] === 'n1-p1', 10_000), 'the service is in place');
@@ -137,7 +140,8 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
   });
 
   await t.test('killing an endpoint sends new connections to the others', async (t) => {
-    await labRun(lab, 'n1-p1', ['sh', '-c', 'pkill -f "mesh-server.js n1-p1" || true']);
+    servers.get('n1-p1')!.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
     const answers = await whoami(lab, 'n1-p2', VIP, 81, 10);
     t.same(answers, new Array(10).fill('n2-p1'), 'every connection reached the endpoint on the other node');
     const failed = (await flows(n1!.name, '&from=n1-p2')).filter((f) => f.verdict !== 'allowed');

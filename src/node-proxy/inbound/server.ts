@@ -55,12 +55,25 @@ export function inboundServer(o: InboundOptions): HboneServer {
       return d.allowed ? { accept: true } : { accept: false, status: 403, reason: `${d.reason}${d.policy ? ` ${d.policy}` : ''}` };
     },
     onStream: (e) => {
+      const w = o.view().workloadAt(e.req.target.host);
+      const ns = namespaceOf(e.req.peer.principal);
+      // Istio's labels, as the destination reports them.
+      const labels = {
+        reporter: 'destination',
+        source_workload: 'unknown',
+        source_namespace: ns ?? 'unknown',
+        source_principal: e.req.peer.principal,
+        destination_service: 'unknown',
+        destination_service_namespace: 'unknown',
+        destination_workload: w?.name ?? 'unknown',
+        destination_namespace: w?.namespace ?? 'unknown',
+        connection_security_policy: 'mutual_tls',
+      };
       if (e.phase === 'decided') {
-        const w = o.view().workloadAt(e.req.target.host);
         const [reason, policy] = e.decision.accept ? ['allowed', undefined] : e.decision.reason.split(' ');
         const flow = o.flows.open({
           node: o.node,
-          source: { identity: e.req.peer.principal, namespace: namespaceOf(e.req.peer.principal), ip: '', port: 0 },
+          source: { identity: e.req.peer.principal, namespace: ns, ip: '', port: 0 },
           destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: `${e.req.target.host}:${e.req.target.port}`, originalAddress: `${e.req.target.host}:${e.req.target.port}` },
           verdict: e.decision.accept ? 'allowed' : 'denied',
           reason: reason ?? 'denied',
@@ -68,10 +81,21 @@ export function inboundServer(o: InboundOptions): HboneServer {
           security: 'mutual_tls',
         });
         flows.set(e.req, flow);
-        if (!e.decision.accept) o.metrics.denied.inc({ reporter: 'destination', source_workload: 'unknown', source_namespace: namespaceOf(e.req.peer.principal) ?? 'unknown', source_principal: e.req.peer.principal, destination_service: 'unknown', destination_service_namespace: 'unknown', destination_workload: w?.name ?? 'unknown', destination_namespace: w?.namespace ?? 'unknown', connection_security_policy: 'mutual_tls', reason: reason ?? '', policy: policy ?? '' });
+        if (e.decision.accept) {
+          o.metrics.opened.inc(labels);
+          o.metrics.active.inc();
+        } else {
+          o.metrics.denied.inc({ ...labels, reason: reason ?? '', policy: policy ?? '' });
+        }
       } else {
         const flow = flows.get(e.req);
         if (flow) o.flows.close(flow, e.closeReason ?? (e.decision.accept ? 'closed' : 'denied'), e.bytesIn ?? 0, e.bytesOut ?? 0);
+        if (e.decision.accept) {
+          o.metrics.active.dec();
+          o.metrics.closed.inc(labels);
+          o.metrics.sent.inc(labels, e.bytesIn ?? 0);
+          o.metrics.received.inc(labels, e.bytesOut ?? 0);
+        }
       }
     },
     onConnectionRefused: (e) => o.log.warn({ event: 'security', remote: e.remoteAddress, reason: e.reason }, 'tunnel connection refused'),

@@ -180,7 +180,6 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     t.equal(ansA.length + ansB.length, 2000);
     t.ok(ansA.every((x) => x.origin?.ip === VIP && x.origin.port === 80 && x.origin.netnsCookie === String(cookie1) && x.origin.pid === a.pid), 'n1-p1: all 1000 origins right');
     t.ok(ansB.every((x) => x.origin?.ip === '198.19.0.11' && x.origin.port === 81 && x.origin.netnsCookie === String(cookie2) && x.origin.pid === b.pid), 'n1-p2: all 1000 origins right');
-    t.equal(new Set([...ansA, ...ansB].map((x) => x.peer)).size, 2000, 'each from its own 4-tuple');
     t.ok(await waitFor(() => dp.counters().closed - before.closed >= 2000n, 10_000), 'every close seen');
     t.same(delta(before, dp.counters()), { redirected: 2000, closed: 2000 }, 'counters agree');
     t.ok(await waitFor(() => flows.length - flowsBefore >= 2000, 10_000), '2000 flow events');
