@@ -13,7 +13,7 @@ import { t } from 'tap';
 
 import { CertificateAuthority, spiffeWorkloadId } from '../../src/controller/ca';
 import { ControllerClient } from '../../src/controller/client';
-import type { LabState } from '../../src/lab';
+import { podWorkload, type LabState } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
 import { HbonePool, identityToSni } from '../../src/node-proxy/tunnel';
@@ -168,6 +168,16 @@ bpfTest(t, 'mutual TLS between nodes', async (t) => {
     t.same((await client(lab, 'n1-p2', ['whoami', n1p1.ip, 8081, 1])).answers, ['n1-p1'], 'from the same node through the proxy too');
     const dropped = JSON.parse(await adminGet(adminSocketOf(n1!.name), '/flows?verdict=dropped')) as { destination: { workload?: string; address: string }; source: { ip: string }; reason: string }[];
     t.match(dropped.at(-1), { destination: { workload: 'n1-p1', address: `${n1p1.ip}:8081` }, source: { ip: n2!.ip }, reason: 'strict-plaintext' }, 'nodemesh flows shows it as dropped');
+
+    // A pod outside the mesh: n2-p2 without its Workload is no longer enrolled, so it dials in the clear.
+    const n2p2 = lab.pods.find((p) => p.name === 'n2-p2')!;
+    const gone = await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'n2-p2' }]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).find((n) => n.node === n2!.name)!.ackedVersion >= gone.version, 5000));
+    const outside = await labRun(lab, 'n2-p2', [process.execPath, '-e', `const s=require('net').connect(8081,'${n1p1.ip}');s.setTimeout(1500,()=>{console.log('ETIMEDOUT');process.exit(0)});s.on('data',d=>console.log(String(d).trim())).on('error',e=>console.log(e.code))`]);
+    t.equal(outside.stdout.trim(), 'ETIMEDOUT', 'a pod outside the mesh is dropped too');
+    t.match((JSON.parse(await adminGet(adminSocketOf(n1!.name), '/flows?verdict=dropped')) as { source: { ip: string } }[]).at(-1), { source: { ip: n2p2.ip } });
+    const back = await admin.apply([doc(podWorkload(lab, n2p2))]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).every((n) => n.ackedVersion >= back.version), 5000), 'n2-p2 is back in the mesh');
     await mode('PERMISSIVE');
     t.equal(await direct(), 'n1-p1', 'PERMISSIVE again: plaintext gets in (the mode changes live)');
     await admin.delete([{ kind: 'PeerAuthentication', namespace: 'default', name: 'n1-p1' }]);
