@@ -68,7 +68,11 @@ async function main(): Promise<void> {
   }
   await labDown(NAME);
   const lab = await labUp({ name: NAME, nodes: 2, podsPerNode: 2, mesh: true });
-  const stop = async (): Promise<void> => void (await labDown(NAME));
+  const hcfg = path.join(os.tmpdir(), `nodemesh-bench-haproxy-${process.pid}.cfg`);
+  const stop = async (): Promise<void> => {
+    fs.rmSync(hcfg, { force: true });
+    await labDown(NAME);
+  };
   process.once('SIGINT', () => void stop().then(() => process.exit(130)));
   try {
     const [n1] = lab.nodes;
@@ -95,7 +99,6 @@ async function main(): Promise<void> {
       labSpawn(lab, 'n2-p1', ['iperf3', '-s', '-p', '5202'], { stdio: 'ignore' }),
       labSpawn(lab, 'n2-p1', [process.execPath, path.join(BENCH, 'rr-server.js'), '7000', '7001'], { stdio: 'ignore' }),
     ];
-    const hcfg = path.join(os.tmpdir(), `nodemesh-bench-haproxy-${process.pid}.cfg`);
     fs.writeFileSync(
       hcfg,
       `global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n` +
@@ -135,7 +138,6 @@ async function main(): Promise<void> {
     }
     const rss = rssMiB(pid);
     for (const s of servers) s.kill('SIGKILL');
-    fs.rmSync(hcfg, { force: true });
 
     const d = results.direct!;
     const m = results.nodemesh!;
