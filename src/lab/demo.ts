@@ -66,6 +66,9 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     out('');
     out('== 3. pods call the service; each proxy prefers the endpoint on its own node');
     await calls();
+    const far = web.find((p) => p.nodeIndex === 2)!;
+    const CALL_POD = CALL.replace('connect(80,', 'connect(8080,');
+    out(`  n1-p2 -> ${far.ip}:8080 (${far.name}, the other node)   ${await runIn(lab, 'n1-p2', [process.execPath, '-e', CALL_POD, far.ip])}   (through the mTLS tunnel)`);
 
     out('');
     out('== 4. a DENY policy for n2-p2 (by its SPIFFE identity), applied while the mesh runs');
@@ -97,7 +100,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const metrics = await runIn(lab, 'n2', [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>console.log(t))"]);
     for (const line of metrics.split('\n').filter((l) => /^nodemesh_tcp_(connections_opened|denied)_total\{/.test(l))) out(`  ${line}`);
     out('');
-    out('mTLS between nodes, L7 routing and STRICT mode come next (see ../shared/DESIGN.md).');
+    out('Also there: PeerAuthentication STRICT, nodemesh explain. L7 routing comes next (see ../shared/DESIGN.md).');
   } finally {
     admin.close();
     out('');

@@ -21,7 +21,9 @@ bpfTest(t, 'the demo runs end to end', async (t) => {
   const section = (n: number): string => r.stdout.split(`== ${n}.`)[1]?.split('\n== ')[0] ?? '';
   t.match(section(3), /n1-p2 -> 198\.19\.0\.10:80 +hello from n1-p1\n +n2-p2 -> 198\.19\.0\.10:80 +hello from n2-p1/, 'each pod reaches the endpoint on its node');
   t.match(section(4), /n1-p2 -> 198\.19\.0\.10:80 +hello from n1-p1\n +n2-p2 -> 198\.19\.0\.10:80 +refused: ECONNRESET/, 'the DENY takes effect for n2-p2 only');
-  t.equal((section(5).match(/ ALLOWED /g) ?? []).length, 3, 'three allowed flows');
+  t.match(section(3), /n1-p2 -> 198\.18\.\d+\.1:8080 \(n2-p1, the other node\) +hello from n2-p1 +\(through the mTLS tunnel\)/, 'across nodes too');
+  t.equal((section(5).match(/ ALLOWED /g) ?? []).length, 5, 'five allowed flows: three out, one across nodes seen by both proxies');
+  t.equal((section(5).match(/  mTLS  /g) ?? []).length, 2, 'the cross-node one is mutual TLS on both sides');
   t.match(section(5), /default\/n2-p2 .* DENIED  explicit-deny \(default\/deny-n2-p2\)/);
   t.match(section(6), /nodemesh_tcp_denied_total\{[^}]*source_workload="n2-p2"[^}]*policy="default\/deny-n2-p2"\} 1/);
   t.match(r.stdout, /== 7\. teardown[\s\S]*removed \d+ objects\n/);

@@ -6,12 +6,13 @@ function kb(n: number): string {
 }
 
 export function formatFlow(f: Flow): string {
-  const src = `${f.source.namespace && f.source.workload ? `${f.source.namespace}/${f.source.workload}` : 'unknown'} (${f.source.ip}:${f.source.port})`;
+  const who = f.source.namespace && f.source.workload ? `${f.source.namespace}/${f.source.workload}` : (f.source.identity ?? 'unknown');
+  const src = f.source.ip ? `${who} (${f.source.ip}:${f.source.port})` : who;
   const svc = f.destination.service ? `${f.destination.namespace ?? ''}/${f.destination.service}` : f.destination.originalAddress;
   const dst = `${svc}${f.destination.workload ? ` -> ${f.destination.workload} ${f.destination.address}` : f.destination.address && f.destination.address !== f.destination.originalAddress ? ` -> ${f.destination.address}` : ''}`;
   const verdict = f.verdict.toUpperCase();
   const why = f.policy ? `${f.reason} (${f.policy})` : f.reason;
   const bytes = f.end ? `${kb(f.bytesSent)} out, ${kb(f.bytesReceived)} in, ${f.durationMs} ms, ${f.closeReason}` : 'open';
-  return `${f.start}  ${f.node}  ${src} -> ${dst}  ${verdict}  ${why}  ${bytes}`;
+  return `${f.start}  ${f.node}  ${src} -> ${dst}  ${verdict}  ${why}${f.security === 'mutual_tls' ? '  mTLS' : ''}  ${bytes}`;
 }
 
