@@ -147,6 +147,9 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
         err ? reject(new ControllerError('NM_ERR_LISTEN', `cannot listen on ${address}: ${err.message} (is another controller running? use --listen)`)) : resolve(p),
       ),
     );
+    // The TLS identity reaches grpc-js on the next turn of the loop (see
+    // serverCredentials): let it land before anyone is told we serve.
+    await new Promise((r) => setImmediate(r));
     metricsServer = await serveMetrics(metrics, metricsListen.host, metricsListen.port, () => true).catch((err: Error) => {
       throw new ControllerError('NM_ERR_LISTEN', `cannot serve metrics on ${metricsListen.host}:${metricsListen.port}: ${err.message} (use --metrics-listen)`);
     });

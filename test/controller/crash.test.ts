@@ -62,7 +62,15 @@ t.test('kill -9 while applying', async (t) => {
   child = await startChild(dataDir);
   client = ControllerClient.fromCredentials(creds, { timeoutMs: 5000 });
   t.teardown(() => client.close());
-  const { items } = await client.list('workloads', { namespace: 'crash' });
+  // A client retries while a restarted controller comes up.
+  let listed: Awaited<ReturnType<ControllerClient['list']>> | undefined;
+  for (let i = 0; !listed; i++) {
+    listed = await client.list('workloads', { namespace: 'crash' }).catch((err: unknown) => {
+      if (i >= 20) throw err;
+      return new Promise<undefined>((r) => setTimeout(() => r(undefined), 100));
+    });
+  }
+  const { items } = listed;
   const byBatch = new Map<string, number>();
   for (const w of items) byBatch.set(w.metadata.labels!.batch!, (byBatch.get(w.metadata.labels!.batch!) ?? 0) + 1);
   t.ok(acked.every((b) => byBatch.get(String(b)) === BATCH), 'every acknowledged batch is there, whole');
