@@ -30,43 +30,45 @@ function once() {
 
 async function connectLoop() { while (Date.now() < end) await once(); }
 
-async function persistentLoop() {
+async function openConnection() {
   const s = net.connect({ host, port });
   s.setNoDelay(true);
   await new Promise((r, j) => s.once('connect', r).once('error', j));
-  while (Date.now() < end) {
-    const t0 = process.hrtime.bigint();
-    await new Promise((resolve) => {
-      let got = 0;
-      const on = (d) => { got += d.length; if (got >= 64) { s.off('data', on); resolve(); } };
-      s.on('data', on);
-      s.write(payload);
-    });
-    lat.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    requests++;
-  }
+  return s;
+}
+
+/** Writes `body` and waits for as many bytes back; records the latency. */
+function roundTrip(s, body) {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve) => {
+    let got = 0;
+    const on = (d) => {
+      got += d.length;
+      if (got < body.length) return;
+      s.off('data', on);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      requests++;
+      resolve();
+    };
+    s.on('data', on);
+    s.write(body);
+  });
+}
+
+async function persistentLoop() {
+  const s = await openConnection();
+  while (Date.now() < end) await roundTrip(s, payload);
   s.destroy();
 }
 
 async function pacedLoop() {
   const body = Buffer.alloc(1024, 121);
-  const s = net.connect({ host, port });
-  s.setNoDelay(true);
-  await new Promise((r, j) => s.once('connect', r).once('error', j));
+  const s = await openConnection();
   const t0 = Date.now();
   for (let i = 0; Date.now() < end; i++) {
-    const due = t0 + i; // one per millisecond
-    const wait = due - Date.now();
+    const wait = t0 + i - Date.now(); // one per millisecond
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    const start = process.hrtime.bigint();
-    await new Promise((resolve) => {
-      let got = 0;
-      const on = (d) => { got += d.length; if (got >= 1024) { s.off('data', on); resolve(); } };
-      s.on('data', on);
-      s.write(body);
-    });
-    lat.push(Number(process.hrtime.bigint() - start) / 1e6);
-    requests++;
+    await roundTrip(s, body);
   }
   s.destroy();
 }

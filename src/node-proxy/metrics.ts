@@ -17,6 +17,13 @@ export const CONNECTION_LABELS = [
 ] as const;
 export type ConnectionLabels = Record<(typeof CONNECTION_LABELS)[number], string>;
 
+/** Connection labels with 'unknown' for whatever `known` does not say. */
+export function connectionLabels(known: Partial<ConnectionLabels>): ConnectionLabels {
+  const out = {} as ConnectionLabels;
+  for (const k of CONNECTION_LABELS) out[k] = known[k] ?? 'unknown';
+  return out;
+}
+
 export class ProxyMetrics {
   readonly registry = new prom.Registry();
   readonly opened = new prom.Counter({ name: 'nodemesh_tcp_connections_opened_total', help: 'TCP connections the proxy opened to a destination', labelNames: CONNECTION_LABELS, registers: [this.registry] });

@@ -20,7 +20,7 @@ import { FlowTable } from './flows';
 import { joinController, loadNodeIdentity, renewNodeIdentity, WorkloadCertificates, type NodeIdentity } from './identity';
 import { inboundServer } from './inbound';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
-import { ProxyMetrics } from './metrics';
+import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, OutboundServer } from './outbound';
 import { compilePolicies, type CompiledPolicySet } from './policy';
 import { ConfigStream, MeshView, type Staged, type WorkloadView } from './state';
@@ -329,15 +329,7 @@ export class NodeProxy {
       });
       this.flows.close(flow, 'dropped by the kernel (PeerAuthentication STRICT)', 0, 0);
       this.#metrics.denied.inc({
-        reporter: 'destination',
-        source_workload: 'unknown',
-        source_namespace: 'unknown',
-        source_principal: 'unknown',
-        destination_service: 'unknown',
-        destination_service_namespace: 'unknown',
-        destination_workload: w?.name ?? 'unknown',
-        destination_namespace: w?.namespace ?? 'unknown',
-        connection_security_policy: 'none',
+        ...connectionLabels({ reporter: 'destination', destination_workload: w?.name, destination_namespace: w?.namespace, connection_security_policy: 'none' }),
         reason: 'strict-plaintext',
         policy: '',
       });

@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import type { Logger } from '../../log';
 import type { FlowTable, Flow } from '../flows';
 import type { WorkloadCertificates } from '../identity';
-import type { ProxyMetrics } from '../metrics';
+import { connectionLabels, type ProxyMetrics } from '../metrics';
 import type { CompiledPolicySet } from '../policy';
 import type { MeshView } from '../state';
 import { HboneServer, type InboundDecision, type InboundRequest } from '../tunnel';
@@ -58,17 +58,14 @@ export function inboundServer(o: InboundOptions): HboneServer {
       const w = o.view().workloadAt(e.req.target.host);
       const ns = namespaceOf(e.req.peer.principal);
       // Istio's labels, as the destination reports them.
-      const labels = {
+      const labels = connectionLabels({
         reporter: 'destination',
-        source_workload: 'unknown',
-        source_namespace: ns ?? 'unknown',
+        source_namespace: ns,
         source_principal: e.req.peer.principal,
-        destination_service: 'unknown',
-        destination_service_namespace: 'unknown',
-        destination_workload: w?.name ?? 'unknown',
-        destination_namespace: w?.namespace ?? 'unknown',
+        destination_workload: w?.name,
+        destination_namespace: w?.namespace,
         connection_security_policy: 'mutual_tls',
-      };
+      });
       if (e.phase === 'decided') {
         const [reason, policy] = e.decision.accept ? ['allowed', undefined] : e.decision.reason.split(' ');
         const flow = o.flows.open({

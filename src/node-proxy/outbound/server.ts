@@ -14,7 +14,7 @@ import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
 import type { Flow, FlowTable } from '../flows';
 import type { Endpoint } from '../lb';
-import type { ConnectionLabels, ProxyMetrics } from '../metrics';
+import { connectionLabels, type ConnectionLabels, type ProxyMetrics } from '../metrics';
 import type { CompiledPolicySet, Decision } from '../policy';
 import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
@@ -141,17 +141,13 @@ export class OutboundServer {
     const plan = planOutbound(view, origin);
     const original = net.isIPv6(origin.ip) ? `[${origin.ip}]:${origin.port}` : `${origin.ip}:${origin.port}`;
     const source = { workload: src?.name, namespace: src?.namespace, identity: src?.identity, ip: sourceIp, port: client.remotePort ?? 0 };
-    const labels: ConnectionLabels = {
+    const labels = connectionLabels({
       reporter: 'source',
-      source_workload: src?.name ?? UNKNOWN,
-      source_namespace: src?.namespace ?? UNKNOWN,
-      source_principal: src?.identity ?? UNKNOWN,
-      destination_service: UNKNOWN,
-      destination_service_namespace: UNKNOWN,
-      destination_workload: UNKNOWN,
-      destination_namespace: UNKNOWN,
+      source_workload: src?.name,
+      source_namespace: src?.namespace,
+      source_principal: src?.identity,
       connection_security_policy: 'none',
-    };
+    });
 
     if (plan.kind === 'refuse') {
       const flow = o.flows.open({ node: o.node, source, destination: { address: original, originalAddress: original }, verdict: 'denied', reason: plan.reason, security: 'none' });
@@ -173,8 +169,7 @@ export class OutboundServer {
         const address = w.addresses.find((a) => net.isIP(a) === family) ?? w.addresses[0] ?? origin.ip;
         return { address, port: plan.port, workload: w };
       }
-      const b = o.balancers.get(plan.service, plan.targetPort, family);
-      const ep = b.pick({ sourceIp, sourceNode: o.node }, tried);
+      const ep = b!.pick({ sourceIp, sourceNode: o.node }, tried);
       if (!ep) return undefined;
       const e = plan.service.endpoints.find((x) => `${x.namespace}/${x.workload}` === ep.id);
       return {
@@ -184,6 +179,8 @@ export class OutboundServer {
         workload: e ? { name: e.workload, namespace: e.namespace, labels: e.labels, identity: e.identity, node: e.node, nodeAddresses: e.nodeAddresses } : undefined,
       };
     };
+    // Looked up once per connection; used to pick and to report.
+    const b = plan.kind === 'service' ? o.balancers.get(plan.service, plan.targetPort, family) : undefined;
     if (plan.kind === 'service') {
       service = { name: plan.service.name, namespace: plan.service.namespace };
       labels.destination_service = `${plan.service.name}.${plan.service.namespace}`;
@@ -241,7 +238,6 @@ export class OutboundServer {
       if (tunneled && !src?.identity) return deny('unknown-source', undefined, 'none');
 
       const started = performance.now();
-      const b = plan.kind === 'service' ? o.balancers.get(plan.service, plan.targetPort, family) : undefined;
       const open: Promise<Duplex> = tunneled
         ? o.tunnel!({
             sourceIdentity: src!.identity,
