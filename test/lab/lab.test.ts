@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { t } from 'tap';
 
 import { findCgroup2Mount } from '../../src/bpf';
-import { labDown, labUp, readLab, type LabState } from '../../src/lab';
+import { heldLabRoutes, keepLabRoutes, LAB_RANGES, labDown, labUp, readLab, type LabState } from '../../src/lab';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { labName, labRun, testLab } from '../helpers/lab';
@@ -83,6 +83,16 @@ bpfTest(t, 'up, list, exec, down', async (t) => {
   t.match(route.stderr, /unreachable/i, 'a node has no route out of the lab');
   t.notMatch(execFileSync('ip', ['-n', `nm-${name}-n1`, 'route'], { encoding: 'utf8' }), /default/);
 
+  // Nor from the host: pod subnets and VIPs have no host route, so without the lab's
+  // unreachable routes they would follow the host's default route out of the machine.
+  for (const dst of [`198.18.${base + 2}.1`, '198.19.0.10', `2001:2:0:${base + 2}::1`, '2001:2:0:ffff::10']) {
+    const r = spawnSync('ip', ['route', 'get', dst], { encoding: 'utf8' });
+    t.not(r.status, 0, `the host has no route to ${dst}`);
+    t.notMatch(r.stdout, / via /, `${dst} does not take a gateway`);
+  }
+  t.match(execFileSync('ip', ['route', 'get', `198.18.${base}.1`], { encoding: 'utf8' }), new RegExp(`dev nm-${name}-br`), 'a lab node stays reachable through its bridge');
+  t.same(await heldLabRoutes(), [...LAB_RANGES], 'the host holds an unreachable route for each lab range');
+
   // up over an existing lab: refused, nothing changed.
   const again = nodemesh(['lab', 'up', '--name', name]);
   t.equal(again.code, 1);
@@ -93,9 +103,24 @@ bpfTest(t, 'up, list, exec, down', async (t) => {
   const down = nodemesh(['lab', 'down', '--name', name]);
   t.equal(down.code, 0, down.stderr);
   t.same(leftovers(name), [], 'down leaves nothing');
+  // Labs of other test files may be up (tests run side by side): read the routes first,
+  // then look for other labs, since a lab claims its state file before it adds the routes.
+  const held = await heldLabRoutes();
+  const others =
+    (execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).match(/: nm-[a-z0-9]+-br[:@]/g) ?? []).length +
+    fs.readdirSync('/run/nodemesh/labs').filter((f) => f.endsWith('.json')).length;
+  if (others === 0) t.same(held, [], 'down of the last lab removes the unreachable routes');
+  else t.same(held, [...LAB_RANGES], `another lab is up (${others}): the unreachable routes stay`);
   const twice = nodemesh(['lab', 'down', '--name', name]);
   t.equal(twice.code, 0);
   t.match(twice.stdout, /nothing to remove/);
+});
+
+t.test('the unreachable routes stay while any other lab exists', async (t) => {
+  t.equal(keepLabRoutes('a', [], []), false, 'last lab: removed');
+  t.equal(keepLabRoutes('a', ['a'], ['a']), false, 'only its own bridge and state: removed');
+  t.equal(keepLabRoutes('a', ['a', 'b'], ['a']), true, 'another bridge: kept');
+  t.equal(keepLabRoutes('a', [], ['b']), true, 'another lab claimed a name and is coming up: kept');
 });
 
 bpfTest(t, 'two labs at once take different slots', async (t) => {

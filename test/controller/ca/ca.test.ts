@@ -185,7 +185,7 @@ t.test('signCsr issues a workload certificate', async (t) => {
   t.ok(cert.checkIssued(root));
   t.ok(cert.verify(root.publicKey), 'signed by the root');
   t.notOk(cert.ca);
-  t.equal(cert.subject, undefined, 'empty subject');
+  t.notOk(cert.subject, 'empty subject'); // Node.js 24 reads it as '', earlier ones as undefined
   t.equal(cert.subjectAltName, `URI:${WEB}`);
   t.same([...(cert.keyUsage ?? [])].sort(), [EKU_SERVER, EKU_CLIENT], 'extKeyUsage serverAuth+clientAuth');
   t.equal(cert.serialNumber.toLowerCase(), issued.serial);

@@ -1,0 +1,25 @@
+'use strict';
+// Refuses a Node.js older than package.json's "engines" (a supported LTS).
+// Plain JS without dependencies, so it runs on any Node.js and says why.
+const { engines } = require('../package.json');
+
+function runtimeProblem() {
+  const want = /(\d+)\.(\d+)/.exec(engines.node);
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (want && (major > Number(want[1]) || (major === Number(want[1]) && minor >= Number(want[2])))) return undefined;
+  return (
+    `nodemesh needs Node.js ${engines.node} (a supported LTS); this is ${process.version} (${process.execPath}).\n` +
+    'Run it through npm (`npm test`, `npm run demo`, `npx nodemesh ...`), which uses the runtime `npm ci`\n' +
+    'installs as node_modules/.bin/node, or call node_modules/.bin/node yourself.\n'
+  );
+}
+
+module.exports = { runtimeProblem };
+
+if (require.main === module) {
+  const problem = runtimeProblem();
+  if (problem) {
+    process.stderr.write(problem);
+    process.exit(1);
+  }
+}
