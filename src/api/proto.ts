@@ -150,6 +150,16 @@ export interface NodeStatusMessage {
   peer: string;
   proxyVersion: string;
   addresses: string[];
+  revoked: boolean;
+  revokedUnixMs: number;
+  certificateSerial: string;
+  certificateExpiresUnixMs: number;
+  joinedUnixMs: number;
+  workloadCertificates: number;
+  streamCertificateSerial: string;
+}
+export interface RevokeNodeResponse {
+  serials: string[];
 }
 
 export interface CertificateResponse {
@@ -166,8 +176,10 @@ export interface JoinRequest {
 export interface CreateTokenRequest {
   node: string;
   ttlSeconds: number;
+  uses: number;
 }
 export interface CreateTokenResponse {
   token: string;
   expiresUnixMs: number;
+  uses: number;
 }

@@ -4,13 +4,14 @@ import { dispatch, EXIT, type Command, type Io } from './command';
 import { controllerCommand } from './commands/controller';
 import { datapathCommand } from './commands/datapath';
 import { labCommand } from './commands/lab';
+import { nodeCommand } from './commands/node';
 import { explainCommand } from './commands/explain';
 import { flowsCommand, proxyCommand } from './commands/proxy';
 import { applyCommand, deleteCommand, getCommand } from './commands/resources';
 import { statusCommand } from './commands/status';
 import { versionCommand } from './commands/version';
 
-export const COMMANDS: Command[] = [applyCommand, getCommand, deleteCommand, flowsCommand, explainCommand, statusCommand, controllerCommand, proxyCommand, labCommand, datapathCommand, versionCommand];
+export const COMMANDS: Command[] = [applyCommand, getCommand, deleteCommand, flowsCommand, explainCommand, statusCommand, controllerCommand, nodeCommand, proxyCommand, labCommand, datapathCommand, versionCommand];
 
 const root: Command = {
   name: '',

@@ -150,8 +150,13 @@ export class ControllerClient {
     return (await this.#call<unknown, { nodes: NodeStatusMessage[] }>('NodeConfig', 'ListNodes', {})).nodes;
   }
 
-  createToken(node: string, ttlSeconds = 0): Promise<CreateTokenResponse> {
-    return this.#call('Bootstrap', 'CreateToken', { node, ttlSeconds });
+  /** node '': for any node name that never joined. ttlSeconds/uses 0: the controller's defaults (24 h, 1). */
+  createToken(node: string, ttlSeconds = 0, uses = 0): Promise<CreateTokenResponse> {
+    return this.#call('Bootstrap', 'CreateToken', { node, ttlSeconds, uses });
+  }
+
+  async revokeNode(node: string): Promise<string[]> {
+    return (await this.#call<unknown, { serials: string[] }>('NodeConfig', 'RevokeNode', { node })).serials;
   }
 
   async join(token: string, node: string, csrPem: string): Promise<{ certificateChainPem: string; trustBundlePem: string; expiresUnixMs: number; trustDomain: string }> {

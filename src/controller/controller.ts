@@ -17,6 +17,7 @@ import { MeshError } from '../errors';
 import { silentLogger, type Logger } from '../log';
 import { CertificateAuthority, spiffeAdminId } from './ca';
 import { certificateServices } from './api/certificates';
+import { CertificateLedger, NODE_CERT_DEFAULTS } from './api/ledger';
 import { nodeConfigService } from './api/node-config';
 import { resourcesService } from './api/resources';
 import { ControllerMetrics, serveMetrics } from './metrics';
@@ -43,6 +44,8 @@ export interface ControllerOptions {
   heartbeatMs?: number;
   /** Workload certificate lifetime in seconds, over MeshConfig's (short ones test rotation). */
   workloadCertLifetimeSeconds?: number;
+  /** Node certificate lifetime in seconds (default NODE_CERT_DEFAULTS.lifetimeSeconds); nodes renew at half of it. */
+  nodeCertLifetimeSeconds?: number;
   log?: Logger;
 }
 
@@ -129,11 +132,23 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     });
 
     const ctx = { log: log.child({ component: 'controller-api' }), metrics };
-    const certs = certificateServices(ctx, ca, store, registry, () => opts.workloadCertLifetimeSeconds ?? registry.meshConfig().certificateLifetimeSeconds);
+    const ledger = new CertificateLedger(store, store.certificatesTrackedSince);
+    // The revocation list shrinks as revoked certificates expire: recomputed with the heartbeat.
+    const publishRevocations = (): void => {
+      ledger.prune();
+      const list = ledger.revocationList();
+      metrics.revokedCertificates.set(list.length);
+      hub.refresh(registry.setRevocationList(list));
+    };
+    publishRevocations();
+    const certs = certificateServices(ctx, ca, store, ledger, registry, {
+      workload: () => opts.workloadCertLifetimeSeconds ?? registry.meshConfig().certificateLifetimeSeconds,
+      node: () => opts.nodeCertLifetimeSeconds ?? NODE_CERT_DEFAULTS.lifetimeSeconds,
+    });
     const svc = services();
     grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
     grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));
-    grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca));
+    grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca, ledger, publishRevocations));
     grpcServer.addService(svc.Bootstrap.service, certs.bootstrap);
     grpcServer.addService(svc.Certificates.service, certs.certificates);
 
@@ -179,7 +194,10 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       fs.renameSync(tmp, credentialsPath);
     }
 
-    heartbeat = setInterval(() => hub.heartbeatAll(), opts.heartbeatMs ?? 10_000);
+    heartbeat = setInterval(() => {
+      hub.heartbeatAll();
+      publishRevocations();
+    }, opts.heartbeatMs ?? 10_000);
     heartbeat.unref();
     log.info({ component: 'controller', listen: address, port, metricsPort, dataDir, version: store.version, trustDomain }, 'controller serving');
 

@@ -45,6 +45,16 @@ export class ControllerMetrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
+  readonly nodesRevoked = new prom.Counter({
+    name: 'nodemesh_controller_nodes_revoked_total',
+    help: 'Nodes revoked (nodemesh node revoke)',
+    registers: [this.registry],
+  });
+  readonly revokedCertificates = new prom.Gauge({
+    name: 'nodemesh_controller_revoked_certificates',
+    help: 'Serials on the revocation list pushed to every node (revoked and not yet expired)',
+    registers: [this.registry],
+  });
 
   constructor() {
     prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_controller_' });

@@ -97,6 +97,9 @@ export async function startLabMesh(
     for (const node of lab.nodes) {
       const { token } = await admin.createToken(node.name, 600);
       const stateDir = path.join(dir, `proxy-${node.name}`);
+      // In a file only root reads, never on the command line (ps shows argv to every user).
+      const tokenFile = path.join(dir, `token-${node.name}`);
+      fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
       const proxyLog = path.join(dir, `proxy-${node.name}.log`);
       startDetached(
         [
@@ -107,7 +110,7 @@ export async function startLabMesh(
           'proxy',
           '--node', node.name,
           '--controller', address,
-          '--token', token,
+          '--token-file', tokenFile,
           '--ca-file', mesh.controller.caFile,
           '--state-dir', stateDir,
           '--cgroup', node.cgroup,

@@ -9,7 +9,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { ControllerClient } from '../controller/client';
 import { MeshError } from '../errors';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
@@ -17,7 +16,7 @@ import { startAdmin } from './admin';
 import { abi } from '../bpf';
 import { Datapath, type FlowRecord } from './datapath';
 import { FlowTable } from './flows';
-import { joinController, loadNodeIdentity, renewNodeIdentity, WorkloadCertificates, type NodeIdentity } from './identity';
+import { NodeSession, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
@@ -30,7 +29,7 @@ export interface ProxyOptions {
   node: string;
   /** Controller address IP:PORT. */
   controller: string;
-  /** Bootstrap token: needed only when the state dir holds no valid node certificate. */
+  /** Bootstrap token (read from a file or the environment, never argv): needed only when the state dir holds no valid node certificate. */
   token?: string;
   /** The controller's CA (PEM file), to trust it when joining. */
   caFile?: string;
@@ -66,16 +65,14 @@ export class NodeProxy {
   readonly #log: Logger;
   readonly #opts: ProxyOptions;
   #datapath!: Datapath;
-  #client!: ControllerClient;
+  #session!: NodeSession;
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
   #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
   #metrics!: ProxyMetrics;
-  #identity!: NodeIdentity;
   /** Enrolled local workloads: key -> netns cookie, and back. */
   readonly #enrolled = new Map<string, bigint>();
   readonly #byCookie = new Map<bigint, WorkloadView>();
-  #renewTimer: NodeJS.Timeout | undefined;
   readonly #balancers: BalancerCache;
   #certs!: WorkloadCertificates;
   readonly #pool = new HbonePool();
@@ -114,15 +111,21 @@ export class NodeProxy {
 
   async #start(): Promise<void> {
     const o = this.#opts;
-    fs.mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
-    this.#identity = loadNodeIdentity(o.stateDir) ?? (await this.#join());
-    this.#client = new ControllerClient({ address: o.controller, ca: this.#identity.caPem, cert: this.#identity.certPem, key: this.#identity.keyPem });
-    this.#scheduleRenewal();
+    this.#session = await NodeSession.open({
+      node: o.node,
+      controller: o.controller,
+      stateDir: o.stateDir,
+      token: o.token,
+      caFile: o.caFile,
+      log: this.#log,
+      // The config stream moves to the renewed certificate now, not at its next break.
+      onRenewed: (client) => this.#stream?.setClient(client),
+    });
 
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
     this.#certs = new WorkloadCertificates({
-      sign: (csr) => this.#client.sign(csr),
+      sign: (csr) => this.#session.client.sign(csr),
       log: this.#log,
       onIssued: (c, renewal) => {
         this.#metrics.certExpiry.set({ identity: c.identity }, Math.floor(c.notAfter.getTime() / 1000));
@@ -152,6 +155,7 @@ export class NodeProxy {
           sourceIdentity: req.sourceIdentity,
           credentials: { certPem: cert.certPem, keyPem: cert.keyPem },
           trustBundle: this.#view.trustBundle,
+          revoked: (serial) => this.#view.revokedSerials.has(serial),
           node: { address, port: o.tunnelPort ?? 15008 },
           destinationIdentity: req.destination.identity,
           target: req.target,
@@ -198,7 +202,7 @@ export class NodeProxy {
     );
 
     this.#stream = new ConfigStream({
-      client: this.#client,
+      client: this.#session.client,
       node: o.node,
       proxyVersion: VERSION,
       addresses: [o.proxyIp, ...(o.proxyIp6 ? [o.proxyIp6] : [])],
@@ -219,40 +223,6 @@ export class NodeProxy {
     this.#datapath.setReady(true);
     this.#metrics.ready.set(1);
     this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
-  }
-
-  async #join(): Promise<NodeIdentity> {
-    const o = this.#opts;
-    if (!o.token) throw new ProxyError('NM_ERR_NO_TOKEN', `node ${o.node} has no certificate in ${o.stateDir}: give --token (from \`nodemesh controller token create --node ${o.node}\`)`);
-    if (!o.caFile) throw new ProxyError('NM_ERR_NO_CA', 'joining needs the controller CA to trust it: give --ca-file (the controller data dir holds it as ca/ca.crt)');
-    let caPem: string;
-    try {
-      caPem = fs.readFileSync(o.caFile, 'utf8');
-    } catch (err) {
-      throw new ProxyError('NM_ERR_NO_CA', `cannot read --ca-file ${o.caFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
-    const id = await joinController({ dir: o.stateDir, node: o.node, controller: o.controller, token: o.token, caPem });
-    this.#log.info({ notAfter: id.notAfter }, 'joined the controller');
-    return id;
-  }
-
-  #scheduleRenewal(): void {
-    const half = (this.#identity.notAfter.getTime() - Date.now()) / 2;
-    this.#renewTimer = setTimeout(() => {
-      renewNodeIdentity(this.#opts.stateDir, this.node, this.#client, this.#identity).then(
-        (id) => {
-          this.#identity = id;
-          this.#log.info({ notAfter: id.notAfter }, 'node certificate renewed (used from the next connection)');
-          this.#scheduleRenewal();
-        },
-        (err: unknown) => {
-          this.#log.warn({ err }, 'node certificate renewal failed; retrying in 60 s');
-          this.#renewTimer = setTimeout(() => this.#scheduleRenewal(), 60_000);
-          this.#renewTimer.unref();
-        },
-      );
-    }, Math.max(1000, Math.min(half, 2 ** 31 - 1)));
-    this.#renewTimer.unref();
   }
 
   /** Refuses a version this proxy cannot apply; the previous config then stays. */
@@ -278,6 +248,10 @@ export class NodeProxy {
     this.#policies = compilePolicies(view.policies);
     this.#view = view;
     this.#balancers.retain(view.services.keys());
+    // Tunnels set up before a certificate was revoked end now, both ways.
+    const revoked = (serial: string): boolean => view.revokedSerials.has(serial);
+    const cut = (this.#inbound?.recheck() ?? 0) + this.#pool.recheck(revoked);
+    if (cut) this.#log.warn({ event: 'security', cut, revoked: view.revokedSerials.size }, 'tunnels of revoked certificates closed');
     this.#metrics.configVersion.set(view.version);
     // A certificate for each identity of this node's workloads, for tunnels both ways.
     const identities = new Set(view.workloads.filter((w) => w.local && w.identity).map((w) => w.identity));
@@ -342,7 +316,9 @@ export class NodeProxy {
       version: VERSION,
       ready: this.#ready,
       controller: { address: this.#opts.controller, connected: this.#stream?.connected ?? false, configVersion: this.state.version },
-      identity: this.#identity ? { node: this.node, notAfter: this.#identity.notAfter.toISOString(), trustDomain: this.#identity.trustDomain } : null,
+      identity: this.#session
+        ? { node: this.node, notAfter: this.#session.identity.notAfter.toISOString(), trustDomain: this.#session.identity.trustDomain, renewals: this.#session.renewals }
+        : null,
       workloadCertificates: this.#certs?.list() ?? [],
       tunnels: this.#pool.stats(),
       connections: { live: this.flows.liveCount },
@@ -355,7 +331,6 @@ export class NodeProxy {
 
   /** Stops: not ready, drains connections, closes everything; the data path stays pinned. */
   async close(drainMs = 2_000): Promise<void> {
-    clearTimeout(this.#renewTimer);
     this.#ready = false;
     try {
       this.#datapath?.setReady(false);
@@ -369,7 +344,7 @@ export class NodeProxy {
     await this.#pool.close();
     this.#certs?.close();
     await this.#admin?.close();
-    this.#client?.close();
+    this.#session?.close();
     this.#datapath?.close();
   }
 }

@@ -2,7 +2,9 @@ import { ClientError, ControllerClient, credentialsPath } from '../../controller
 import { DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, startController } from '../../controller/controller';
 import { createLogger } from '../../log';
 import { defineCommand, EXIT, termination, UsageError, type Command } from '../command';
-import { requiredFlag } from '../output';
+import { TOKEN_DEFAULTS } from '../../controller/api/certificates';
+import { TOKEN_ENV } from '../../node-proxy/identity';
+import { intFlag } from '../output';
 
 /** Parses 90s, 15m, 24h, 7d (or plain seconds). */
 export function parseDurationSeconds(flag: string, s: string): number {
@@ -11,8 +13,8 @@ export function parseDurationSeconds(flag: string, s: string): number {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
 }
 
-const credentialsOption = { credentials: { type: 'string' }, controller: { type: 'string' } } as const;
-const credentialsHelp = {
+export const credentialsOption = { credentials: { type: 'string' }, controller: { type: 'string' } } as const;
+export const credentialsHelp = {
   credentials: `admin credentials file (default $NODEMESH_CREDENTIALS, else ${DEFAULT_DATA_DIR}/admin.json)`,
   controller: 'controller address IP:PORT (default: the one in the credentials)',
 };
@@ -40,17 +42,33 @@ export async function withAdmin(values: Record<string, unknown>, io: { err: (s: 
 
 const tokenCreate = defineCommand({
   name: 'create',
-  summary: 'Create a bootstrap token a node joins with',
-  usage: 'controller token create --node N [--ttl 24h]',
-  options: { node: { type: 'string' }, ttl: { type: 'string', default: '24h' }, ...credentialsOption },
-  optionHelp: { node: 'the node the token is for (required)', ttl: 'how long it is valid', ...credentialsHelp },
+  summary: 'Create a bootstrap token a node joins with (single use, 24 h, unless told otherwise)',
+  usage: 'controller token create [--node N] [--uses N] [--ttl 24h]',
+  description:
+    'Prints the token on stdout. Give it to the node proxy in a file (--token-file, mode 0600)\n' +
+    `or in $${TOKEN_ENV}, never on a command line. Without --node the token joins only node\n` +
+    'names that never joined before; a revoked node needs a token made for it.',
+  options: { node: { type: 'string' }, uses: { type: 'string', default: String(TOKEN_DEFAULTS.uses) }, ttl: { type: 'string', default: '24h' }, ...credentialsOption },
+  optionHelp: {
+    node: 'the node the token is for',
+    uses: `how many joins it allows (1-${TOKEN_DEFAULTS.maxUses})`,
+    ttl: `how long it is valid (at most ${TOKEN_DEFAULTS.maxTtlSeconds / 86400}d)`,
+    ...credentialsHelp,
+  },
   async run(values, _p, io) {
-    const node = requiredFlag('nodemesh controller token create', 'node', values.node);
+    const cmd = 'nodemesh controller token create';
+    const node = (values.node as string | undefined) ?? '';
+    if (values.node !== undefined && node === '') throw new UsageError(`${cmd}: --node needs a node name`);
+    const uses = intFlag(cmd, 'uses', values.uses, 1, TOKEN_DEFAULTS.maxUses);
     const ttl = parseDurationSeconds('ttl', values.ttl as string);
+    if (ttl < 1 || ttl > TOKEN_DEFAULTS.maxTtlSeconds) throw new UsageError(`${cmd}: --ttl must be from 1s to ${TOKEN_DEFAULTS.maxTtlSeconds / 86400}d, not ${String(values.ttl)}`);
     return withAdmin(values, io, async (c) => {
-      const t = await c.createToken(node, ttl);
+      const t = await c.createToken(node, ttl, uses);
       io.out(`${t.token}\n`);
-      io.err(`token for node ${node}, valid until ${new Date(t.expiresUnixMs).toISOString()}: nodemesh proxy --node ${node} --controller ${c.address} --token <token>\n`);
+      io.err(
+        `token for ${node ? `node ${node}` : 'any new node'}, ${t.uses} join${t.uses === 1 ? '' : 's'}, valid until ${new Date(t.expiresUnixMs).toISOString()}: ` +
+          `write it to a file (mode 0600) and run nodemesh proxy --node ${node || 'NAME'} --controller ${c.address} --token-file FILE\n`,
+      );
       return EXIT.ok;
     });
   },
@@ -73,7 +91,7 @@ export const controllerCommand = defineCommand({
     'Keeps the mesh resources in a crash-safe store under --data-dir, signs certificates with its\n' +
     'CA (made on first start, or --ca-cert/--ca-key), and streams each node its config. On first\n' +
     'start it writes the admin credential to DIR/admin.json, which the CLI finds by default.\n' +
-    'Also: `nodemesh controller token create --node N`.',
+    'Also: `nodemesh controller token create --node N`, `nodemesh node list|revoke`.',
   options: {
     'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
     listen: { type: 'string', default: DEFAULT_LISTEN },
@@ -84,9 +102,11 @@ export const controllerCommand = defineCommand({
     'trust-domain': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     'workload-cert-lifetime': { type: 'string' },
+    'node-cert-lifetime': { type: 'string', default: '24h' },
   },
   optionHelp: {
     'workload-cert-lifetime': 'workload certificate lifetime (e.g. 30s, 24h), over MeshConfig',
+    'node-cert-lifetime': 'node certificate lifetime; nodes renew at half of it, and a revoked node stays on the revocation list at most this long',
     'data-dir': 'where the store, the CA and admin.json live',
     listen: 'gRPC address',
     'metrics-listen': 'Prometheus metrics and /healthz address',
@@ -109,6 +129,7 @@ export const controllerCommand = defineCommand({
       caKeyFile: values['ca-key'] as string | undefined,
       trustDomain: values['trust-domain'] as string | undefined,
       workloadCertLifetimeSeconds: values['workload-cert-lifetime'] ? parseDurationSeconds('workload-cert-lifetime', values['workload-cert-lifetime'] as string) : undefined,
+      nodeCertLifetimeSeconds: parseDurationSeconds('node-cert-lifetime', values['node-cert-lifetime'] as string),
       log,
     });
     io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);

@@ -6,6 +6,7 @@ import { DEFAULT_DATA_DIR } from '../../controller/controller';
 import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
+import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
@@ -18,16 +19,20 @@ function accessLevel(v: string): 'trace' | 'debug' | 'info' | 'warn' | 'silent' 
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
-  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token T --ca-file F] [--cgroup PATH] [--state-dir DIR]',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR]',
   description:
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
-    'state dir), installs or adopts the eBPF data path on the cgroup of the node pods, enrolls\n' +
+    `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
+    `$${TOKEN_ENV}, never on the command line, where every \`ps\` would show it.\n` +
+    'Installs or adopts the eBPF data path on the cgroup of the node pods, enrolls\n' +
     'the workloads the controller places on this node, and proxies their connections. In the\n' +
     'lab, `nodemesh lab up` runs one per node.',
   options: {
     node: { type: 'string' },
     controller: { type: 'string' },
+    // Accepted only to refuse it with the two ways that keep the secret out of `ps`.
     token: { type: 'string' },
+    'token-file': { type: 'string' },
     'ca-file': { type: 'string' },
     'state-dir': { type: 'string' },
     cgroup: { type: 'string' },
@@ -41,7 +46,8 @@ export const proxyCommand = defineCommand({
     'access-log-level': 'level of the per-connection access log line: trace, debug, info, warn or silent',
     node: 'node name (required)',
     controller: 'controller address IP:PORT (required)',
-    token: 'bootstrap token (first start)',
+    token: `refused: a token on the command line is visible to every user in ps; use --token-file or $${TOKEN_ENV}`,
+    'token-file': `file holding the bootstrap token, mode 0600 (first start; or $${TOKEN_ENV})`,
     'ca-file': "the controller's CA certificate (first start)",
     'state-dir': `where the node certificate is kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
     cgroup: 'cgroup v2 directory of the node pods (default <cgroup2>/kubepods.slice)',
@@ -52,7 +58,10 @@ export const proxyCommand = defineCommand({
   },
   async run(values, _p, io) {
     const cmd = 'nodemesh proxy';
+    if (values.token !== undefined)
+      throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
     const node = requiredFlag(cmd, 'node', values.node);
+    const token = readBootstrapToken(values['token-file'] as string | undefined);
     const cg2 = findCgroup2Mount();
     const cgroup = (values.cgroup as string | undefined) ?? (cg2 ? path.join(cg2, 'kubepods.slice') : undefined);
     if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted; give --cgroup`);
@@ -60,7 +69,7 @@ export const proxyCommand = defineCommand({
     const proxy = await NodeProxy.start({
       node,
       controller: requiredFlag(cmd, 'controller', values.controller),
-      token: values.token as string | undefined,
+      token,
       caFile: values['ca-file'] as string | undefined,
       stateDir: (values['state-dir'] as string | undefined) ?? path.join(DEFAULT_DATA_DIR, 'proxy', node),
       adminSocket: adminSocketOf(node),

@@ -48,7 +48,7 @@ async function controllerStatus(values: Record<string, unknown>, io: Io, format:
           n.sentVersion,
           n.ackedVersion,
           n.nackedVersion || '-',
-          `${Math.max(0, Math.round((Date.now() - n.lastSeenUnixMs) / 1000))}s ago`,
+          n.lastSeenUnixMs ? `${Math.max(0, Math.round((Date.now() - n.lastSeenUnixMs) / 1000))}s ago` : 'never',
           n.nackReason || '-',
         ]),
       ),

@@ -14,10 +14,23 @@ import { CaError, parseSpiffeId, spiffeNodeId, type CertificateAuthority, type I
 import type { Registry } from '../registry';
 import type { TokenStore } from '../store';
 import { callerOf, requireAdmin, requireNode } from './auth';
+import type { CertificateLedger } from './ledger';
 import { unary, type HandlerContext } from './handler';
 
-export const NODE_CERT_LIFETIME_S = 7 * 24 * 3600;
-const DEFAULT_TOKEN_TTL_S = 24 * 3600;
+/**
+ * Bootstrap tokens, Kubernetes-style (`ID.SECRET`, the ID public, the secret
+ * kept only as its sha256): single use unless made for more, and short-lived.
+ */
+export const TOKEN_DEFAULTS = Object.freeze({
+  ttlSeconds: 24 * 3600,
+  maxTtlSeconds: 7 * 24 * 3600,
+  uses: 1,
+  maxUses: 1000,
+  /** Used and expired tokens are kept this long after they expire, so a late join hears why it is refused. */
+  retainSeconds: 24 * 3600,
+});
+
+const NODE_NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
 
 function sha256(s: string): string {
   return createHash('sha256').update(s).digest('hex');
@@ -31,13 +44,19 @@ export function certificateServices(
   ctx: HandlerContext,
   ca: CertificateAuthority,
   tokens: TokenStore,
+  ledger: CertificateLedger,
   registry: Registry,
-  workloadLifetime: () => number,
+  lifetimes: { workload: () => number; node: () => number },
 ): { bootstrap: grpc.UntypedServiceImplementation; certificates: grpc.UntypedServiceImplementation } {
   const refuse = (kind: string, fields: Record<string, unknown>, reason: string): never => {
     ctx.metrics.certificatesRefused.inc({ kind });
     ctx.log.warn({ event: 'security', kind, ...fields, reason }, 'certificate request refused');
     throw new CaError('NM_ERR_CA_REFUSED', reason);
+  };
+  const badToken = (fields: Record<string, unknown>, reason: string): MeshError => {
+    ctx.metrics.certificatesRefused.inc({ kind: 'node' });
+    ctx.log.warn({ event: 'security', ...fields, reason }, 'join refused');
+    return new MeshError('NM_ERR_TOKEN', reason);
   };
 
   const bootstrap: grpc.UntypedServiceImplementation = {
@@ -46,45 +65,51 @@ export function certificateServices(
       const peer = call.getPeer();
       const [id, secret] = token.split('.');
       const stored = id && secret ? tokens.getToken(id) : undefined;
-      const ok =
-        stored !== undefined &&
-        stored.expiresAt > Date.now() &&
-        timingSafeEqual(Buffer.from(stored.secretHash, 'hex'), Buffer.from(sha256(secret!), 'hex'));
-      if (!ok) {
-        ctx.metrics.certificatesRefused.inc({ kind: 'node' });
-        ctx.log.warn({ event: 'security', peer, node }, 'join refused: unknown or expired bootstrap token');
-        throw new MeshError('NM_ERR_TOKEN', 'unknown or expired bootstrap token: create one with `nodemesh controller token create --node NODE`');
-      }
-      if (stored.node !== node) refuse('node', { peer, node, tokenNode: stored.node }, `this token is for node ${stored.node}, not ${node}`);
+      const create = `create one with \`nodemesh controller token create --node ${NODE_NAME_RE.test(node) ? node : 'NODE'}\``;
+      if (!stored || !timingSafeEqual(Buffer.from(stored.secretHash, 'hex'), Buffer.from(sha256(secret!), 'hex')))
+        throw badToken({ peer, node }, `unknown bootstrap token: ${create}`);
+      const now = Date.now();
+      const fields = { peer, node, tokenId: stored.id };
+      if (stored.expiresAt <= now) throw badToken(fields, `bootstrap token ${stored.id} expired at ${new Date(stored.expiresAt).toISOString()}: ${create}`);
+      const spent = `bootstrap token ${stored.id} was already used (${stored.uses} of ${stored.uses} join${stored.uses === 1 ? '' : 's'}): ${create}`;
+      if (stored.used >= stored.uses) throw badToken(fields, spent);
+      if (stored.node !== '' && stored.node !== node) refuse('node', { ...fields, tokenNode: stored.node }, `this token is for node ${stored.node}, not ${node}`);
+      // A token made for no node in particular may not take over a name that already joined (or was revoked).
+      if (stored.node === '' && ledger.node(node)) refuse('node', fields, `node ${node} joined before: a token for any node cannot join it again; ${create}`);
       const want = spiffeNodeId(ca.trustDomain, node);
       const cert = await ca.signCsr(csrPem, {
         kind: 'node',
-        lifetimeSeconds: NODE_CERT_LIFETIME_S,
+        lifetimeSeconds: lifetimes.node(),
         allowedUris: (uris) => (uris.length === 1 && uris[0] === want ? null : `a node certificate for ${node} must name ${want}, not ${uris.join(', ') || 'nothing'}`),
-      }).catch((err: unknown) => (err instanceof CaError && err.code === 'NM_ERR_CA_REFUSED' ? refuse('node', { peer, node }, err.message) : Promise.reject(err)));
+      }).catch((err: unknown) => (err instanceof CaError && err.code === 'NM_ERR_CA_REFUSED' ? refuse('node', fields, err.message) : Promise.reject(err)));
+      // The certificate leaves only if this join took a use of the token: a concurrent one may have taken the last.
+      if (!tokens.consumeToken({ tokenId: stored.id, now: Date.now(), certificate: ledger.toRecord(cert, node, 'node') })) throw badToken(fields, spent);
       ctx.metrics.certificatesIssued.inc({ kind: 'node' });
-      ctx.log.info({ node, peer, notAfter: cert.notAfter }, 'node joined');
+      ctx.log.info({ node, peer, tokenId: stored.id, serial: cert.serial, notAfter: cert.notAfter }, 'node joined');
       return { certificate: certResponse(cert, ca) };
     }),
 
     CreateToken: unary<pb.CreateTokenRequest, pb.CreateTokenResponse>(ctx, 'Bootstrap.CreateToken', (call) => {
-      requireAdmin(callerOf(call, ca));
+      requireAdmin(callerOf(call, ca, ledger));
       const { node } = call.request;
-      if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/.test(node)) throw new MeshError('NM_ERR_USAGE', `node name "${node}" must be 1-63 letters, digits, ".", "_" or "-"`);
-      const ttl = call.request.ttlSeconds || DEFAULT_TOKEN_TTL_S;
+      if (node !== '' && !NODE_NAME_RE.test(node)) throw new MeshError('NM_ERR_USAGE', `node name "${node}" must be 1-63 letters, digits, ".", "_" or "-"`);
+      const ttl = call.request.ttlSeconds || TOKEN_DEFAULTS.ttlSeconds;
+      if (ttl > TOKEN_DEFAULTS.maxTtlSeconds) throw new MeshError('NM_ERR_USAGE', `a token's TTL may be at most ${TOKEN_DEFAULTS.maxTtlSeconds / 3600} h, not ${ttl} s (create a new token when it runs out)`);
+      const uses = call.request.uses || TOKEN_DEFAULTS.uses;
+      if (uses > TOKEN_DEFAULTS.maxUses) throw new MeshError('NM_ERR_USAGE', `a token allows at most ${TOKEN_DEFAULTS.maxUses} joins, not ${uses}`);
       const id = randomBytes(4).toString('hex');
       const secret = randomBytes(16).toString('hex');
       const now = Date.now();
-      tokens.deleteExpiredTokens(now);
-      tokens.putToken({ id, node, secretHash: sha256(secret), expiresAt: now + ttl * 1000, createdAt: now });
-      ctx.log.info({ node, tokenId: id, ttl }, 'bootstrap token created');
-      return { token: `${id}.${secret}`, expiresUnixMs: now + ttl * 1000 };
+      tokens.deleteExpiredTokens(now - TOKEN_DEFAULTS.retainSeconds * 1000);
+      tokens.putToken({ id, node, secretHash: sha256(secret), expiresAt: now + ttl * 1000, createdAt: now, uses, used: 0 });
+      ctx.log.info({ node: node || '(any new node)', tokenId: id, ttl, uses }, 'bootstrap token created');
+      return { token: `${id}.${secret}`, expiresUnixMs: now + ttl * 1000, uses };
     }),
   };
 
   const certificates: grpc.UntypedServiceImplementation = {
     Sign: unary<{ csrPem: string }, { certificate: pb.CertificateResponse }>(ctx, 'Certificates.Sign', async (call) => {
-      const node = requireNode(callerOf(call, ca));
+      const node = requireNode(callerOf(call, ca, ledger));
       const peer = call.getPeer();
       const own = spiffeNodeId(ca.trustDomain, node);
       let kind: 'workload' | 'node' = 'workload';
@@ -92,7 +117,7 @@ export function certificateServices(
         .signCsr(call.request.csrPem, {
           // The node's own identity renews its node certificate; anything else is a workload.
           kind: (uri) => (kind = uri === own ? 'node' : 'workload'),
-          lifetimeSeconds: (k) => (k === 'node' ? NODE_CERT_LIFETIME_S : workloadLifetime()),
+          lifetimeSeconds: (k) => (k === 'node' ? lifetimes.node() : lifetimes.workload()),
           allowedUris: (uris) => {
             if (uris.length !== 1) return `a CSR must carry exactly one SPIFFE URI, not ${uris.length}`;
             const uri = uris[0]!;
@@ -105,8 +130,10 @@ export function certificateServices(
           },
         })
         .catch((err: unknown) => (err instanceof CaError && (err.code === 'NM_ERR_CA_REFUSED' || err.code === 'NM_ERR_CA_BAD_ID') ? refuse(kind, { node, peer }, err.message) : Promise.reject(err)));
+      // Recorded before it is handed out: a revocation of this node must be able to name it.
+      ledger.record(cert, node, kind);
       ctx.metrics.certificatesIssued.inc({ kind });
-      ctx.log.info({ node, uris: cert.uris, notAfter: cert.notAfter }, 'certificate issued');
+      ctx.log.info({ node, uris: cert.uris, serial: cert.serial, notAfter: cert.notAfter }, 'certificate issued');
       return { certificate: certResponse(cert, ca) };
     }),
   };

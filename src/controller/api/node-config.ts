@@ -1,16 +1,25 @@
-/** The NodeConfig service: each node's config stream (node mTLS), and the node list (admin). */
+/** The NodeConfig service: each node's config stream (node mTLS), the node list and revocation (admin). */
 import * as grpc from '@grpc/grpc-js';
 
 import type * as pb from '../../api/proto';
 import type { CertificateAuthority } from '../ca';
 import type { ConfigHub, NodeChannel } from '../push';
+import { MeshError } from '../../errors';
 import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
 import { toStatus, unary, type HandlerContext } from './handler';
+import type { CertificateLedger } from './ledger';
 
 /** How long a node may take to say hello. */
 const HELLO_TIMEOUT_MS = 10_000;
 
-export function nodeConfigService(ctx: HandlerContext, hub: ConfigHub, ca: CertificateAuthority): grpc.UntypedServiceImplementation {
+export function nodeConfigService(
+  ctx: HandlerContext,
+  hub: ConfigHub,
+  ca: CertificateAuthority,
+  ledger: CertificateLedger,
+  /** Recomputes every node's revocation list and pushes it. */
+  publishRevocations: () => void,
+): grpc.UntypedServiceImplementation {
   return {
     Stream: (call: grpc.ServerDuplexStream<pb.NodeMessage, pb.ConfigMessage>) => {
       const peer = call.getPeer();
@@ -22,8 +31,11 @@ export function nodeConfigService(ctx: HandlerContext, hub: ConfigHub, ca: Certi
         call.end();
       };
       let certNode: string;
+      let serial: string;
       try {
-        certNode = requireNode(callerOf(call, ca));
+        const caller = callerOf(call, ca, ledger);
+        certNode = requireNode(caller);
+        serial = caller.kind === 'node' ? caller.serial : '';
       } catch (err) {
         return fail(err);
       }
@@ -31,13 +43,15 @@ export function nodeConfigService(ctx: HandlerContext, hub: ConfigHub, ca: Certi
       let closed = false;
       const channel: NodeChannel = {
         peer,
+        serial,
         send: (msg) => {
           if (!closed) call.write(msg);
         },
-        close: (reason) => {
+        close: (reason, denied) => {
           if (closed) return;
           closed = true;
           ctx.log.info({ node, peer, reason }, 'node stream closed by the controller');
+          if (denied) call.emit('error', Object.assign(new Error(reason), { code: grpc.status.PERMISSION_DENIED, details: reason }));
           call.end();
         },
       };
@@ -86,8 +100,49 @@ export function nodeConfigService(ctx: HandlerContext, hub: ConfigHub, ca: Certi
     },
 
     ListNodes: unary<Record<string, never>, { nodes: pb.NodeStatusMessage[] }>(ctx, 'NodeConfig.ListNodes', (call) => {
-      requireAdmin(callerOf(call, ca));
-      return { nodes: hub.nodes() };
+      requireAdmin(callerOf(call, ca, ledger));
+      const streams = new Map(hub.nodes().map((n) => [n.node, n]));
+      const records = new Map(ledger.nodes().map((n) => [n.node, n]));
+      const names = [...new Set([...streams.keys(), ...records.keys()])].sort();
+      return {
+        nodes: names.map((name): pb.NodeStatusMessage => {
+          const s = streams.get(name);
+          const r = records.get(name);
+          return {
+            node: name,
+            connected: s?.connected ?? false,
+            sentVersion: s?.sentVersion ?? 0,
+            ackedVersion: s?.ackedVersion ?? 0,
+            nackedVersion: s?.nackedVersion ?? 0,
+            nackReason: s?.nackReason ?? '',
+            lastSeenUnixMs: s?.lastSeenUnixMs ?? 0,
+            peer: s?.peer ?? '',
+            proxyVersion: s?.proxyVersion ?? '',
+            addresses: s?.addresses ?? [],
+            streamCertificateSerial: s?.streamCertificateSerial ?? '',
+            revoked: r?.revokedAt !== undefined,
+            revokedUnixMs: r?.revokedAt ?? 0,
+            certificateSerial: r?.certificate?.serial ?? '',
+            certificateExpiresUnixMs: r?.certificate?.notAfter ?? 0,
+            joinedUnixMs: r?.joinedAt ?? 0,
+            workloadCertificates: r?.workloadCertificates ?? 0,
+          };
+        }),
+      };
+    }),
+
+    RevokeNode: unary<{ node: string }, pb.RevokeNodeResponse>(ctx, 'NodeConfig.RevokeNode', (call) => {
+      requireAdmin(callerOf(call, ca, ledger));
+      const { node } = call.request;
+      const known = ledger.node(node) !== undefined || hub.nodes().some((n) => n.node === node);
+      if (!known) throw new MeshError('NM_ERR_NOT_FOUND', `node ${JSON.stringify(node)} never joined this controller (see \`nodemesh node list\`)`);
+      const serials = ledger.revoke(node);
+      // The list first: by the time the node hears it is cut off, its peers refuse it already.
+      publishRevocations();
+      hub.revoke(node, `node ${node} was revoked: an admin must create a new token for it (nodemesh controller token create --node ${node}) and the node join again`);
+      ctx.metrics.nodesRevoked.inc();
+      ctx.log.warn({ event: 'security', node, serials }, 'node revoked');
+      return { serials };
     }),
   };
 }

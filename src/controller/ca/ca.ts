@@ -496,7 +496,7 @@ export class CertificateAuthority {
    * within validity at `now`, not a CA. Returns the URI SANs for the caller's
    * authorization decision; throws NM_ERR_CA_UNTRUSTED otherwise.
    */
-  verifyPeer(certDerOrPem: Buffer | string, now: Date = new Date()): { uris: string[]; notAfter: Date; serial: string } {
+  verifyPeer(certDerOrPem: Buffer | string, now: Date = new Date()): { uris: string[]; notBefore: Date; notAfter: Date; serial: string } {
     let cert: NodeX509;
     try {
       cert = new NodeX509(certDerOrPem);
@@ -537,7 +537,7 @@ export class CertificateAuthority {
     } catch (err) {
       throw new CaError('NM_ERR_CA_UNTRUSTED', `ca: certificate ${serial} has an unreadable subjectAltName: ${messageOf(err)}`, { cause: err });
     }
-    return { uris, notAfter: new Date(notAfter), serial };
+    return { uris, notBefore: new Date(notBefore), notAfter: new Date(notAfter), serial };
   }
 
   #checkLifetime(seconds: number): void {

@@ -1,1 +1,2 @@
 export * from './ca';
+export * from './serial';

@@ -13,8 +13,11 @@ import { wants, type Registry } from '../registry';
 
 export interface NodeChannel {
   readonly peer: string;
+  /** Serial of the certificate the stream authenticated with. */
+  readonly serial?: string;
   send(msg: ConfigMessage): void;
-  close(reason: string): void;
+  /** `denied`: end it as PERMISSION_DENIED (the node lost its right to a config), not as a clean end. */
+  close(reason: string, denied?: boolean): void;
 }
 
 export interface PushEvents {
@@ -63,6 +66,21 @@ export class ConfigHub {
     let n = 0;
     for (const s of this.#nodes.values()) if (s.channel) n++;
     return n;
+  }
+
+  /** Items that changed outside a store write (the revocation list): pushed at the current version. */
+  refresh(dirty: ReadonlySet<string>): void {
+    this.changed(dirty, this.#version);
+  }
+
+  /** Ends the node's stream as denied; its state goes, so a later stream starts from a snapshot. */
+  revoke(node: string, reason: string): void {
+    const s = this.#nodes.get(node);
+    if (!s) return;
+    s.channel?.close(reason, true);
+    s.channel = null;
+    this.#nodes.delete(node);
+    this.#events.connected?.(this.connectedCount);
   }
 
   /** After the registry applied a write at `version`: push what changed. */
@@ -201,7 +219,7 @@ export class ConfigHub {
     }
   }
 
-  nodes(): NodeStatusMessage[] {
+  nodes(): Pick<NodeStatusMessage, 'node' | 'connected' | 'sentVersion' | 'ackedVersion' | 'nackedVersion' | 'nackReason' | 'lastSeenUnixMs' | 'peer' | 'proxyVersion' | 'addresses' | 'streamCertificateSerial'>[] {
     return [...this.#nodes.values()]
       .sort((a, b) => (a.node < b.node ? -1 : 1))
       .map((s) => ({
@@ -215,6 +233,7 @@ export class ConfigHub {
         peer: s.channel?.peer ?? '',
         proxyVersion: s.proxyVersion,
         addresses: s.addresses,
+        streamCertificateSerial: s.channel?.serial ?? '',
       }));
   }
 }

@@ -25,6 +25,8 @@ import {
 export const ROOT_NAMESPACE = 'nodemesh-system';
 export const TRUST_BUNDLE_KEY = 'TrustBundle//bundle';
 export const MESH_CONFIG_KEY = 'MeshConfig//default';
+/** Serials (normalized hex) of revoked certificates still in their validity: every node's tunnels refuse them. */
+export const REVOCATION_LIST_KEY = 'RevocationList//revoked';
 
 export interface ItemState {
   key: string;
@@ -106,6 +108,7 @@ export class Registry {
     this.#trustBundle = trustBundlePem;
     this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem: trustBundlePem }), null);
     this.#setMeshItem();
+    this.setRevocationList([]);
   }
 
   get items(): ReadonlyMap<string, ItemState> {
@@ -157,6 +160,11 @@ export class Registry {
     this.#trustBundle = pem;
     this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem }), null);
     return new Set([TRUST_BUNDLE_KEY]);
+  }
+
+  /** The serials every node must refuse (sorted by the caller); the changed key, if it changed. */
+  setRevocationList(serials: string[]): Set<string> {
+    return this.#set(REVOCATION_LIST_KEY, JSON.stringify({ kind: 'RevocationList', serials }), null) ? new Set([REVOCATION_LIST_KEY]) : new Set();
   }
 
   /** Applies store changes; returns the keys of items whose content or scope changed. */
@@ -251,7 +259,7 @@ export class Registry {
   /** Recomputes one item; true when its content or scope changed (or it went away). */
   #refresh(key: string): boolean {
     if (key === MESH_CONFIG_KEY) return this.#setMeshItem();
-    if (key === TRUST_BUNDLE_KEY) return false;
+    if (key === TRUST_BUNDLE_KEY || key === REVOCATION_LIST_KEY) return false;
     const r = this.#objects.get(key);
     if (!r) return this.#items.delete(key);
     switch (r.kind) {

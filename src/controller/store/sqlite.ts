@@ -6,7 +6,12 @@
  *
  * Tables: objects (the current state), events (the change log watches
  * resume from; its oldest rows are dropped past EVENT_RETENTION), meta
- * (the store version), tokens (bootstrap tokens).
+ * (the store version), tokens (bootstrap tokens, hashed), certificates
+ * (every certificate issued and not yet expired: which node holds it, whether
+ * it is revoked), nodes (joined, revoked).
+ *
+ * The schema is versioned with PRAGMA user_version; MIGRATIONS upgrade an
+ * existing file step by step, each step one transaction.
  */
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -19,10 +24,14 @@ import {
   ConflictError,
   NotFoundError,
   stableStringify,
+  StoreError,
   type ApplyOutcome,
   type BootstrapToken,
   type Change,
   type DeleteTarget,
+  type IssuedCertificateRecord,
+  type JoinRecord,
+  type NodeRecord,
   type ListOptions,
   type Store,
   type TokenStore,
@@ -31,7 +40,8 @@ import {
 /** Change-log rows kept for watches that resume; older ones need a re-list. */
 export const EVENT_RETENTION = 200_000;
 
-const SCHEMA = `
+/** Schema version 1: what stores made before versioning hold (so it is IF NOT EXISTS throughout). */
+const SCHEMA_V1 = `
 CREATE TABLE IF NOT EXISTS objects (
   kind TEXT NOT NULL,
   namespace TEXT NOT NULL,
@@ -56,6 +66,55 @@ CREATE TABLE IF NOT EXISTS tokens (
   created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 `;
+
+/**
+ * Index i upgrades schema version i to i+1. Tokens of a version-1 store were
+ * reusable until they expired; they become single use (their one use still
+ * open). Certificates issued before version 2 are not in `certificates`:
+ * meta.certificates_tracked_since says from when they are.
+ */
+const MIGRATIONS: ((db: Database.Database) => void)[] = [
+  (db) => db.exec(SCHEMA_V1),
+  (db) => {
+    db.exec(`
+ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE certificates (
+  serial TEXT PRIMARY KEY,
+  node TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  identity TEXT NOT NULL,
+  not_after INTEGER NOT NULL,
+  issued_at INTEGER NOT NULL,
+  revoked_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX certificates_node ON certificates (node);
+CREATE TABLE nodes (
+  node TEXT PRIMARY KEY,
+  joined_at INTEGER NOT NULL,
+  revoked_at INTEGER
+) WITHOUT ROWID;
+`);
+    db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('certificates_tracked_since', ?)").run(String(Date.now()));
+  },
+];
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+const CERT_COLUMNS = 'serial, node, kind, identity, not_after AS notAfter, issued_at AS issuedAt, revoked_at AS revokedAt';
+type CertRow = Omit<IssuedCertificateRecord, 'revokedAt'> & { revokedAt: number | null };
+type NodeRow = Omit<NodeRecord, 'revokedAt'> & { revokedAt: number | null };
+
+function certRecord(r: CertRow | undefined): IssuedCertificateRecord | undefined {
+  if (!r) return undefined;
+  const { revokedAt, ...rest } = r;
+  return revokedAt === null ? rest : { ...rest, revokedAt };
+}
+
+function nodeRecord(r: NodeRow | undefined): NodeRecord | undefined {
+  if (!r) return undefined;
+  const { revokedAt, ...rest } = r;
+  return revokedAt === null ? rest : { ...rest, revokedAt };
+}
 
 /** What decides "unchanged": the user's intent, not server-set fields. */
 function intent(r: Resource): string {
@@ -82,7 +141,20 @@ export class SqliteStore implements Store, TokenStore {
     putToken: Database.Statement;
     getToken: Database.Statement;
     expireTokens: Database.Statement;
+    useToken: Database.Statement;
+    putCert: Database.Statement;
+    getCert: Database.Statement;
+    liveCerts: Database.Statement;
+    expireCerts: Database.Statement;
+    putNode: Database.Statement;
+    getNode: Database.Statement;
+    listNodes: Database.Statement;
+    revokeNode: Database.Statement;
+    revokeNodeCerts: Database.Statement;
+    deleteNodeTokens: Database.Statement;
   };
+  /** When certificates began to be recorded (ms): older ones of this CA are not in the table. */
+  readonly certificatesTrackedSince: number;
 
   readonly #retention: number;
 
@@ -95,8 +167,8 @@ export class SqliteStore implements Store, TokenStore {
     this.#db.pragma('journal_mode = WAL');
     this.#db.pragma('synchronous = FULL');
     this.#db.pragma('foreign_keys = ON');
-    this.#db.exec(SCHEMA);
     const db = this.#db;
+    this.#migrate();
     this.#stmt = {
       get: db.prepare('SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?'),
       upsert: db.prepare('INSERT INTO objects (kind, namespace, name, version, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET version = excluded.version, body = excluded.body'),
@@ -109,16 +181,47 @@ export class SqliteStore implements Store, TokenStore {
       since: db.prepare('SELECT version, type, body FROM events WHERE version > ? ORDER BY seq'),
       oldest: db.prepare('SELECT MIN(version) AS v FROM events'),
       compact: db.prepare('DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?'),
-      putToken: db.prepare('INSERT OR REPLACE INTO tokens (id, node, secret_hash, expires_at, created_at) VALUES (?, ?, ?, ?, ?)'),
-      getToken: db.prepare('SELECT id, node, secret_hash AS secretHash, expires_at AS expiresAt, created_at AS createdAt FROM tokens WHERE id = ?'),
+      putToken: db.prepare('INSERT OR REPLACE INTO tokens (id, node, secret_hash, expires_at, created_at, uses, used) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      getToken: db.prepare('SELECT id, node, secret_hash AS secretHash, expires_at AS expiresAt, created_at AS createdAt, uses, used FROM tokens WHERE id = ?'),
       expireTokens: db.prepare('DELETE FROM tokens WHERE expires_at < ?'),
+      // The check and the use are one statement: of two joins racing for the last use, one changes a row.
+      useToken: db.prepare('UPDATE tokens SET used = used + 1 WHERE id = ? AND used < uses AND expires_at > ?'),
+      putCert: db.prepare('INSERT OR REPLACE INTO certificates (serial, node, kind, identity, not_after, issued_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      getCert: db.prepare(`SELECT ${CERT_COLUMNS} FROM certificates WHERE serial = ?`),
+      liveCerts: db.prepare(`SELECT ${CERT_COLUMNS} FROM certificates WHERE not_after > ? ORDER BY issued_at`),
+      expireCerts: db.prepare('DELETE FROM certificates WHERE not_after <= ?'),
+      putNode: db.prepare('INSERT INTO nodes (node, joined_at, revoked_at) VALUES (?, ?, NULL) ON CONFLICT (node) DO UPDATE SET joined_at = excluded.joined_at, revoked_at = NULL'),
+      getNode: db.prepare('SELECT node, joined_at AS joinedAt, revoked_at AS revokedAt FROM nodes WHERE node = ?'),
+      listNodes: db.prepare('SELECT node, joined_at AS joinedAt, revoked_at AS revokedAt FROM nodes ORDER BY node'),
+      revokeNode: db.prepare('INSERT INTO nodes (node, joined_at, revoked_at) VALUES (?, 0, ?) ON CONFLICT (node) DO UPDATE SET revoked_at = excluded.revoked_at'),
+      revokeNodeCerts: db.prepare('UPDATE certificates SET revoked_at = ? WHERE node = ? AND not_after > ? AND revoked_at IS NULL RETURNING serial'),
+      deleteNodeTokens: db.prepare('DELETE FROM tokens WHERE node = ?'),
     };
+    const since = db.prepare("SELECT value FROM meta WHERE key = 'certificates_tracked_since'").get() as { value: string } | undefined;
+    this.certificatesTrackedSince = since ? Number(since.value) : 0;
     const row = db.prepare("SELECT value FROM meta WHERE key = 'version'").get() as { value: string } | undefined;
     this.#version = row ? Number(row.value) : 0;
   }
 
   get version(): number {
     return this.#version;
+  }
+
+  #migrate(): void {
+    const db = this.#db;
+    const at = db.pragma('user_version', { simple: true }) as number;
+    if (at > MIGRATIONS.length) {
+      throw new StoreError(
+        'NM_ERR_STORE_SCHEMA',
+        `${this.path} has schema version ${at}, newer than this controller's ${MIGRATIONS.length}: run the controller version that wrote it (or newer)`,
+      );
+    }
+    for (let v = at; v < MIGRATIONS.length; v++) {
+      db.transaction(() => {
+        MIGRATIONS[v]!(db);
+        db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
   }
 
   #read(kind: string, namespace: string | undefined, name: string): Resource | undefined {
@@ -243,7 +346,7 @@ export class SqliteStore implements Store, TokenStore {
   }
 
   putToken(t: BootstrapToken): void {
-    this.#stmt.putToken.run(t.id, t.node, t.secretHash, t.expiresAt, t.createdAt);
+    this.#stmt.putToken.run(t.id, t.node, t.secretHash, t.expiresAt, t.createdAt, t.uses, t.used);
   }
 
   getToken(id: string): BootstrapToken | undefined {
@@ -252,6 +355,51 @@ export class SqliteStore implements Store, TokenStore {
 
   deleteExpiredTokens(now: number): number {
     return this.#stmt.expireTokens.run(now).changes;
+  }
+
+  consumeToken(j: JoinRecord): boolean {
+    return this.#db.transaction((): boolean => {
+      if (this.#stmt.useToken.run(j.tokenId, j.now).changes !== 1) return false;
+      this.#stmt.putNode.run(j.certificate.node, j.now);
+      this.#putCert(j.certificate);
+      return true;
+    })();
+  }
+
+  #putCert(c: IssuedCertificateRecord): void {
+    this.#stmt.putCert.run(c.serial, c.node, c.kind, c.identity, c.notAfter, c.issuedAt, c.revokedAt ?? null);
+  }
+
+  recordCertificate(c: IssuedCertificateRecord): void {
+    this.#putCert(c);
+  }
+
+  getCertificate(serial: string): IssuedCertificateRecord | undefined {
+    return certRecord(this.#stmt.getCert.get(serial) as CertRow | undefined);
+  }
+
+  liveCertificates(now: number): IssuedCertificateRecord[] {
+    return (this.#stmt.liveCerts.all(now) as CertRow[]).map((r) => certRecord(r)!);
+  }
+
+  deleteExpiredCertificates(now: number): number {
+    return this.#stmt.expireCerts.run(now).changes;
+  }
+
+  getNode(node: string): NodeRecord | undefined {
+    return nodeRecord(this.#stmt.getNode.get(node) as NodeRow | undefined);
+  }
+
+  listNodes(): NodeRecord[] {
+    return (this.#stmt.listNodes.all() as NodeRow[]).map((r) => nodeRecord(r)!);
+  }
+
+  revokeNode(node: string, now: number): string[] {
+    return this.#db.transaction((): string[] => {
+      this.#stmt.revokeNode.run(node, now);
+      this.#stmt.deleteNodeTokens.run(node);
+      return (this.#stmt.revokeNodeCerts.all(now, node, now) as { serial: string }[]).map((r) => r.serial);
+    })();
   }
 
   close(): void {

@@ -65,18 +65,71 @@ export interface Store {
 
 export interface BootstrapToken {
   id: string;
+  /** The one node name it may join as; '' for any name the controller has never seen. */
   node: string;
-  /** sha256 of the secret, hex. */
+  /** sha256 of the secret, hex: a copy of the database holds no usable token. */
   secretHash: string;
   expiresAt: number;
   createdAt: number;
+  /** How many joins it allows, and how many it has had. */
+  uses: number;
+  used: number;
 }
 
-/** Bootstrap tokens, kept with the resources. */
+/** A certificate the controller issued, kept until it expires: who holds it, and whether it was revoked. */
+export interface IssuedCertificateRecord {
+  /** Lowercase hex without leading zeros (see normalizeSerial). */
+  serial: string;
+  node: string;
+  kind: 'node' | 'workload';
+  identity: string;
+  notAfter: number;
+  issuedAt: number;
+  revokedAt?: number;
+}
+
+export interface NodeRecord {
+  node: string;
+  joinedAt: number;
+  revokedAt?: number;
+}
+
+/** What a successful join writes, all at once. */
+export interface JoinRecord {
+  tokenId: string;
+  now: number;
+  certificate: IssuedCertificateRecord;
+}
+
+/**
+ * Bootstrap tokens, issued certificates and nodes, kept with the resources.
+ * Each method is one transaction: a token use, the node it made and the
+ * certificate it got are written together or not at all.
+ */
 export interface TokenStore {
   putToken(token: BootstrapToken): void;
   getToken(id: string): BootstrapToken | undefined;
-  deleteExpiredTokens(now: number): number;
+  /** Deletes tokens that expired before `before` (used or not). */
+  deleteExpiredTokens(before: number): number;
+  /**
+   * Takes one use of the token (it must still have one and be unexpired) and
+   * records the node and its certificate; false, writing nothing, when
+   * another join took the last use first.
+   */
+  consumeToken(join: JoinRecord): boolean;
+  recordCertificate(cert: IssuedCertificateRecord): void;
+  getCertificate(serial: string): IssuedCertificateRecord | undefined;
+  /** Certificates not yet expired at `now`, oldest first. */
+  liveCertificates(now: number): IssuedCertificateRecord[];
+  /** Drops certificates past their notAfter: they are refused anyway, revoked or not. */
+  deleteExpiredCertificates(now: number): number;
+  getNode(node: string): NodeRecord | undefined;
+  listNodes(): NodeRecord[];
+  /**
+   * Marks the node revoked, every live certificate issued to it revoked, and
+   * deletes its unused tokens; returns the serials revoked.
+   */
+  revokeNode(node: string, now: number): string[];
 }
 
 export class StoreError extends MeshError {}

@@ -36,6 +36,7 @@ export function inboundServer(o: InboundOptions): HboneServer {
   const flows = new WeakMap<InboundRequest, Flow>();
   return new HboneServer({
     trustBundle: () => o.view().trustBundle,
+    revoked: (serial) => o.view().revokedSerials.has(serial),
     dial: (target) => {
       const local = o.localAddress?.(net.isIPv6(target.host) ? 6 : 4);
       return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, ...(local ? { localAddress: local } : {}) });

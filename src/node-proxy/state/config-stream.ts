@@ -40,6 +40,7 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   readonly state: ConfigState;
   readonly #opts: ConfigStreamOptions;
   readonly #log: Logger;
+  #client: ControllerClient;
   #call: grpc.ClientDuplexStream<NodeMessage, ConfigMessage> | undefined;
   #stopped = false;
   #backoff: number;
@@ -49,6 +50,7 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   constructor(opts: ConfigStreamOptions) {
     super();
     this.#opts = opts;
+    this.#client = opts.client;
     this.state = opts.state ?? new ConfigState();
     this.#log = (opts.log ?? silentLogger()).child({ component: 'config-stream', node: opts.node });
     this.#backoff = opts.backoffMs ?? 200;
@@ -63,8 +65,24 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
     this.#open();
   }
 
+  /**
+   * Moves the stream to another client (a renewed node certificate): the open
+   * stream is cancelled and a new one resumes from the version held, so the
+   * controller sees the new certificate now rather than at the next break.
+   */
+  setClient(client: ControllerClient): void {
+    this.#client = client;
+    if (this.#stopped) return;
+    const call = this.#call;
+    if (!call) return; // a reconnect is pending: it uses the new client
+    this.#call = undefined;
+    this.#connected = false;
+    call.cancel();
+    this.#open();
+  }
+
   #open(): void {
-    const call = this.#opts.client.configStream();
+    const call = this.#client.configStream();
     this.#call = call;
     call.write({ hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '', addresses: this.#opts.addresses ?? [] } });
     call.on('data', (m: ConfigMessage) => {

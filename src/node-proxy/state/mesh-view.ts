@@ -16,6 +16,7 @@ import {
   type ServiceSpec,
   type WorkloadSpec,
 } from '../../api/kinds';
+import { normalizeSerial } from '../../controller/ca';
 import type { ConfigState } from './config-state';
 
 export interface EndpointView {
@@ -85,6 +86,8 @@ export class MeshView {
   /** The CA certificates (PEM) peers' certificates must chain to. */
   readonly trustBundle: string;
   readonly peerAuthentications: readonly PeerAuthentication[];
+  /** Serials (normalized) of revoked certificates: tunnels refuse a peer presenting one. */
+  readonly revokedSerials: ReadonlySet<string>;
   readonly #byVip = new Map<string, { service: ServiceView; port: ServicePort }>();
   readonly #byAddress = new Map<string, WorkloadView>();
 
@@ -97,8 +100,10 @@ export class MeshView {
     policies: AuthorizationPolicy[],
     trustBundle: string,
     peerAuthentications: PeerAuthentication[],
+    revokedSerials: ReadonlySet<string>,
   ) {
     this.version = version;
+    this.revokedSerials = revokedSerials;
     this.trustBundle = trustBundle;
     this.peerAuthentications = peerAuthentications;
     this.node = node;
@@ -115,9 +120,14 @@ export class MeshView {
     const policies: AuthorizationPolicy[] = [];
     let trustBundle = '';
     const peerAuths: PeerAuthentication[] = [];
+    let revoked: ReadonlySet<string> = new Set();
     for (const [key, raw] of state.items) {
       const kind = key.slice(0, key.indexOf('/'));
       if (kind === 'TrustBundle') trustBundle = (raw as { pem: string }).pem;
+      else if (kind === 'RevocationList') {
+        const serials = (raw as { serials?: unknown }).serials;
+        revoked = new Set(Array.isArray(serials) ? serials.filter((x): x is string => typeof x === 'string').map(normalizeSerial) : []);
+      }
       else if (kind === 'PeerAuthentication') peerAuths.push(raw as PeerAuthentication);
       else if (kind === 'MeshConfig') mesh = { ...mesh, ...(raw as { spec: Partial<MeshConfigSpec> }).spec };
       else if (kind === 'AuthorizationPolicy') policies.push(raw as AuthorizationPolicy);
@@ -151,7 +161,7 @@ export class MeshView {
         });
       }
     }
-    const view = new MeshView(state.version, node, mesh, services, local, policies, trustBundle, peerAuths);
+    const view = new MeshView(state.version, node, mesh, services, local, policies, trustBundle, peerAuths, revoked);
     for (const s of services.values()) {
       for (const vip of s.addresses) for (const p of s.ports) view.#byVip.set(`${normalizeIp(vip)}|${p.port}`, { service: s, port: p });
       for (const e of s.endpoints) {

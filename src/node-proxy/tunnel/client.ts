@@ -22,6 +22,7 @@ import * as net from 'node:net';
 import type * as stream from 'node:stream';
 import * as tls from 'node:tls';
 
+import { normalizeSerial } from '../../controller/ca';
 import { MeshError } from '../../errors';
 import { formatAuthority, HBONE_DEFAULTS, REASON_HEADER, SecureContextCache } from './server';
 import { certificateUris, identityToSni } from './sni';
@@ -58,6 +59,8 @@ export interface TunnelDial {
   target: { host: string; port: number };
   /** For the whole connect: tunnel setup and the server's answer (default 10 s). */
   timeoutMs?: number;
+  /** Whether a certificate serial (normalizeSerial form) is on the revocation list: such a server is refused. */
+  revoked?(serial: string): boolean;
 }
 
 export const POOL_DEFAULTS = Object.freeze({
@@ -89,6 +92,8 @@ interface PooledSession {
   established: boolean;
   /** Why it broke; streams that die with it get this. */
   failure?: TunnelError;
+  /** The server certificate's serial (normalized), once the handshake is done. */
+  serverSerial?: string;
   idleTimer?: NodeJS.Timeout;
 }
 
@@ -150,6 +155,19 @@ export class HbonePool {
       const again = this.#acquire(key, d, sni, deadline);
       return this.#request(again.session, d, authority, deadline);
     }
+  }
+
+  /** Cuts every session whose server certificate is now revoked; their streams end with NM_ERR_TUNNEL_TLS. Returns how many. */
+  recheck(revoked: (serial: string) => boolean): number {
+    let cut = 0;
+    for (const list of this.#sessions.values()) {
+      for (const s of [...list]) {
+        if (s.serverSerial === undefined || !revoked(s.serverSerial)) continue;
+        this.#destroy(s, new TunnelError('NM_ERR_TUNNEL_TLS', `hbone: the certificate ${s.serverSerial} of node ${s.node} (${s.destination}) was revoked`));
+        cut++;
+      }
+    }
+    return cut;
   }
 
   /** Closes every session; their open streams end with NM_ERR_TUNNEL_BROKEN. Safe to call twice. */
@@ -275,6 +293,11 @@ export class HbonePool {
       noDelay: true,
       // The chain was verified against the bundle already; what matters is who it names, not a host name.
       checkServerIdentity: (_host, cert) => {
+        const serial = normalizeSerial(cert.serialNumber);
+        if (d.revoked?.(serial)) {
+          return new TunnelError('NM_ERR_TUNNEL_TLS', `hbone: node ${node} presented certificate ${serial} for ${expected}, which is revoked (its node was revoked)`);
+        }
+        s.serverSerial = serial;
         const uris = certificateUris(cert.raw);
         if (uris.length === 1 && uris[0] === expected) return undefined;
         return new TunnelError(

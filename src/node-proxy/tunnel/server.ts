@@ -22,7 +22,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
-import { parseSpiffeId } from '../../controller/ca';
+import { normalizeSerial, parseSpiffeId } from '../../controller/ca';
 import { MeshError } from '../../errors';
 import { certificateUris, sniToIdentity } from './sni';
 
@@ -55,6 +55,8 @@ export interface InboundStreamEvent {
 export interface HboneServerOptions {
   /** PEM trust bundle; called per handshake so rotation takes effect. */
   trustBundle(): string;
+  /** Whether a certificate serial (normalizeSerial form) is on the revocation list; called per handshake and by recheck(). */
+  revoked?(serial: string): boolean;
   /** The certificate (chain PEM) and key this node presents for a destination identity named by SNI; undefined -> handshake refused. */
   serverCertificate(identity: string): { certPem: string; keyPem: string } | undefined;
   /** Decide per CONNECT (after the peer was verified); the module then dials target and pipes. */
@@ -198,6 +200,8 @@ export class HboneServer {
   /** Raw accepted sockets, so close() can cut handshakes in progress too. */
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Whose each session is, so recheck() can cut a peer revoked after its handshake. */
+  readonly #peerOf = new WeakMap<http2.ServerHttp2Session, TunnelPeer>();
   readonly #settings: http2.Settings;
   #closing: Promise<void> | undefined;
 
@@ -261,6 +265,22 @@ export class HboneServer {
     return this.#closing;
   }
 
+  /**
+   * Cuts every tunnel connection whose client certificate is now revoked (the
+   * list changed after their handshake), streams included; returns how many.
+   */
+  recheck(): number {
+    let cut = 0;
+    for (const session of this.#sessions) {
+      const peer = this.#peerOf.get(session);
+      if (!peer || !this.#o.revoked?.(normalizeSerial(peer.certificate.serialNumber))) continue;
+      this.#refused(session.socket as tls.TLSSocket, `revoked: the client certificate of ${peer.principal} was revoked while connected`);
+      session.destroy();
+      cut++;
+    }
+    return cut;
+  }
+
   #refused(socket: net.Socket | tls.TLSSocket, reason: string): void {
     try {
       this.#o.onConnectionRefused?.({ remoteAddress: socket.remoteAddress, reason });
@@ -310,12 +330,19 @@ export class HboneServer {
       socket.destroy();
       return;
     }
+    const serial = normalizeSerial(certificate.serialNumber);
+    if (this.#o.revoked?.(serial)) {
+      this.#refused(socket, `revoked: the client certificate ${serial} of ${uris[0]} is on the revocation list (its node was revoked)`);
+      socket.destroy();
+      return;
+    }
     const peer: TunnelPeer = { principal: uris[0]!, certificate };
     const session = http2.performServerHandshake(socket, {
       settings: this.#settings,
       maxSessionMemory: HBONE_DEFAULTS.maxSessionMemoryMb,
     });
     this.#sessions.add(session);
+    this.#peerOf.set(session, peer);
     session.on('error', ignore);
     session.once('close', () => this.#sessions.delete(session));
     session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.#stream(peer, stream, headers));

@@ -92,7 +92,7 @@ t.test('state survives a reopen', async (t) => {
   const dir = tmp(t);
   const s = new SqliteStore(dir);
   s.apply([wl('a'), wl('b')]);
-  s.putToken({ id: 'abc', node: 'n1', secretHash: 'ff', expiresAt: Date.now() + 1000, createdAt: Date.now() });
+  s.putToken({ id: 'abc', node: 'n1', secretHash: 'ff', expiresAt: Date.now() + 1000, createdAt: Date.now(), uses: 1, used: 0 });
   s.close();
   const r = new SqliteStore(dir);
   t.teardown(() => r.close());
