@@ -49,6 +49,8 @@ export interface UpOptions {
   mesh?: boolean;
   /** Workload certificate lifetime for the lab controller (short ones exercise rotation). */
   workloadCertLifetimeSeconds?: number;
+  /** Node certificate lifetime for the lab controller (short ones exercise renewal). */
+  nodeCertLifetimeSeconds?: number;
 }
 
 function stateDirOf(dir?: string): string {
@@ -223,7 +225,7 @@ export async function labUp(opts: UpOptions): Promise<LabState> {
           fs.writeFileSync(statePath, JSON.stringify(state, null, 2) + '\n');
         },
         opts.log,
-        opts.workloadCertLifetimeSeconds,
+        { workload: opts.workloadCertLifetimeSeconds, node: opts.nodeCertLifetimeSeconds },
       );
       step();
     }

@@ -66,13 +66,16 @@ export async function startLabMesh(
   dir: string,
   record: (mesh: LabMesh) => void,
   log: (l: string) => void = () => {},
-  workloadCertLifetimeSeconds?: number,
+  certLifetimesSeconds: { workload?: number; node?: number } = {},
 ): Promise<LabMesh> {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const dataDir = path.join(dir, 'controller');
   const ctlLog = path.join(dir, 'controller.log');
   const address = `${lab.bridgeIp}:15010`;
-  const lifetime = workloadCertLifetimeSeconds ? ['--workload-cert-lifetime', `${workloadCertLifetimeSeconds}s`] : [];
+  const lifetime = [
+    ...(certLifetimesSeconds.workload ? ['--workload-cert-lifetime', `${certLifetimesSeconds.workload}s`] : []),
+    ...(certLifetimesSeconds.node ? ['--node-cert-lifetime', `${certLifetimesSeconds.node}s`] : []),
+  ];
   const pid = startDetached([process.execPath, BIN, 'controller', '--data-dir', dataDir, '--listen', address, '--metrics-listen', `${lab.bridgeIp}:15014`, ...lifetime], ctlLog);
   const mesh: LabMesh = {
     controller: { pid, address, credentials: path.join(dataDir, 'admin.json'), caFile: path.join(dataDir, 'ca', 'ca.crt'), log: ctlLog, metrics: `${lab.bridgeIp}:15014` },

@@ -16,7 +16,7 @@ export function labName(): string {
   return `t${randomBytes(3).toString('hex')}`;
 }
 
-export async function testLab(t: Test, nodes = 2, podsPerNode = 2, mesh = false, workloadCertLifetimeSeconds?: number): Promise<LabState> {
+export async function testLab(t: Test, nodes = 2, podsPerNode = 2, mesh = false, workloadCertLifetimeSeconds?: number, nodeCertLifetimeSeconds?: number): Promise<LabState> {
   const name = labName();
   // Registered before up: a failed up is swept too.
   onCleanupAsync(
@@ -36,7 +36,7 @@ export async function testLab(t: Test, nodes = 2, podsPerNode = 2, mesh = false,
     // At exit only synchronous work runs: sweep from a child process.
     () => void spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js'), 'lab', 'down', '--name', name], { stdio: 'inherit' }),
   );
-  return labUp({ name, nodes, podsPerNode, mesh, workloadCertLifetimeSeconds });
+  return labUp({ name, nodes, podsPerNode, mesh, workloadCertLifetimeSeconds, nodeCertLifetimeSeconds });
 }
 
 /** Starts argv in a lab pod or node; resolves once it prints `readyLine`, killed at teardown. */

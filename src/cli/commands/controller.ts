@@ -119,6 +119,8 @@ export const controllerCommand = defineCommand({
   subcommands: [token],
   async run(values, _p, io) {
     if (Boolean(values['ca-cert']) !== Boolean(values['ca-key'])) throw new UsageError('nodemesh controller: --ca-cert and --ca-key go together');
+    const nodeCertLifetime = parseDurationSeconds('node-cert-lifetime', values['node-cert-lifetime'] as string);
+    if (nodeCertLifetime < 2) throw new UsageError(`nodemesh controller: --node-cert-lifetime must be at least 2s (nodes renew at half of it), not ${String(values['node-cert-lifetime'])}`);
     const log = createLogger({ level: values['log-level'] as string });
     const c = await startController({
       dataDir: values['data-dir'] as string,
@@ -129,7 +131,7 @@ export const controllerCommand = defineCommand({
       caKeyFile: values['ca-key'] as string | undefined,
       trustDomain: values['trust-domain'] as string | undefined,
       workloadCertLifetimeSeconds: values['workload-cert-lifetime'] ? parseDurationSeconds('workload-cert-lifetime', values['workload-cert-lifetime'] as string) : undefined,
-      nodeCertLifetimeSeconds: parseDurationSeconds('node-cert-lifetime', values['node-cert-lifetime'] as string),
+      nodeCertLifetimeSeconds: nodeCertLifetime,
       log,
     });
     io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);

@@ -47,8 +47,8 @@ t.test('each node gets its slice, then deltas of what touches it', async (t) => 
   s2.start();
   t.ok(await waitFor(() => u1.length > 0 && u2.length > 0), 'both got a snapshot');
   const keys = (s: ConfigStream): string[] => [...s.state.items.keys()].sort();
-  t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'PeerAuthentication/shop/strict-a', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1']);
-  t.same(keys(s2), ['MeshConfig//default', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1'], 'n2 runs nothing the policies select: it gets neither');
+  t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'PeerAuthentication/shop/strict-a', 'RevocationList//revoked', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1']);
+  t.same(keys(s2), ['MeshConfig//default', 'RevocationList//revoked', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1'], 'n2 runs nothing the policies select: it gets neither');
   t.match(s1.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', identity: 'spiffe://cluster.local/ns/shop/sa/a' }] } });
   const n2Version = s2.state.version;
 

@@ -64,6 +64,8 @@ t.test('scope: policies to nodes running what they select, the rest everywhere',
     ['Service/shop/s', ['n1', 'n2', 'n3', 'n4']],
     ['MeshConfig//default', ['n1', 'n2', 'n3', 'n4']],
     ['TrustBundle//bundle', ['n1', 'n2', 'n3', 'n4']],
+    // Every node refuses a revoked peer, whichever way the tunnel goes.
+    ['RevocationList//revoked', ['n1', 'n2', 'n3', 'n4']],
   ];
   for (const [key, nodes] of table) t.same(has(key), nodes, key);
 });
