@@ -12,12 +12,13 @@ import * as path from 'node:path';
 import { t } from 'tap';
 
 import { main } from '../../src/cli/main';
-import { spiffeNodeId } from '../../src/controller/ca';
+import { spiffeNodeId, spiffeWorkloadId } from '../../src/controller/ca';
 import { ClientError, ControllerClient } from '../../src/controller/client';
 import type { LabState } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
 import { bpfTest } from '../helpers/bpf';
+import { doc } from '../helpers/controller';
 import { fixture } from '../helpers/child';
 import { labProcess, labRun, testLab } from '../helpers/lab';
 import { waitFor } from '../helpers/wait';
@@ -41,6 +42,7 @@ bpfTest(t, 'bootstrap tokens and node revocation in a lab', async (t) => {
     const ps = spawnSync('ps', ['-eo', 'pid,args', '--no-headers'], { encoding: 'utf8' }).stdout;
     const lines = ps.split('\n').filter((l) => l.includes(' proxy --node ') && l.includes(runtimeDir));
     t.equal(lines.length, 2, 'both proxies of this lab are in ps');
+    t.notMatch(lines.join('\n'), /[0-9a-f]{8}\.[0-9a-f]{32}/, 'no argv of a proxy holds anything shaped like a token');
     for (const node of [n1, n2]) {
       const token = fs.readFileSync(path.join(runtimeDir, `token-${node.name}`), 'utf8').trim();
       t.match(token, /^[0-9a-f]{8}\.[0-9a-f]{32}$/);
@@ -73,8 +75,17 @@ bpfTest(t, 'bootstrap tokens and node revocation in a lab', async (t) => {
     await new Promise((r) => setTimeout(r, Math.max(0, firstExpiry - Date.now()) + 1_000));
     const status = JSON.parse(await adminGet(adminSocketOf(n1.name), '/status')) as { controller: { connected: boolean }; identity: { renewals: number } };
     t.ok(status.controller.connected, 'n1 is still connected after its first certificate expired');
-    t.ok(status.identity.renewals >= 1);
+    t.ok(status.identity.renewals >= 1, 'n1 renewed its node certificate');
     t.ok((await admin.listNodes()).every((n) => n.connected));
+    // A certificate for a new workload needs a call the controller accepts now, after the first node certificate expired.
+    await admin.apply([doc({ apiVersion: 'nodemesh.io/v1alpha1', kind: 'Workload', metadata: { name: 'late', namespace: 'default' }, spec: { node: n1.name, serviceAccount: 'late', addresses: ['198.18.250.1'] } })]);
+    const late = spiffeWorkloadId('cluster.local', 'default', 'late');
+    let certs: { identity: string; notAfter?: string; lastError?: string }[] = [];
+    const got = await waitFor(async () => {
+      certs = (JSON.parse(await adminGet(adminSocketOf(n1.name), '/status')) as { workloadCertificates: typeof certs }).workloadCertificates;
+      return certs.some((c) => c.identity === late && c.notAfter);
+    }, 10_000, 200);
+    t.ok(got, `n1 got a workload certificate after its first node certificate expired (${JSON.stringify(certs.find((c) => c.identity === late))})`);
   });
 
   await t.test('revoking n1: its stream ends, tunnels from and to it are refused, n2 flows on', async (t) => {
