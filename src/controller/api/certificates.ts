@@ -13,7 +13,7 @@ import { MeshError } from '../../errors';
 import { CaError, parseSpiffeId, spiffeNodeId, type CertificateAuthority, type IssuedCertificate } from '../ca';
 import type { Registry } from '../registry';
 import type { TokenStore } from '../store';
-import { callerOf, requireAdmin, requireNode } from './auth';
+import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
 import type { CertificateLedger } from './ledger';
 import { unary, type HandlerContext } from './handler';
 
@@ -113,6 +113,7 @@ export function certificateServices(
       const peer = call.getPeer();
       const own = spiffeNodeId(ca.trustDomain, node);
       let kind: 'workload' | 'node' = 'workload';
+      let exhausted = false;
       const cert = await ca
         .signCsr(call.request.csrPem, {
           // The node's own identity renews its node certificate; anything else is a workload.
@@ -121,6 +122,11 @@ export function certificateServices(
           allowedUris: (uris) => {
             if (uris.length !== 1) return `a CSR must carry exactly one SPIFFE URI, not ${uris.length}`;
             const uri = uris[0]!;
+            const tooMany = ledger.issueRefusal(node, uri);
+            if (tooMany) {
+              exhausted = true;
+              return tooMany;
+            }
             if (uri === own) return null;
             const id = parseSpiffeId(uri);
             if (!id || id.trustDomain !== ca.trustDomain || !id.namespace || !id.serviceAccount)
@@ -129,7 +135,14 @@ export function certificateServices(
             return here ? null : `node ${node} runs no workload with identity ${uri}: a node may only get certificates for workloads placed on it`;
           },
         })
-        .catch((err: unknown) => (err instanceof CaError && (err.code === 'NM_ERR_CA_REFUSED' || err.code === 'NM_ERR_CA_BAD_ID') ? refuse(kind, { node, peer }, err.message) : Promise.reject(err)));
+        .catch((err: unknown) => {
+          if (exhausted && err instanceof CaError) {
+            ctx.metrics.certificatesRefused.inc({ kind });
+            ctx.log.warn({ event: 'security', kind, node, peer, reason: err.message }, 'certificate request refused: too many live certificates');
+            throw new AuthError(grpc.status.RESOURCE_EXHAUSTED, err.message);
+          }
+          return err instanceof CaError && (err.code === 'NM_ERR_CA_REFUSED' || err.code === 'NM_ERR_CA_BAD_ID') ? refuse(kind, { node, peer }, err.message) : Promise.reject(err);
+        });
       // Recorded before it is handed out: a revocation of this node must be able to name it.
       ledger.record(cert, node, kind);
       ctx.metrics.certificatesIssued.inc({ kind });

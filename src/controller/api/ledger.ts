@@ -5,11 +5,13 @@
  * mean for a caller and what every node's revocation list says.
  *
  * The revocation list names the still-valid certificates of revoked nodes, so
- * it is bounded by what those nodes held when revoked: a node certificate and
- * its renewals (at most 3 live at once, renewed at half life) and, per
- * workload identity placed on the node, the same; each leaves the list when it
- * expires (node certificates live NODE_CERT_DEFAULTS.lifetimeSeconds, workload
- * ones the MeshConfig lifetime, 24 h by default).
+ * it is bounded by what those nodes held when revoked: per identity (the
+ * node's own and each workload identity placed on it) at most
+ * LEDGER_DEFAULTS.maxLivePerIdentity unexpired certificates, since the
+ * controller refuses more (renewal at half life keeps 2-3 live; restarts add
+ * one each); each leaves the list when it expires (node certificates live
+ * NODE_CERT_DEFAULTS.lifetimeSeconds, workload ones the MeshConfig lifetime,
+ * 24 h by default).
  */
 import { normalizeSerial, type IssuedCertificate } from '../ca';
 import type { IssuedCertificateRecord, NodeRecord, TokenStore } from '../store';
@@ -18,6 +20,11 @@ import type { NodeCertificateCheck } from './auth';
 export const NODE_CERT_DEFAULTS = Object.freeze({
   /** Node certificates are renewed at half life; a revoked one is refused at the controller at once, by peers through the list. */
   lifetimeSeconds: 24 * 3600,
+});
+
+export const LEDGER_DEFAULTS = Object.freeze({
+  /** Unexpired certificates one node may hold for one identity; past it Sign answers RESOURCE_EXHAUSTED. */
+  maxLivePerIdentity: 100,
 });
 
 export interface NodeSummary {
@@ -38,6 +45,13 @@ export class CertificateLedger implements NodeCertificateCheck {
   constructor(store: TokenStore, trackedSince: number) {
     this.#store = store;
     this.#trackedSince = trackedSince;
+  }
+
+  /** Why `node` may not get one more certificate for `identity` now, or undefined. */
+  issueRefusal(node: string, identity: string, now = Date.now()): string | undefined {
+    const live = this.#store.countLiveCertificates(node, identity, now);
+    if (live < LEDGER_DEFAULTS.maxLivePerIdentity) return undefined;
+    return `node ${node} holds ${live} unexpired certificates for ${identity}, the most one node may hold for one identity (${LEDGER_DEFAULTS.maxLivePerIdentity}): is its proxy restarting in a loop? The oldest expire within their lifetime`;
   }
 
   record(cert: IssuedCertificate, node: string, kind: 'node' | 'workload', now = Date.now()): void {

@@ -88,7 +88,7 @@ CREATE TABLE certificates (
   issued_at INTEGER NOT NULL,
   revoked_at INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX certificates_node ON certificates (node);
+CREATE INDEX certificates_node ON certificates (node, identity);
 CREATE TABLE nodes (
   node TEXT PRIMARY KEY,
   joined_at INTEGER NOT NULL,
@@ -145,6 +145,7 @@ export class SqliteStore implements Store, TokenStore {
     putCert: Database.Statement;
     getCert: Database.Statement;
     liveCerts: Database.Statement;
+    countLive: Database.Statement;
     expireCerts: Database.Statement;
     putNode: Database.Statement;
     getNode: Database.Statement;
@@ -189,6 +190,7 @@ export class SqliteStore implements Store, TokenStore {
       putCert: db.prepare('INSERT OR REPLACE INTO certificates (serial, node, kind, identity, not_after, issued_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       getCert: db.prepare(`SELECT ${CERT_COLUMNS} FROM certificates WHERE serial = ?`),
       liveCerts: db.prepare(`SELECT ${CERT_COLUMNS} FROM certificates WHERE not_after > ? ORDER BY issued_at`),
+      countLive: db.prepare('SELECT COUNT(*) AS n FROM certificates WHERE node = ? AND identity = ? AND not_after > ?'),
       expireCerts: db.prepare('DELETE FROM certificates WHERE not_after <= ?'),
       putNode: db.prepare('INSERT INTO nodes (node, joined_at, revoked_at) VALUES (?, ?, NULL) ON CONFLICT (node) DO UPDATE SET joined_at = excluded.joined_at, revoked_at = NULL'),
       getNode: db.prepare('SELECT node, joined_at AS joinedAt, revoked_at AS revokedAt FROM nodes WHERE node = ?'),
@@ -376,6 +378,10 @@ export class SqliteStore implements Store, TokenStore {
 
   getCertificate(serial: string): IssuedCertificateRecord | undefined {
     return certRecord(this.#stmt.getCert.get(serial) as CertRow | undefined);
+  }
+
+  countLiveCertificates(node: string, identity: string, now: number): number {
+    return (this.#stmt.countLive.get(node, identity, now) as { n: number }).n;
   }
 
   liveCertificates(now: number): IssuedCertificateRecord[] {

@@ -119,6 +119,8 @@ export interface TokenStore {
   consumeToken(join: JoinRecord): boolean;
   recordCertificate(cert: IssuedCertificateRecord): void;
   getCertificate(serial: string): IssuedCertificateRecord | undefined;
+  /** How many certificates for `identity` issued to `node` are unexpired at `now`. */
+  countLiveCertificates(node: string, identity: string, now: number): number;
   /** Certificates not yet expired at `now`, oldest first. */
   liveCertificates(now: number): IssuedCertificateRecord[];
   /** Drops certificates past their notAfter: they are refused anyway, revoked or not. */

@@ -13,6 +13,7 @@ import type { ConfigMessage, NodeMessage } from '../../../src/api/proto';
 import { normalizeSerial, spiffeNodeId, spiffeWorkloadId } from '../../../src/controller/ca';
 import { ClientError, ControllerClient, loadCredentials } from '../../../src/controller/client';
 import { main } from '../../../src/cli/main';
+import { LEDGER_DEFAULTS } from '../../../src/controller/api/ledger';
 import { generateKeyAndCsr } from '../../../src/node-proxy/identity';
 import { doc, testController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
@@ -125,4 +126,41 @@ t.test('revoking a node', async (t) => {
 
   t.match(await refused(c.admin.revokeNode('nope')), { code: 'NM_ERR_GRPC_NOT_FOUND', message: /node "nope" never joined this controller/ });
   t.match(await refused(n2.revokeNode('n1')), { code: 'NM_ERR_GRPC_PERMISSION_DENIED' }, 'a node cannot revoke');
+});
+
+t.test('a node cannot pile up certificates (which bounds the revocation list)', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(workload('web', 'n1', '198.18.1.1')), doc(workload('api', 'n2', '198.18.2.1'), 2)]);
+  const n1 = await c.nodeClient('n1');
+  const n2 = await c.nodeClient('n2');
+  const csr = async (sa: string) => (await generateKeyAndCsr(spiffeWorkloadId('cluster.local', 'shop', sa))).csrPem;
+  const key = await csr('web');
+  // The key is the node's to choose; the count is of certificates, whatever the key.
+  for (let i = 0; i < LEDGER_DEFAULTS.maxLivePerIdentity; i++) await n1.sign(key);
+  const e = await refused(n1.sign(key));
+  t.equal(e.code, 'NM_ERR_GRPC_RESOURCE_EXHAUSTED');
+  t.match(e.message, new RegExp(`node n1 holds ${LEDGER_DEFAULTS.maxLivePerIdentity} unexpired certificates for spiffe://cluster.local/ns/shop/sa/web, the most one node may hold for one identity`));
+  t.match((await n2.sign(await csr('api'))).certificateChainPem, /BEGIN CERTIFICATE/, 'another node is still served');
+  t.equal((await c.admin.revokeNode('n1')).length, LEDGER_DEFAULTS.maxLivePerIdentity + 1, 'a revocation lists at most the cap per identity, plus the node certificate');
+});
+
+t.test('token create flags are checked before anything is sent', async (t) => {
+  const c = await testController(t);
+  for (const [args, msg] of [
+    [['--uses', '0'], /--uses must be an integer from 1 to 1000, not 0/],
+    [['--uses', 'x'], /--uses must be an integer/],
+    [['--ttl', '8d'], /--ttl must be from 1s to 7d, not 8d/],
+    [['--ttl', '0s'], /--ttl must be from 1s/],
+    [['--node', ''], /--node needs a node name/],
+  ] as const) {
+    let err = '';
+    const code = await main(['controller', 'token', 'create', ...args, '--credentials', c.controller.credentialsPath], { out: () => {}, err: (s) => void (err += s) });
+    t.equal(code, 64, args.join(' '));
+    t.match(err, msg);
+  }
+  let out = '';
+  let err = '';
+  t.equal(await main(['controller', 'token', 'create', '--node', 'n9', '--uses', '3', '--ttl', '10m', '--credentials', c.controller.credentialsPath], { out: (s) => void (out += s), err: (s) => void (err += s) }), 0);
+  t.match(out, /^[0-9a-f]{8}\.[0-9a-f]{32}\n$/, 'only the token on stdout');
+  t.match(err, /token for node n9, 3 joins, valid until .*--token-file FILE/);
 });
