@@ -2,7 +2,7 @@ import { ClientError, ControllerClient, credentialsPath } from '../../controller
 import { DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, startController } from '../../controller/controller';
 import { createLogger } from '../../log';
 import { defineCommand, EXIT, termination, UsageError, type Command } from '../command';
-import { TOKEN_DEFAULTS } from '../../controller/api/certificates';
+import { TOKEN_DEFAULTS } from '../../controller/api/ledger';
 import { TOKEN_ENV } from '../../node-proxy/identity';
 import { intFlag } from '../output';
 

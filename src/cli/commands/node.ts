@@ -3,7 +3,7 @@ import { defineCommand, EXIT, UsageError, type Command } from '../command';
 import { outputFormat, table, toJson } from '../output';
 import { credentialsHelp, credentialsOption, withAdmin } from './controller';
 
-function ago(ms: number): string {
+function isoTime(ms: number): string {
   return ms ? new Date(ms).toISOString() : '-';
 }
 
@@ -30,12 +30,12 @@ const nodeList = defineCommand({
           ['NODE', 'STATUS', 'CONNECTED', 'CERTIFICATE', 'EXPIRES', 'WORKLOAD CERTS', 'JOINED'],
           nodes.map((n) => [
             n.node,
-            n.revoked ? `revoked ${ago(n.revokedUnixMs)}` : 'active',
+            n.revoked ? `revoked ${isoTime(n.revokedUnixMs)}` : 'active',
             n.connected ? 'yes' : 'no',
             n.certificateSerial || '-',
-            ago(n.certificateExpiresUnixMs),
+            isoTime(n.certificateExpiresUnixMs),
             n.workloadCertificates,
-            ago(n.joinedUnixMs),
+            isoTime(n.joinedUnixMs),
           ]),
         ),
       );

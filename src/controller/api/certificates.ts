@@ -14,21 +14,8 @@ import { CaError, parseSpiffeId, spiffeNodeId, type CertificateAuthority, type I
 import type { Registry } from '../registry';
 import type { TokenStore } from '../store';
 import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
-import type { CertificateLedger } from './ledger';
+import { TOKEN_DEFAULTS, type CertificateLedger } from './ledger';
 import { unary, type HandlerContext } from './handler';
-
-/**
- * Bootstrap tokens, Kubernetes-style (`ID.SECRET`, the ID public, the secret
- * kept only as its sha256): single use unless made for more, and short-lived.
- */
-export const TOKEN_DEFAULTS = Object.freeze({
-  ttlSeconds: 24 * 3600,
-  maxTtlSeconds: 7 * 24 * 3600,
-  uses: 1,
-  maxUses: 1000,
-  /** Used and expired tokens are kept this long after they expire, so a late join hears why it is refused. */
-  retainSeconds: 24 * 3600,
-});
 
 const NODE_NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
 

@@ -22,6 +22,19 @@ export const NODE_CERT_DEFAULTS = Object.freeze({
   lifetimeSeconds: 24 * 3600,
 });
 
+/**
+ * Bootstrap tokens, Kubernetes-style (`ID.SECRET`, the ID public, the secret
+ * kept only as its sha256): single use unless made for more, and short-lived.
+ */
+export const TOKEN_DEFAULTS = Object.freeze({
+  ttlSeconds: 24 * 3600,
+  maxTtlSeconds: 7 * 24 * 3600,
+  uses: 1,
+  maxUses: 1000,
+  /** Used and expired tokens are kept this long after they expire, so a late join hears why it is refused. */
+  retainSeconds: 24 * 3600,
+});
+
 export const LEDGER_DEFAULTS = Object.freeze({
   /** Unexpired certificates one node may hold for one identity; past it Sign answers RESOURCE_EXHAUSTED. */
   maxLivePerIdentity: 100,
@@ -95,10 +108,10 @@ export class CertificateLedger implements NodeCertificateCheck {
       .sort();
   }
 
-  /** Forgets expired certificates and used-up or expired tokens. */
+  /** Forgets expired certificates, and tokens that expired more than TOKEN_DEFAULTS.retainSeconds ago. */
   prune(now = Date.now()): void {
     this.#store.deleteExpiredCertificates(now);
-    this.#store.deleteExpiredTokens(now);
+    this.#store.deleteExpiredTokens(now - TOKEN_DEFAULTS.retainSeconds * 1000);
   }
 
   node(node: string): NodeRecord | undefined {
