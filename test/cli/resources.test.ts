@@ -97,7 +97,7 @@ t.test('apply, get, delete, status from the command line', async (t) => {
   r = await nodemesh(['controller', 'token', 'create', '--node', 'n1', '--ttl', '1h'], env);
   t.equal(r.code, 0);
   t.match(r.stdout, /^[0-9a-f]{8}\.[0-9a-f]{32}\n$/);
-  t.match(r.stderr, /token for node n1, valid until/);
+  t.match(r.stderr, /token for node n1, 1 join, valid until .* --token-file FILE/);
 
   r = await nodemesh(['status'], env);
   t.equal(r.code, 0);

@@ -130,7 +130,9 @@ export function certificateServices(
           }
           return err instanceof CaError && (err.code === 'NM_ERR_CA_REFUSED' || err.code === 'NM_ERR_CA_BAD_ID') ? refuse(kind, { node, peer }, err.message) : Promise.reject(err);
         });
-      // Recorded before it is handed out: a revocation of this node must be able to name it.
+      // Signing yielded: a revoke may have come in meanwhile. Checked again and recorded in one
+      // synchronous step, so a revocation either names this certificate or refuses it here.
+      requireNode(callerOf(call, ca, ledger));
       ledger.record(cert, node, kind);
       ctx.metrics.certificatesIssued.inc({ kind });
       ctx.log.info({ node, uris: cert.uris, serial: cert.serial, notAfter: cert.notAfter }, 'certificate issued');

@@ -62,6 +62,12 @@ export function nodeConfigService(
           clearTimeout(helloTimer);
           if (m.hello.node !== certNode)
             return fail(new AuthError(grpc.status.PERMISSION_DENIED, `hello names node ${m.hello.node}, but the certificate is node ${certNode}`));
+          // A revoke between the stream's start and its hello must not let it in.
+          try {
+            requireNode(callerOf(call, ca, ledger));
+          } catch (err) {
+            return fail(err);
+          }
           node = certNode;
           ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
           ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion: m.hello.proxyVersion }, 'node connected');

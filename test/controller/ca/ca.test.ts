@@ -265,7 +265,7 @@ t.test('verifyPeer', async (t) => {
   const issued = await ca.signCsr((await generateKeyAndCsr(WEB)).csrPem, { lifetimeSeconds: 3600, allowedUris: ALLOW_ALL, kind: 'workload' });
 
   const ok = ca.verifyPeer(issued.certPem);
-  t.same(ok, { uris: [WEB], notAfter: issued.notAfter, serial: issued.serial });
+  t.same(ok, { uris: [WEB], notBefore: issued.notBefore, notAfter: issued.notAfter, serial: issued.serial });
   t.same(ca.verifyPeer(new X509Certificate(issued.certPem).raw), ok, 'DER works too');
 
   const foreign = await otherCa.signCsr((await generateKeyAndCsr(WEB)).csrPem, { lifetimeSeconds: 3600, allowedUris: ALLOW_ALL, kind: 'workload' });
