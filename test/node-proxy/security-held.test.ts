@@ -49,6 +49,11 @@ async function whoami(lab: LabState, pod: string, host: string, port: number, fr
   return r.stdout.trim();
 }
 
+/** An address in the form Node.js reports it (IPv6 compressed, lowercase). */
+function canonical(ip: string): string {
+  return ip.includes(':') ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
+}
+
 const python = spawnSync('python3', ['-c', 'import socket; socket.AF_PACKET'], { encoding: 'utf8' }).status === 0 ? 'python3' : undefined;
 
 bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy do', async (t) => {
@@ -160,30 +165,39 @@ bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy 
       { attacker: n1p3, victim: n1p2, node: n1, where: 'same node' },
       { attacker: n2p3, victim: n2p2, node: n2, where: 'across nodes' },
     ];
-    for (const { attacker, victim, node, where } of attacks) {
-      // The attacker takes the victim's address and tells the bridge so, so the proxy's answers come to it.
-      t.equal((await labRun(lab, attacker.name, ['ip', 'addr', 'add', `${victim.ip}/32`, 'dev', 'eth0'])).code, 0, `${attacker.name} adds ${victim.name}'s address ${victim.ip}`);
-      t.teardown(async () => {
-        await labRun(lab, attacker.name, ['ip', 'addr', 'del', `${victim.ip}/32`, 'dev', 'eth0']);
-        await labRun(lab, node!.name, ['ip', 'neigh', 'del', victim.ip, 'dev', 'cbr0']);
-      });
-      const garp = await labRun(lab, attacker.name, [python!, fixture('garp.py'), 'eth0', victim.ip]);
-      t.equal(garp.code, 0, `gratuitous ARP sent: ${garp.stdout.trim()}${garp.stderr.trim()}`);
+    for (const family of [4, 6] as const) {
+      for (const { attacker, victim, node, where: at } of attacks) {
+        const where = `${at}, IPv${family}`;
+        const stolen = family === 4 ? victim.ip : victim.ip6;
+        const dst = family === 4 ? n1p1.ip : n1p1.ip6;
+        // The node must know the victim's address already, as it does for any pod that talks: the attacker overrides that.
+        t.equal(await whoami(lab, victim.name, dst, 8081), 'n1-p1', `${where}: ${victim.name} is admitted (control)`);
+        // The attacker takes the victim's address and tells the bridge so, so the proxy's answers come to it.
+        const add = await labRun(lab, attacker.name, ['ip', 'addr', 'add', `${stolen}/${family === 4 ? 32 : 128}`, 'dev', 'eth0', ...(family === 6 ? ['nodad'] : [])]);
+        t.equal(add.code, 0, `${where}: ${attacker.name} adds ${victim.name}'s address ${stolen} ${add.stderr.trim()}`);
+        const giveBack = async (): Promise<void> => {
+          await labRun(lab, attacker.name, ['ip', 'addr', 'del', `${stolen}/${family === 4 ? 32 : 128}`, 'dev', 'eth0']);
+          await labRun(lab, node!.name, ['ip', 'neigh', 'del', stolen, 'dev', 'cbr0']);
+        };
+        t.teardown(giveBack);
+        const announce = await labRun(lab, attacker.name, [python!, fixture('garp.py'), 'eth0', stolen]);
+        t.equal(announce.code, 0, `${where}: ${announce.stdout.trim()}${announce.stderr.trim()}`);
 
-      const victimFlows = (await flows(node!.name, `&from=${victim.name}`)).length;
-      const deniedAtN1 = async (): Promise<number> => (await flows(n1!.name, '&verdict=denied')).filter((f) => f.source.identity === `spiffe://${p(attacker.name)}`).length;
-      const deniedBefore = await deniedAtN1();
-      const answer = await whoami(lab, attacker.name, n1p1.ip, 8081, victim.ip);
-      t.equal(answer, 'ECONNRESET', `${where}: ${attacker.name} from ${victim.ip} is refused (${answer})`);
-      const src = (await flows(node!.name, `&from=${attacker.name}`)).filter((f) => f.source.ip === victim.ip).at(-1);
-      t.match(src, { source: { workload: attacker.name, identity: `spiffe://${p(attacker.name)}`, ip: victim.ip }, verdict: 'denied' }, `${where}: the connection from ${victim.ip} reached ${node!.name}'s proxy, which names the real pod ${attacker.name}`);
-      t.equal((await flows(node!.name, `&from=${victim.name}`)).length, victimFlows, `${where}: no flow credits ${victim.name} with it`);
-      t.equal(await deniedAtN1(), deniedBefore + 1, `${where}: n1 denied one more connection of ${attacker.name}'s identity`);
+        const victimFlows = (await flows(node!.name, `&from=${victim.name}`)).length;
+        const deniedAtN1 = async (): Promise<number> => (await flows(n1!.name, '&verdict=denied')).filter((f) => f.source.identity === `spiffe://${p(attacker.name)}`).length;
+        const deniedBefore = await deniedAtN1();
+        const answer = await whoami(lab, attacker.name, dst, 8081, stolen);
+        t.equal(answer, 'ECONNRESET', `${where}: ${attacker.name} from ${stolen} is refused (${answer})`);
+        const src = (await flows(node!.name, `&from=${attacker.name}`)).filter((f) => canonical(f.source.ip ?? '') === canonical(stolen)).at(-1);
+        t.match(src, { source: { workload: attacker.name, identity: `spiffe://${p(attacker.name)}` }, verdict: 'denied' }, `${where}: the connection from ${stolen} reached ${node!.name}'s proxy, which names the real pod ${attacker.name}`);
+        t.equal((await flows(node!.name, `&from=${victim.name}`)).length, victimFlows, `${where}: no flow credits ${victim.name} with it`);
+        t.equal(await deniedAtN1(), deniedBefore + 1, `${where}: n1 denied one more connection of ${attacker.name}'s identity`);
 
-      // Give the address back: the victim announces itself again and is admitted as before.
-      await labRun(lab, attacker.name, ['ip', 'addr', 'del', `${victim.ip}/32`, 'dev', 'eth0']);
-      await labRun(lab, victim.name, [python!, fixture('garp.py'), 'eth0', victim.ip]);
-      t.equal(await whoami(lab, victim.name, n1p1.ip, 8081), 'n1-p1', `${where}: ${victim.name} is still admitted`);
+        // Give the address back: the victim announces itself again and is admitted as before.
+        await giveBack();
+        await labRun(lab, victim.name, [python!, fixture('garp.py'), 'eth0', stolen]);
+        t.equal(await whoami(lab, victim.name, dst, 8081), 'n1-p1', `${where}: ${victim.name} is still admitted`);
+      }
     }
   });
 });
