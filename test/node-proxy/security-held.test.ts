@@ -5,15 +5,17 @@
  *   workload certificate, a CONNECT for the controller, loopback, unspecified
  *   or the node's own addresses, the proxy's ports, a host name or a pod on
  *   another node is a 404, and nothing there is ever dialed;
- * - a pod that takes another pod's IP address (a secondary address plus a
- *   gratuitous ARP, so the spoofed connection completes) is still itself to
- *   the proxies: its identity comes from its netns cookie, so an ALLOW for the
- *   other pod does not admit it, and the flows name the real pod.
+ * - a pod that takes another pod's IPv4 or IPv6 address (a secondary address
+ *   plus a gratuitous ARP or Neighbor Advertisement from a raw socket, so the
+ *   spoofed connection completes) is still itself to the proxies: its
+ *   identity comes from its netns cookie, so an ALLOW for the other pod does
+ *   not admit it, on the same node or across nodes, and the flows name the
+ *   real pod.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 
 import { t } from 'tap';
 
@@ -33,6 +35,7 @@ import { waitFor } from '../helpers/wait';
 const A = 'nodemesh.io/v1alpha1';
 const CANARY_PORT = 18999;
 
+type Pod = LabState['pods'][number];
 type Probe = { authority: string; status: number | null; reason: string | null; body: string; error?: string };
 
 async function flows(node: string, q = ''): Promise<Flow[]> {
@@ -60,7 +63,7 @@ bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy 
   const lab = await testLab(t, 2, 3, true);
   const [n1, n2] = lab.nodes;
   const pod = (name: string) => lab.pods.find((p) => p.name === name)!;
-  const [n1p1, n1p2, n1p3, n2p1, n2p2, n2p3] = ['n1-p1', 'n1-p2', 'n1-p3', 'n2-p1', 'n2-p2', 'n2-p3'].map(pod) as [ReturnType<typeof pod>, ReturnType<typeof pod>, ReturnType<typeof pod>, ReturnType<typeof pod>, ReturnType<typeof pod>, ReturnType<typeof pod>];
+  const [n1p1, n1p2, n1p3, n2p1, n2p2, n2p3] = ['n1-p1', 'n1-p2', 'n1-p3', 'n2-p1', 'n2-p2', 'n2-p3'].map(pod) as [Pod, Pod, Pod, Pod, Pod, Pod];
   const admin = ControllerClient.fromCredentials(lab.mesh!.controller.credentials);
   t.teardown(() => admin.close());
   await labProcess(t, lab, 'n1-p1', [process.execPath, fixture('mesh-server.js'), 'n1-p1'], /serving/);
@@ -161,7 +164,7 @@ bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy 
     t.equal(await whoami(lab, 'n1-p3', n1p1.ip, 8081), 'ECONNRESET', 'n1-p3 is not (control)');
     t.equal(await whoami(lab, 'n2-p3', n1p1.ip, 8081), 'ECONNRESET', 'n2-p3 is not (control)');
 
-    const attacks: { attacker: typeof n1p3; victim: typeof n1p2; node: typeof n1; where: string }[] = [
+    const attacks: { attacker: Pod; victim: Pod; node: typeof n1; where: string }[] = [
       { attacker: n1p3, victim: n1p2, node: n1, where: 'same node' },
       { attacker: n2p3, victim: n2p2, node: n2, where: 'across nodes' },
     ];
