@@ -19,6 +19,7 @@ import { Datapath, type FlowRecord } from './datapath';
 import { FlowTable } from './flows';
 import { joinController, loadNodeIdentity, renewNodeIdentity, WorkloadCertificates, type NodeIdentity } from './identity';
 import { inboundServer } from './inbound';
+import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, openFileLimit, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, OutboundServer } from './outbound';
@@ -51,10 +52,20 @@ export interface ProxyOptions {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
+  /** Every listener's bounds (default LISTENER_DEFAULTS; build with listenerLimits()). */
+  limits?: Readonly<ListenerLimits>;
   log?: Logger;
 }
 
 export class ProxyError extends MeshError {}
+
+function readProcLimits(): string {
+  try {
+    return fs.readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return '';
+  }
+}
 
 export class NodeProxy {
   readonly node: string;
@@ -114,6 +125,14 @@ export class NodeProxy {
 
   async #start(): Promise<void> {
     const o = this.#opts;
+    const limits = o.limits ?? LISTENER_DEFAULTS;
+    // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
+    const fdLimit = openFileLimit(readProcLimits());
+    if (fdLimit !== undefined) {
+      const problem = fdBudgetProblem(limits, fdLimit);
+      if (problem) throw new ProxyError('NM_ERR_FD_BUDGET', `nodemesh proxy: ${problem}`);
+      this.#log.info({ fdLimit, ...fdBudget(limits) }, 'listener limits fit the open file limit');
+    }
     fs.mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
     this.#identity = loadNodeIdentity(o.stateDir) ?? (await this.#join());
     this.#client = new ControllerClient({ address: o.controller, ca: this.#identity.caPem, cert: this.#identity.certPem, key: this.#identity.keyPem });
@@ -121,6 +140,7 @@ export class NodeProxy {
 
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#certs = new WorkloadCertificates({
       sign: (csr) => this.#client.sign(csr),
       log: this.#log,
@@ -143,6 +163,8 @@ export class NodeProxy {
       connectTimeoutMs: o.connectTimeoutMs,
       idleTimeoutMs: o.idleTimeoutMs,
       accessLogLevel: o.accessLogLevel,
+      limits: limits.outbound,
+      reporter,
       localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
@@ -170,6 +192,8 @@ export class NodeProxy {
       metrics: this.#metrics,
       log: this.#log.child({ component: 'inbound' }),
       localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
+      limits,
+      reporter,
     });
     this.#events = this.#datapath.flowEvents(
       (records) => this.#onDatapathEvents(records),
@@ -194,6 +218,8 @@ export class NodeProxy {
         metricsPort: o.metricsPort ?? 15020,
         healthHost: '::',
         healthPort: o.healthPort ?? 15021,
+        limits,
+        reporter,
       },
     );
 
@@ -345,6 +371,7 @@ export class NodeProxy {
       identity: this.#identity ? { node: this.node, notAfter: this.#identity.notAfter.toISOString(), trustDomain: this.#identity.trustDomain } : null,
       workloadCertificates: this.#certs?.list() ?? [],
       tunnels: this.#pool.stats(),
+      tunnelListener: this.#inbound?.load,
       connections: { live: this.flows.liveCount },
       workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#view.services.size,
