@@ -46,9 +46,9 @@ bpfTest(t, 'a connection flood on 15008 from a node without credentials: refused
   t.same(await whoami(lab, 'n2-p2', pod('n1-p1').ip), ['n1-p1'], 'under attack: n2 -> n1 across nodes');
   t.same(await whoami(lab, 'n1-p2', pod('n2-p1').ip), ['n2-p1'], 'under attack: n1 -> n2 across nodes');
   t.same(await whoami(lab, 'n1-p2', pod('n1-p1').ip), ['n1-p1'], 'under attack: same node on n1');
-  const status = JSON.parse(await adminGet(adminSocketOf(n1!.name), '/status')) as { ready: boolean; tunnelListener: { handshakes: number } };
+  const status = JSON.parse(await adminGet(adminSocketOf(n1!.name), '/status')) as { ready: boolean; tunnelListener?: { handshakes: number } };
   t.equal(status.ready, true, 'admin on n1 answers');
-  t.ok(status.tunnelListener.handshakes <= 16, `n3 holds at most its share of handshakes (${status.tunnelListener.handshakes})`);
+  t.ok((status.tunnelListener?.handshakes ?? Infinity) <= 16, `n3 holds at most its share of handshakes (${status.tunnelListener?.handshakes})`);
 
   // Every flood connection is closed by n1's proxy: over the share at once, the rest at the 5 s handshake deadline.
   // Counted on n1's side (ss in its namespace): a SYN the full accept queue dropped looks connected to the flooder but is nothing on n1.
@@ -56,6 +56,7 @@ bpfTest(t, 'a connection flood on 15008 from a node without credentials: refused
     const r = await labRun(lab, n1!.name, ['ss', '-Htn', 'state', 'established', 'src', `${n1!.ip}:15008`, 'dst', n3!.ip]);
     return r.stdout.split('\n').filter((l) => l.trim()).length;
   };
+  t.comment(`n1 holds ${await held()} of n3's connections while the flood is on`);
   t.ok(await waitFor(async () => (await held()) === 0, 20_000, 250), `n1 holds none of the flood's connections while the flooder still has them open (${JSON.stringify(last())})`);
   t.ok(flood.child.exitCode === null, 'the flooder was still running');
   const m = await labRun(lab, n1!.name, [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))"]);
