@@ -5,6 +5,8 @@
  * cross-node (n2 -> n1, n1 -> n2) and same-node (n1 -> n1) traffic, metrics
  * and admin on n1 keep answering.
  */
+import * as fs from 'node:fs';
+
 import { t } from 'tap';
 
 import type { LabState } from '../../src/lab';
@@ -30,6 +32,8 @@ bpfTest(t, 'a connection flood on 15008 from a node without credentials: refused
   await labProcess(t, lab, 'n2-p1', [process.execPath, fixture('mesh-server.js'), 'n2-p1'], /serving/);
   t.same(await whoami(lab, 'n2-p2', pod('n1-p1').ip), ['n1-p1'], 'before: across nodes');
 
+  const n1Log = lab.mesh!.proxies.find((p) => p.node === n1!.name)!.log;
+  const logBefore = fs.statSync(n1Log).size;
   // Opens FLOOD connections to n1:15008 that never speak, then reports how many the server has closed; stops by itself.
   const script = `
     const net = require('net'); let connected = 0, closed = 0; const socks = [];
@@ -63,4 +67,6 @@ bpfTest(t, 'a connection flood on 15008 from a node without credentials: refused
   t.match(m.stdout, /nodemesh_listener_rejected_total\{listener="tunnel",reason="handshakes-per-peer"\} [1-9]/, 'metrics on n1 answer and count the refusals');
   t.match(m.stdout, /nodemesh_listener_rejected_total\{listener="tunnel",reason="handshake-timeout"\} [1-9]/, 'and the cut handshakes');
   t.same(await whoami(lab, 'n2-p2', pod('n1-p1').ip), ['n1-p1'], 'after: across nodes');
+  const grew = fs.statSync(n1Log).size - logBefore;
+  t.ok(grew < 64 * 1024, `n1's log grew ${grew} bytes for ${FLOOD} refused or cut connections (rate limited)`);
 });

@@ -9,16 +9,18 @@
  */
 import 'reflect-metadata';
 
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
 import * as tls from 'node:tls';
 import { t } from 'tap';
 import type { Test } from 'tap';
 
 import { CertificateAuthority, spiffeWorkloadId } from '../../src/controller/ca';
-import type { Logger } from '../../src/log';
+import { silentLogger, type Logger } from '../../src/log';
 import { startAdmin } from '../../src/node-proxy/admin';
 import { FlowTable } from '../../src/node-proxy/flows';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
@@ -35,7 +37,11 @@ import {
   type ListenerOverrides,
 } from '../../src/node-proxy/listeners';
 import { ProxyMetrics } from '../../src/node-proxy/metrics';
+import { BalancerCache, OutboundServer } from '../../src/node-proxy/outbound';
+import { compilePolicies } from '../../src/node-proxy/policy';
+import { ConfigState, MeshView, type WorkloadView } from '../../src/node-proxy/state';
 import { HbonePool, HboneServer, identityToSni } from '../../src/node-proxy/tunnel';
+import { PACKAGE_ROOT } from '../../src/paths';
 import { waitFor } from '../helpers/wait';
 
 const TD = 'cluster.local';
@@ -300,6 +306,21 @@ t.test('admission, rate windows and log budgets count as they say', async (t) =>
   t.equal(took[4]!.dropped, 2, 'the next line written says how many were dropped');
 });
 
+t.test('nodemesh proxy: a bad limit flag, or limits over RLIMIT_NOFILE, stop it before it listens or joins', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-listeners-cli-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const stateDir = path.join(dir, 'state');
+  const run = (...flags: string[]) =>
+    spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js'), 'proxy', '--node', 'x', '--controller', '127.0.0.1:9', '--proxy-ip', '127.0.0.1', '--cgroup', dir, '--state-dir', stateDir, ...flags], { encoding: 'utf8', timeout: 30_000 });
+  const bad = run('--max-tunnel-handshakes', 'lots');
+  t.equal(bad.status, 64, 'a usage error');
+  t.match(bad.stderr, /--max-tunnel-handshakes must be a whole number from 1 to 999999999, not "lots" \(default 128\)/);
+  const big = run('--max-outbound-connections', '999999');
+  t.not(big.status, 0);
+  t.match(big.stderr, /NM_ERR_FD_BUDGET|RLIMIT_NOFILE.*ulimit -n/, 'names the limit and the fix');
+  t.notOk(fs.existsSync(stateDir), 'nothing was made');
+});
+
 t.test('limits: flags, the file descriptor budget, and /proc/self/limits', async (t) => {
   const l = limitsFromFlags({ 'tunnel-handshake-timeout': '750ms', 'max-tunnel-handshakes-per-peer': '3' });
   t.equal(l.tunnel.handshakeTimeoutMs, 750);
@@ -479,4 +500,51 @@ t.test('one address holding many connections to metrics hits the per-peer bound;
   const res = await fetch(`http://127.0.0.1:${ports.metrics}/metrics`);
   t.equal(res.status, 200);
   t.match(await res.text(), /nodemesh_listener_rejected_total\{listener="metrics",reason="per-peer"\} 16/);
+});
+
+// ---------------------------------------------------------------------------
+// item 1: the outbound listener (15001), bounded per source pod
+
+t.test('one pod holding many outbound connections hits its own bound; another pod still connects', async (t) => {
+  // The data path's answer (origin and netns cookie, from BPF) is given here by address: pod A is 127.0.0.2, pod B 127.0.0.1.
+  // Everything after it is the real listener; the destination is a workload on another node, reached through a tunnel
+  // that this test answers with an in-memory echo.
+  const state = new ConfigState();
+  const far = { kind: 'Workload', metadata: { name: 'far', namespace: 'default' }, spec: { node: 'n2', serviceAccount: 'far', addresses: ['198.18.99.1'] }, status: { identity: spiffeWorkloadId(TD, 'default', 'far'), nodeAddresses: ['198.18.0.2'] } };
+  state.apply({ snapshot: { version: 1, items: [{ key: 'Workload/default/far', json: JSON.stringify(far) }] } } as never);
+  const view = MeshView.build(state, 'n1');
+  const pod = (name: string): WorkloadView => ({ key: `Workload/default/${name}`, name, namespace: 'default', labels: {}, node: 'n1', addresses: [], identity: spiffeWorkloadId(TD, 'default', name), serviceAccount: name, ready: true, local: true });
+  const metrics = new ProxyMetrics();
+  const server = new OutboundServer({
+    node: 'n1',
+    originOf: (s) => ({ ip: '198.18.99.1', port: 8080, netnsCookie: s.remoteAddress?.endsWith('127.0.0.2') ? 7n : 8n, cgroupId: 0n, pid: 0, family: 4, startNs: 0n }),
+    workloadOfCookie: (c) => pod(c === 7n ? 'pod-a' : 'pod-b'),
+    view: () => view,
+    policies: () => compilePolicies([]),
+    balancers: new BalancerCache('n1'),
+    flows: new FlowTable(),
+    metrics,
+    log: silentLogger(),
+    accessLogLevel: 'silent',
+    limits: { ...LISTENER_DEFAULTS.outbound, maxConnectionsPerPeer: 4 },
+    reporter: new ListenerReporter({ metrics }),
+    tunnel: async () => new PassThrough(),
+  });
+  const port = await server.listen(0, '127.0.0.1');
+  t.teardown(() => server.close(0));
+  const flood = await silentConnections(t, port, 20, ATTACKER);
+  t.ok(await waitFor(() => flood.closed() === 16, 10_000), `pod A's connections over its bound were closed (${flood.closed()} of 20)`);
+  const b = net.connect({ host: '127.0.0.1', port });
+  t.teardown(() => b.destroy());
+  const echoed = await new Promise<string>((resolve) => {
+    let got = '';
+    b.on('error', () => resolve('error'));
+    b.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got === 'pod-b-bytes') resolve(got);
+    });
+    b.write('pod-b-bytes');
+  });
+  t.equal(echoed, 'pod-b-bytes', "pod B's connection goes through");
+  t.match(await metricsText(metrics), /nodemesh_listener_rejected_total\{listener="outbound",reason="per-peer"\} 16/);
 });

@@ -18,7 +18,7 @@ import type { H2Limits } from './limits';
 
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_NO_ERROR } = http2.constants;
 
-/** A stream reset within this of opening counts as premature (Envoy's premature_reset_min_stream_lifetime). */
+/** A stream reset within this of opening counts as premature, answered or not (Envoy's premature_reset_min_stream_lifetime). */
 const PREMATURE_MS = 1_000;
 
 /**
@@ -78,8 +78,10 @@ export function guardSession(session: http2.ServerHttp2Session, l: H2Limits, gua
     const opened = Date.now();
     stream.once('close', () => {
       if (stream.rstCode === NGHTTP2_NO_ERROR || stream.rstCode === undefined) return;
+      // Reset before it was answered, or soon after it opened (the server's own resets count too: MadeYouReset).
       const now = Date.now();
-      if (now - opened < PREMATURE_MS && !resets.hit(now)) end('h2-resets', `more than ${l.maxResetsPerSecond} streams reset within a second of opening, in one second`);
+      const premature = !stream.headersSent || now - opened < PREMATURE_MS;
+      if (premature && !resets.hit(now)) end('h2-resets', `more than ${l.maxResetsPerSecond} streams reset before an answer or within a second, in one second`);
     });
   });
   session.on('ping', () => {

@@ -16,6 +16,12 @@
  * is closed right after a handshake the TLS 1.3 client already considers
  * done. A missing certificate, TLS <= 1.2 and a non-h2 ALPN offer do get
  * alerts.
+ *
+ * Before any of that, every accepted socket passes the listener guard
+ * (../listeners): connections and handshakes in flight bounded in total and
+ * per address, a handshake deadline that destroys the socket; each session is
+ * watched for reset, PING and SETTINGS floods and keepalive; streams are
+ * bounded per session and over all sessions.
  */
 import type { X509Certificate } from 'node:crypto';
 import * as http2 from 'node:http2';
