@@ -213,6 +213,8 @@ export class HboneServer {
   readonly #handshakes: HandshakeGuard;
   /** Streams open over every session (each holds a connection to a pod). */
   #streams = 0;
+  /** The peer address of each accepted socket, read at accept: a destroyed socket no longer says. */
+  readonly #peers = new WeakMap<net.Socket, string>();
   #closing: Promise<void> | undefined;
 
   constructor(opts: HboneServerOptions) {
@@ -235,7 +237,9 @@ export class HboneServer {
       SNICallback: (servername, cb) => this.#sni(servername, cb),
     });
     this.#tls.on('connection', (raw: net.Socket) => {
-      if (!this.#guard.admit(raw) || !this.#handshakes.start(raw)) return;
+      const peer = peerAddress(raw);
+      if (!this.#guard.admit(raw, peer) || !this.#handshakes.start(raw, peer)) return;
+      this.#peers.set(raw, peer);
       this.#sockets.add(raw);
       raw.once('close', () => this.#sockets.delete(raw));
     });
@@ -286,7 +290,7 @@ export class HboneServer {
   }
 
   #refused(socket: net.Socket | tls.TLSSocket, reason: string): void {
-    this.#guard.reject(reason.startsWith('identity') ? 'identity' : 'tls', { remote: peerAddress(socket), detail: reason });
+    this.#guard.reject(reason.startsWith('identity') ? 'identity' : 'tls', { remote: this.#peers.get(rawOf(socket)) ?? peerAddress(socket), detail: reason });
     try {
       this.#o.onConnectionRefused?.({ remoteAddress: socket.remoteAddress, reason });
     } catch {
@@ -340,7 +344,7 @@ export class HboneServer {
     const session = http2.performServerHandshake(socket, this.#sessionOptions);
     this.#sessions.add(session);
     session.on('error', ignore);
-    guardSession(session, this.#limits.h2, this.#guard, peerAddress(socket));
+    guardSession(session, this.#limits.h2, this.#guard, this.#peers.get(rawOf(socket)) ?? peerAddress(socket));
     session.once('close', () => this.#sessions.delete(session));
     session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => this.#stream(peer, stream, headers, raw));
     session.setTimeout(this.#idleTimeout, () => session.close());
