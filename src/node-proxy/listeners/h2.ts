@@ -5,10 +5,10 @@
  * what it has none for: streams reset before they were answered (the
  * CVE-2023-44487 rapid reset, and the MadeYouReset variant where the server
  * resets them), PING and SETTINGS floods. Over a bound the session gets
- * GOAWAY ENHANCE_YOUR_CALM and its socket is destroyed a grace later: node
- * does not close a session after a GOAWAY on its own, and after one that
- * nghttp2 sent by itself it stops reading and never closes at all, so a
- * keepalive PING that goes unanswered destroys such a session too.
+ * GOAWAY ENHANCE_YOUR_CALM and its socket is destroyed a grace later. A
+ * session nghttp2 gave up on by itself can stop reading without closing
+ * (Node 20 left one open for over ten minutes after its own reset GOAWAY), so
+ * a keepalive PING that goes unanswered destroys such a session too.
  */
 import * as http2 from 'node:http2';
 
