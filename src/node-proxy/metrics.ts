@@ -42,6 +42,14 @@ export class ProxyMetrics {
   readonly certExpiry = new prom.Gauge({ name: 'nodemesh_workload_certificate_expiry_seconds', help: 'When each workload certificate expires (Unix seconds)', labelNames: ['identity'] as const, registers: [this.registry] });
   readonly certRenewals = new prom.Counter({ name: 'nodemesh_workload_certificate_renewals_total', help: 'Workload certificates renewed', labelNames: ['identity'] as const, registers: [this.registry] });
   readonly certFailures = new prom.Counter({ name: 'nodemesh_workload_certificate_failures_total', help: 'Workload certificate requests that failed (retried with backoff)', registers: [this.registry] });
+  readonly listenerAccepted = new prom.Counter({ name: 'nodemesh_listener_accepted_total', help: 'Connections each listener admitted', labelNames: ['listener'] as const, registers: [this.registry] });
+  readonly listenerRejected = new prom.Counter({
+    name: 'nodemesh_listener_rejected_total',
+    help: 'Connections a listener refused or cut, by reason (total, per-peer, handshake-timeout, h2-resets, http-timeout, ...)',
+    labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly listenerOpen = new prom.Gauge({ name: 'nodemesh_listener_open_connections', help: 'Connections each listener holds now', labelNames: ['listener'] as const, registers: [this.registry] });
 
   constructor(datapathCounters?: () => Record<string, bigint>) {
     prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_proxy_' });

@@ -18,6 +18,7 @@ import { Datapath, type FlowRecord } from './datapath';
 import { FlowTable } from './flows';
 import { NodeSession, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
+import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, openFileLimit, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, OutboundServer } from './outbound';
@@ -50,10 +51,20 @@ export interface ProxyOptions {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
+  /** Every listener's bounds (default LISTENER_DEFAULTS; build with listenerLimits()). */
+  limits?: Readonly<ListenerLimits>;
   log?: Logger;
 }
 
 export class ProxyError extends MeshError {}
+
+function readProcLimits(): string {
+  try {
+    return fs.readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return '';
+  }
+}
 
 export class NodeProxy {
   readonly node: string;
@@ -111,6 +122,14 @@ export class NodeProxy {
 
   async #start(): Promise<void> {
     const o = this.#opts;
+    const limits = o.limits ?? LISTENER_DEFAULTS;
+    // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
+    const fdLimit = openFileLimit(readProcLimits());
+    if (fdLimit !== undefined) {
+      const problem = fdBudgetProblem(limits, fdLimit);
+      if (problem) throw new ProxyError('NM_ERR_FD_BUDGET', `nodemesh proxy: ${problem}`);
+      this.#log.info({ fdLimit, ...fdBudget(limits) }, 'listener limits fit the open file limit');
+    }
     this.#session = await NodeSession.open({
       node: o.node,
       controller: o.controller,
@@ -124,6 +143,7 @@ export class NodeProxy {
 
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#certs = new WorkloadCertificates({
       sign: (csr) => this.#session.client.sign(csr),
       log: this.#log,
@@ -146,6 +166,8 @@ export class NodeProxy {
       connectTimeoutMs: o.connectTimeoutMs,
       idleTimeoutMs: o.idleTimeoutMs,
       accessLogLevel: o.accessLogLevel,
+      limits: limits.outbound,
+      reporter,
       localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
@@ -174,6 +196,8 @@ export class NodeProxy {
       metrics: this.#metrics,
       log: this.#log.child({ component: 'inbound' }),
       localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
+      limits,
+      reporter,
     });
     this.#events = this.#datapath.flowEvents(
       (records) => this.#onDatapathEvents(records),
@@ -198,6 +222,8 @@ export class NodeProxy {
         metricsPort: o.metricsPort ?? 15020,
         healthHost: '::',
         healthPort: o.healthPort ?? 15021,
+        limits,
+        reporter,
       },
     );
 
@@ -321,6 +347,7 @@ export class NodeProxy {
         : null,
       workloadCertificates: this.#certs?.list() ?? [],
       tunnels: this.#pool.stats(),
+      tunnelListener: this.#inbound?.load,
       connections: { live: this.flows.liveCount },
       workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#view.services.size,

@@ -7,6 +7,7 @@ import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
+import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
 import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
@@ -15,6 +16,8 @@ function accessLevel(v: string): 'trace' | 'debug' | 'info' | 'warn' | 'silent' 
   if (['trace', 'debug', 'info', 'warn', 'silent'].includes(v)) return v as 'trace';
   throw new UsageError(`nodemesh proxy: --access-log-level must be trace, debug, info, warn or silent, not ${v}`);
 }
+
+const LISTENER_FLAGS = listenerFlagOptions();
 
 export const proxyCommand = defineCommand({
   name: 'proxy',
@@ -41,6 +44,7 @@ export const proxyCommand = defineCommand({
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
     'access-log-level': { type: 'string', default: 'info' },
+    ...LISTENER_FLAGS.options,
   },
   optionHelp: {
     'access-log-level': 'level of the per-connection access log line: trace, debug, info, warn or silent',
@@ -55,6 +59,7 @@ export const proxyCommand = defineCommand({
     'proxy-ip6': "this node's IPv6 address",
     'fail-closed': 'refuse pod connects while the proxy is not ready',
     'log-level': 'trace, debug, info, warn, error',
+    ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
     const cmd = 'nodemesh proxy';
@@ -65,6 +70,12 @@ export const proxyCommand = defineCommand({
     const cg2 = findCgroup2Mount();
     const cgroup = (values.cgroup as string | undefined) ?? (cg2 ? path.join(cg2, 'kubepods.slice') : undefined);
     if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted; give --cgroup`);
+    let limits;
+    try {
+      limits = limitsFromFlags(values, cmd);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
       node,
@@ -78,6 +89,7 @@ export const proxyCommand = defineCommand({
       proxyIp6: values['proxy-ip6'] as string | undefined,
       failClosed: values['fail-closed'] as boolean,
       accessLogLevel: accessLevel(values['access-log-level'] as string),
+      limits,
       log,
     });
     io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${adminSocketOf(node)}, metrics ${proxy.ports.metrics}\n`);

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 
 import type { FlowFilter, FlowTable, FlowVerdict } from '../flows';
 import { matchesFlow } from '../flows';
+import { createHttpServer, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from '../listeners';
 import type { ProxyMetrics } from '../metrics';
 
 export interface AdminSources {
@@ -47,6 +48,8 @@ function adminHandler(src: AdminSources): http.RequestListener {
         const verdict = filter.verdict;
         if (verdict && !['allowed', 'denied', 'dropped', 'error'].includes(verdict)) return json(res, 400, { error: `verdict must be allowed, denied, dropped or error, not ${verdict}` });
         if (url.searchParams.get('follow') === '1') {
+          // A follower is quiet between flows: exempt from the idle timeout (the admin listener is the host's only).
+          req.socket.setTimeout(0);
           res.writeHead(200, { 'content-type': 'application/x-ndjson' });
           for (const f of src.flows.list(filter, Number(url.searchParams.get('limit') ?? 100))) res.write(JSON.stringify({ event: f.end ? 'close' : 'open', flow: f }) + '\n');
           const off = src.flows.follow((e) => {
@@ -76,6 +79,9 @@ export interface AdminListen {
   metricsPort: number;
   healthHost: string;
   healthPort: number;
+  /** Bounds of these HTTP listeners (default LISTENER_DEFAULTS). */
+  limits?: Pick<ListenerLimits, 'http' | 'admin'>;
+  reporter?: ListenerReporter;
 }
 
 function listen(server: http.Server, target: { port: number; host: string } | string): Promise<void> {
@@ -89,18 +95,20 @@ function listen(server: http.Server, target: { port: number; host: string } | st
 /** Starts the admin, metrics and health servers; returns a closer. */
 export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ close(): Promise<void>; ports: { admin: number; metrics: number; health: number } }> {
   const servers: http.Server[] = [];
+  const limits = l.limits ?? LISTENER_DEFAULTS;
+  const reporter = l.reporter ?? new ListenerReporter();
   try {
-    const admin = http.createServer(adminHandler(src));
+    const admin = createHttpServer('admin', limits.admin, reporter, adminHandler(src)).server;
     servers.push(admin);
     await listen(admin, { port: l.adminPort, host: l.adminHost });
     if (l.adminSocket) {
       fs.mkdirSync(path.dirname(l.adminSocket), { recursive: true });
       fs.rmSync(l.adminSocket, { force: true });
-      const viaSocket = http.createServer(adminHandler(src));
+      const viaSocket = createHttpServer('admin-socket', limits.admin, reporter, adminHandler(src)).server;
       servers.push(viaSocket);
       await listen(viaSocket, l.adminSocket);
     }
-    const metrics = http.createServer((req, res) => {
+    const metrics = createHttpServer('metrics', limits.http, reporter, (req, res) => {
       if (req.url !== '/metrics') return json(res, 404, { error: 'not found: /metrics' });
       src.metrics.registry.metrics().then(
         (body) => {
@@ -109,15 +117,15 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ c
         },
         (err: Error) => json(res, 500, { error: err.message }),
       );
-    });
+    }).server;
     servers.push(metrics);
     await listen(metrics, { port: l.metricsPort, host: l.metricsHost });
-    const health = http.createServer((req, res) => {
+    const health = createHttpServer('health', limits.http, reporter, (req, res) => {
       if (req.url !== '/healthz/ready') return json(res, 404, { error: 'not found: /healthz/ready' });
       const ok = src.ready();
       res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
       res.end(ok ? 'ready\n' : 'not ready\n');
-    });
+    }).server;
     servers.push(health);
     await listen(health, { port: l.healthPort, host: l.healthHost });
     const port = (s: http.Server): number => (s.address() as { port: number }).port;

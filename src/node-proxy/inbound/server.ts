@@ -11,6 +11,7 @@ import * as net from 'node:net';
 import type { Logger } from '../../log';
 import type { FlowTable, Flow } from '../flows';
 import type { WorkloadCertificates } from '../identity';
+import type { ListenerLimits, ListenerReporter } from '../listeners';
 import { connectionLabels, type ProxyMetrics } from '../metrics';
 import type { CompiledPolicySet } from '../policy';
 import type { MeshView } from '../state';
@@ -26,6 +27,8 @@ export interface InboundOptions {
   log: Logger;
   /** Where deliveries to local pods come from (STRICT pods accept only the proxy). */
   localAddress?(family: 4 | 6): string | undefined;
+  limits?: Pick<ListenerLimits, 'tunnel' | 'h2'>;
+  reporter?: ListenerReporter;
 }
 
 function namespaceOf(principal: string): string | undefined {
@@ -96,6 +99,9 @@ export function inboundServer(o: InboundOptions): HboneServer {
         }
       }
     },
-    onConnectionRefused: (e) => o.log.warn({ event: 'security', remote: e.remoteAddress, reason: e.reason }, 'tunnel connection refused'),
+    // The listener reporter already counts these and logs them, rate limited: a peer decides how many there are.
+    onConnectionRefused: (e) => o.log.debug({ event: 'security', remote: e.remoteAddress, reason: e.reason }, 'tunnel connection refused'),
+    limits: o.limits,
+    reporter: o.reporter,
   });
 }

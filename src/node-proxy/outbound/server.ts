@@ -14,6 +14,7 @@ import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
 import type { Flow, FlowTable } from '../flows';
 import type { Endpoint } from '../lb';
+import { LISTENER_DEFAULTS, ListenerGuard, ListenerReporter, peerAddress, type ListenerLimits } from '../listeners';
 import { connectionLabels, type ConnectionLabels, type ProxyMetrics } from '../metrics';
 import type { CompiledPolicySet, Decision } from '../policy';
 import type { MeshView, WorkloadView } from '../state';
@@ -49,6 +50,9 @@ export interface OutboundOptions {
   localAddress?(family: 4 | 6): string | undefined;
   /** pino level of the access log line written when each connection closes (default info). */
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
+  /** Connections in total and per source pod (default LISTENER_DEFAULTS.outbound). */
+  limits?: ListenerLimits['outbound'];
+  reporter?: ListenerReporter;
 }
 
 export interface TunnelRequest {
@@ -80,11 +84,14 @@ export class OutboundServer {
   readonly #connectTimeout: number;
   readonly #idleTimeout: number;
   readonly #sockets = new Set<net.Socket>();
+  readonly #guard: ListenerGuard;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
-    this.#connectTimeout = opts.connectTimeoutMs ?? 5_000;
-    this.#idleTimeout = opts.idleTimeoutMs ?? 3_600_000;
+    const limits = opts.limits ?? LISTENER_DEFAULTS.outbound;
+    this.#connectTimeout = opts.connectTimeoutMs ?? limits.connectTimeoutMs;
+    this.#idleTimeout = opts.idleTimeoutMs ?? limits.idleTimeoutMs;
+    this.#guard = new ListenerGuard('outbound', limits, opts.reporter ?? new ListenerReporter());
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => this.#accept(sock));
     const level = opts.accessLogLevel ?? 'info';
     if (level !== 'silent') {
@@ -133,9 +140,12 @@ export class OutboundServer {
         security: 'none',
       });
       o.flows.close(flow, 'no-origin', 0, 0);
+      this.#guard.reject('no-origin', { remote: peerAddress(client), detail: 'not redirected by the data path' });
       client.resetAndDestroy();
       return;
     }
+    // Per source pod by its netns cookie, the kernel's word: a pod cannot pose as another to spend its share.
+    if (!this.#guard.admit(client, `netns:${origin.netnsCookie}`)) return;
     const src = o.workloadOfCookie(origin.netnsCookie);
     const view = o.view();
     const plan = planOutbound(view, origin);

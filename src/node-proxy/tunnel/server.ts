@@ -16,6 +16,12 @@
  * is closed right after a handshake the TLS 1.3 client already considers
  * done. A missing certificate, TLS <= 1.2 and a non-h2 ALPN offer do get
  * alerts.
+ *
+ * Before any of that, every accepted socket passes the listener guard
+ * (../listeners): connections and handshakes in flight bounded in total and
+ * per address, a handshake deadline that destroys the socket; each session is
+ * watched for reset, PING and SETTINGS floods and keepalive; streams are
+ * bounded per session and over all sessions.
  */
 import type { X509Certificate } from 'node:crypto';
 import * as http2 from 'node:http2';
@@ -24,6 +30,7 @@ import * as tls from 'node:tls';
 
 import { normalizeSerial, parseSpiffeId } from '../../controller/ca';
 import { MeshError } from '../../errors';
+import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
 import { certificateUris, sniToIdentity } from './sni';
 
 export interface TunnelPeer {
@@ -78,16 +85,18 @@ export interface HboneServerOptions {
   connectTimeoutMs?: number;
   /** A stream with no bytes either way for this long is cut; a tunnel connection with no frames is closed (default 1 h). */
   idleTimeoutMs?: number;
-  /** SETTINGS_MAX_CONCURRENT_STREAMS per tunnel connection (default 100). */
+  /** SETTINGS_MAX_CONCURRENT_STREAMS per tunnel connection (default: limits.h2.maxConcurrentStreams). */
   maxConcurrentStreams?: number;
+  /** Connection, handshake, stream and HTTP/2 bounds (default LISTENER_DEFAULTS; see ../listeners). */
+  limits?: Pick<ListenerLimits, 'tunnel' | 'h2'>;
+  /** Where refusals and cuts are counted and logged, rate limited (default: counted only). */
+  reporter?: ListenerReporter;
 }
 
 export const HBONE_DEFAULTS = Object.freeze({
   port: 15008,
   connectTimeoutMs: 5_000,
   idleTimeoutMs: 3_600_000,
-  maxConcurrentStreams: 100,
-  handshakeTimeoutMs: 10_000,
   /** Per-stream HTTP/2 receive window: enough for ~1 Gbit/s at sub-millisecond RTT without letting one stalled stream buffer much. */
   streamWindow: 1 << 20,
   /** Per-connection receive window, shared by its streams. */
@@ -202,33 +211,47 @@ export class HboneServer {
   readonly #sessions = new Set<http2.ServerHttp2Session>();
   /** Whose each session is, so recheck() can cut a peer revoked after its handshake. */
   readonly #peerOf = new WeakMap<http2.ServerHttp2Session, TunnelPeer>();
-  readonly #settings: http2.Settings;
+  readonly #limits: Pick<ListenerLimits, 'tunnel' | 'h2'>;
+  readonly #sessionOptions: http2.ServerSessionOptions;
+  readonly #guard: ListenerGuard;
+  readonly #handshakes: HandshakeGuard;
+  /** Streams open over every session (each holds a connection to a pod). */
+  #streams = 0;
+  /** The peer address of each accepted socket, read at accept: a destroyed socket no longer says. */
+  readonly #peers = new WeakMap<net.Socket, string>();
   #closing: Promise<void> | undefined;
 
   constructor(opts: HboneServerOptions) {
     this.#o = opts;
     this.#connectTimeout = opts.connectTimeoutMs ?? HBONE_DEFAULTS.connectTimeoutMs;
     this.#idleTimeout = opts.idleTimeoutMs ?? HBONE_DEFAULTS.idleTimeoutMs;
-    this.#settings = {
-      maxConcurrentStreams: opts.maxConcurrentStreams ?? HBONE_DEFAULTS.maxConcurrentStreams,
-      initialWindowSize: HBONE_DEFAULTS.streamWindow,
-      enablePush: false,
-    };
+    const limits = opts.limits ?? LISTENER_DEFAULTS;
+    this.#limits = opts.maxConcurrentStreams === undefined ? limits : { ...limits, h2: { ...limits.h2, maxConcurrentStreams: opts.maxConcurrentStreams } };
+    this.#sessionOptions = { ...h2SessionOptions(this.#limits.h2, { initialWindowSize: HBONE_DEFAULTS.streamWindow }), maxSessionMemory: HBONE_DEFAULTS.maxSessionMemoryMb };
+    this.#guard = new ListenerGuard('tunnel', this.#limits.tunnel, opts.reporter ?? new ListenerReporter());
+    this.#handshakes = new HandshakeGuard(this.#limits.tunnel, this.#guard);
     // The default context has no certificate, so a ClientHello without our SNI fails; every real handshake gets its context from SNICallback.
     this.#tls = tls.createServer({
       minVersion: 'TLSv1.3',
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['h2'],
-      handshakeTimeout: HBONE_DEFAULTS.handshakeTimeoutMs,
+      // The HandshakeGuard cuts at handshakeTimeoutMs; node's own timeout only reports, and would log each one.
+      handshakeTimeout: 2 * this.#limits.tunnel.handshakeTimeoutMs,
       SNICallback: (servername, cb) => this.#sni(servername, cb),
     });
     this.#tls.on('connection', (raw: net.Socket) => {
+      const peer = peerAddress(raw);
+      if (!this.#guard.admit(raw, peer) || !this.#handshakes.start(raw, peer)) return;
+      this.#peers.set(raw, peer);
       this.#sockets.add(raw);
       raw.once('close', () => this.#sockets.delete(raw));
     });
     // Node checks the client chain after the handshake and destroys the socket itself; authorizationError says why.
     this.#tls.on('tlsClientError', (err, socket) => {
+      const raw = rawOf(socket);
+      this.#handshakes.done(raw);
+      if (this.#guard.wasCut(raw)) return;
       const why = (socket as tls.TLSSocket).authorizationError;
       this.#refused(socket, why ? `tls: client certificate not trusted: ${String(why)}` : `tls: ${errName(err)}`);
     });
@@ -281,7 +304,13 @@ export class HboneServer {
     return cut;
   }
 
+  /** Open tunnel connections and TLS handshakes in flight. */
+  get load(): { connections: number; handshakes: number; streams: number } {
+    return { connections: this.#guard.open, handshakes: this.#handshakes.inFlight, streams: this.#streams };
+  }
+
   #refused(socket: net.Socket | tls.TLSSocket, reason: string): void {
+    this.#guard.reject(reason.startsWith('identity') ? 'identity' : reason.startsWith('revoked') ? 'revoked' : 'tls', { remote: this.#peers.get(rawOf(socket)) ?? peerAddress(socket), detail: reason });
     try {
       this.#o.onConnectionRefused?.({ remoteAddress: socket.remoteAddress, reason });
     } catch {
@@ -308,6 +337,7 @@ export class HboneServer {
   }
 
   #secure(socket: tls.TLSSocket): void {
+    this.#handshakes.done(rawOf(socket));
     if (this.#closing) {
       socket.destroy();
       return;
@@ -337,15 +367,13 @@ export class HboneServer {
       return;
     }
     const peer: TunnelPeer = { principal: uris[0]!, certificate };
-    const session = http2.performServerHandshake(socket, {
-      settings: this.#settings,
-      maxSessionMemory: HBONE_DEFAULTS.maxSessionMemoryMb,
-    });
+    const session = http2.performServerHandshake(socket, this.#sessionOptions);
     this.#sessions.add(session);
     this.#peerOf.set(session, peer);
     session.on('error', ignore);
+    guardSession(session, this.#limits.h2, this.#guard, this.#peers.get(rawOf(socket)) ?? peerAddress(socket));
     session.once('close', () => this.#sessions.delete(session));
-    session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.#stream(peer, stream, headers));
+    session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => this.#stream(peer, stream, headers, raw));
     session.setTimeout(this.#idleTimeout, () => session.close());
     try {
       session.setLocalWindowSize(HBONE_DEFAULTS.sessionWindow);
@@ -354,9 +382,22 @@ export class HboneServer {
     }
   }
 
-  #stream(peer: TunnelPeer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  #stream(peer: TunnelPeer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, raw: string[]): void {
     // A peer's RST_STREAM or a dead connection surfaces as 'error': it is handled through 'close', never thrown.
     stream.on('error', ignore);
+    const size = headerListSize(raw);
+    if (size > this.#limits.h2.maxHeaderListSize) {
+      this.#guard.reject('h2-headers', { detail: `a header list of ${size} bytes from ${peer.principal}, over ${this.#limits.h2.maxHeaderListSize}` });
+      respond(stream, { ':status': 431, [REASON_HEADER]: headerSafe(`header list of ${size} bytes is over the limit of ${this.#limits.h2.maxHeaderListSize}`) }, true);
+      return;
+    }
+    if (this.#streams >= this.#limits.tunnel.maxStreams) {
+      this.#guard.reject('streams', { detail: `${this.#streams} tunnel streams open, the limit; refused one from ${peer.principal}` });
+      respond(stream, { ':status': 503, [REASON_HEADER]: headerSafe(`overloaded: ${this.#streams} tunnel streams open on this node (--max-tunnel-streams)`) }, true);
+      return;
+    }
+    this.#streams++;
+    stream.once('close', () => this.#streams--);
     const method = headers[':method'];
     if (method !== 'CONNECT') {
       respond(stream, { ':status': 405, allow: 'CONNECT', [REASON_HEADER]: headerSafe(`method ${String(method)} not allowed: the tunnel speaks only CONNECT`) }, true);
@@ -513,6 +554,11 @@ export class HboneServer {
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
   }
+}
+
+/** The accepted TCP socket under a server-side TLSSocket (node keeps it as `_parent`). */
+function rawOf(socket: net.Socket): net.Socket {
+  return (socket as net.Socket & { _parent?: net.Socket })._parent ?? socket;
 }
 
 /**
