@@ -125,6 +125,19 @@ bpfTest(t, 'the boundary between a pod and its node', async (t) => {
     t.equal(await whoami(lab, 'n2-p2', VIP, 81), 'n1-p1', 'from the other node too');
   });
 
+  await t.test("a Workload registered at the node's address does not make a proxy dial itself, on the node or through the tunnel", async (t) => {
+    const applied = await admin.apply([doc({ apiVersion: A, kind: 'Workload', metadata: { name: 'squatter', namespace: 'default' }, spec: { node: n1!.name, serviceAccount: 'squatter', addresses: [n1!.ip] } })]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).every((n) => n.ackedVersion >= applied.version), 5000), 'every node has it');
+    const url = `http://${n1!.ip}:15020/metrics`;
+    t.match((await httpFrom(lab, 'n2-p2', [url]))[url], /^(ECONNRESET|UND_ERR_SOCKET)$/, 'from the other node: refused');
+    t.match((await flows(n1!.name, '&verdict=denied')).filter((f) => f.security === 'mutual_tls').at(-1), { source: { identity: 'spiffe://cluster.local/ns/default/sa/n2-p2' }, reason: 'dial-own-address' }, "the node's tunnel refused to deliver to its own address");
+    t.match((await flows(n2!.name, '&from=n2-p2&verdict=denied')).at(-1), { destination: { workload: 'squatter' }, reason: 'dial-own-address', security: 'mutual_tls' }, 'and the source flow says why');
+    t.match((await httpFrom(lab, 'n1-p2', [url]))[url], /^(ECONNRESET|UND_ERR_SOCKET)$/, 'from the same node: refused');
+    t.match((await flows(n1!.name, '&from=n1-p2&verdict=denied')).at(-1), { destination: { workload: 'squatter' }, reason: 'dial-own-address' });
+    t.equal(await whoami(lab, 'n2-p2', VIP, 81), 'n1-p1', 'the service still answers across nodes');
+    await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'squatter' }]);
+  });
+
   await t.test('a process entered into the pod netns only (nsenter --net) is captured as the pod', async (t) => {
     t.equal(await whoamiNetnsOnly(n1p2.netns, VIP, 81), 'n1-p1', 'redirected: the VIP has no route without the proxy');
     const f = (await flows(n1!.name, '&from=n1-p2&verdict=allowed')).at(-1)!;
