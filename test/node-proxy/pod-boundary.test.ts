@@ -13,9 +13,11 @@ import { spawn } from 'node:child_process';
 
 import { t } from 'tap';
 
+import { netnsCookie } from '../../src/bpf';
 import { ControllerClient } from '../../src/controller/client';
 import { podWorkload, type LabState } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
+import { Datapath } from '../../src/node-proxy/datapath';
 import type { Flow } from '../../src/node-proxy/flows';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
@@ -136,6 +138,20 @@ bpfTest(t, 'the boundary between a pod and its node', async (t) => {
     t.match((await flows(n1!.name, '&from=n1-p2&verdict=denied')).at(-1), { destination: { workload: 'squatter' }, reason: 'dial-own-address' });
     t.equal(await whoami(lab, 'n2-p2', VIP, 81), 'n1-p1', 'the service still answers across nodes');
     await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'squatter' }]);
+  });
+
+  await t.test("a Workload naming the node's own netns is not enrolled: the proxy's own sockets stay uncaptured", async (t) => {
+    const applied = await admin.apply([
+      doc({ apiVersion: A, kind: 'Workload', metadata: { name: 'nodens', namespace: 'default' }, spec: { node: n1!.name, serviceAccount: 'nodens', addresses: [n1p2.ip.replace(/\.\d+$/, '.77')], netns: `/run/netns/${n1!.netns}` } }),
+    ]);
+    t.ok(await waitFor(async () => (await admin.listNodes()).find((n) => n.node === n1!.name)!.ackedVersion >= applied.version, 5000), 'the node took the config');
+    const nodeCookie = await netnsCookie(`/run/netns/${n1!.netns}`);
+    const dp = Datapath.open(n1!.name);
+    t.teardown(() => dp.close());
+    t.notOk(dp.pods().some((p) => p.netnsCookie === nodeCookie), "the node's netns is not in nm_pods");
+    t.equal(await whoami(lab, 'n1-p2', VIP, 81), 'n1-p1', 'same-node delivery still works');
+    t.equal(await whoami(lab, 'n2-p2', VIP, 81), 'n1-p1', "and the tunnel's delivery");
+    await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'nodens' }]);
   });
 
   await t.test('a process entered into the pod netns only (nsenter --net) is captured as the pod', async (t) => {

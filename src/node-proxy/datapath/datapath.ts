@@ -244,6 +244,8 @@ export class Datapath {
   readonly #links: Map<Program, Link>;
   /** Reused for every origin lookup: no allocation per key. */
   readonly #tupleKey = Buffer.alloc(abi.Tuple.size);
+  /** This process's netns cookie, learnt at the first enroll(). */
+  #ownNetns: bigint | undefined;
 
   private constructor(node: string, pinDir: string, stateFile: string, maps: Handles, links: Map<Program, Link>) {
     this.node = node;
@@ -438,14 +440,28 @@ export class Datapath {
     this.configure({ ready });
   }
 
-  /** Enrolls the pod whose network namespace is `netnsPath`; returns its netns cookie. */
+  /**
+   * Enrolls the pod whose network namespace is `netnsPath`; returns its netns
+   * cookie. Refuses this process's own namespace: at the cgroup root every
+   * socket of an enrolled netns is redirected, the proxy's own included, so
+   * its deliveries would loop back into itself.
+   */
   async enroll(netnsPath: string, pod: { index?: number; flags?: number } = {}): Promise<bigint> {
+    this.#ownNetns ??= await netnsCookie('/proc/self/ns/net');
     const cookie = await netnsCookie(netnsPath);
+    if (cookie === this.#ownNetns)
+      throw new DatapathError(
+        'NM_ERR_DATAPATH_ENROLL',
+        `${netnsPath} is this process's own network namespace (the node's, where the proxy runs): only pod namespaces can be enrolled; fix the Workload's netns`,
+      );
     this.enrollCookie(cookie, pod);
     return cookie;
   }
 
+  /** Enrolls by cookie; this process's own namespace is refused once enroll() has learnt its cookie. */
   enrollCookie(cookie: bigint, pod: { index?: number; flags?: number } = {}): void {
+    if (cookie === this.#ownNetns)
+      throw new DatapathError('NM_ERR_DATAPATH_ENROLL', `netns cookie ${cookie} is this process's own network namespace: only pod namespaces can be enrolled`);
     this.#maps.pods.set(cookie, { index: pod.index ?? 0, flags: pod.flags ?? 0 });
   }
 

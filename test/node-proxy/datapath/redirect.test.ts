@@ -213,6 +213,15 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     t.same(delta(before, dp.counters()), { redirected: 2, closed: 2, excluded: 1 });
   });
 
+  await t.test("this process's own network namespace is never enrolled", async (t) => {
+    const pods = dp.pods().length;
+    await t.rejects(dp.enroll('/proc/self/ns/net'), { code: 'NM_ERR_DATAPATH_ENROLL', message: /own network namespace .*only pod namespaces can be enrolled/ });
+    const own = await netnsCookie('/proc/self/ns/net');
+    t.throws(() => dp.enrollCookie(own), { code: 'NM_ERR_DATAPATH_ENROLL' }, 'nor by cookie');
+    t.equal(dp.pods().length, pods, 'nothing changed');
+    t.same(codes((await client(lab, 'n1', VIP, 80)).results), ['ENETUNREACH'], 'the node is still not redirected');
+  });
+
   await t.test('STRICT drops plaintext to a listener opened from outside the pod cgroup', async (t) => {
     dp.enrollCookie(cookie2, { index: 2, flags: abi.POD_STRICT });
     t.teardown(() => dp.enrollCookie(cookie2, { index: 2 }));
