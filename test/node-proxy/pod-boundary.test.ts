@@ -10,6 +10,7 @@
  * Normal pod-to-service traffic keeps flowing throughout.
  */
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 
 import { t } from 'tap';
 
@@ -145,6 +146,16 @@ bpfTest(t, 'the boundary between a pod and its node', async (t) => {
       doc({ apiVersion: A, kind: 'Workload', metadata: { name: 'nodens', namespace: 'default' }, spec: { node: n1!.name, serviceAccount: 'nodens', addresses: [n1p2.ip.replace(/\.\d+$/, '.77')], netns: `/run/netns/${n1!.netns}` } }),
     ]);
     t.ok(await waitFor(async () => (await admin.listNodes()).find((n) => n.node === n1!.name)!.ackedVersion >= applied.version, 5000), 'the node took the config');
+    const proxyLog = lab.mesh!.proxies.find((p) => p.node === n1!.name)!.log;
+    const verdict = (): string | undefined =>
+      fs
+        .readFileSync(proxyLog, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('Workload/default/nodens'))
+        .map((l) => (JSON.parse(l) as { msg: string; err?: string }))
+        .map((l) => `${l.msg}${l.err ? `: ${l.err}` : ''}`)[0];
+    t.ok(await waitFor(() => verdict() !== undefined, 5000), 'the proxy decided about it');
+    t.match(verdict(), /^cannot enroll: .*own network namespace/, 'and refused it, saying why');
     const nodeCookie = await netnsCookie(`/run/netns/${n1!.netns}`);
     const dp = Datapath.open(n1!.name);
     t.teardown(() => dp.close());
