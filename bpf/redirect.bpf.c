@@ -12,6 +12,14 @@
  *                      (it runs before the TCP close, so a connected socket's
  *                      entry stays for the close event)
  *
+ * Every program is attached at the root of the cgroup2 hierarchy by default
+ * and acts only on sockets whose netns cookie is in this node's nm_pods:
+ * capture follows the network namespace, as the pod's identity does, so a
+ * process entered into a pod's netns from another cgroup (nsenter --net) is
+ * redirected and STRICT-checked like the pod's own. Several nodes (labs) on one
+ * machine attach their own sets side by side (bpf_link, BPF_F_ALLOW_MULTI);
+ * a socket of a netns not enrolled here passes after one hash lookup.
+ *
  * The proxy takes (looks up and deletes) the tuple entry after accept. The
  * close of a pod's socket does not delete it, because a short connection can
  * close before the proxy has accepted it; an entry the proxy never takes is
@@ -129,6 +137,25 @@ static __always_inline int is_ip4_mapped(const __u8 a[16])
 	return a[10] == 0xff && a[11] == 0xff;
 }
 
+/* Whether an IPv4 destination (network order) means "this host": 0.0.0.0/8
+ * (Linux connects 0.0.0.0 to the local host) or 127/8. Such a connect stays
+ * in the pod's own namespace; redirected, the proxy would dial it in its own
+ * and reach the node's loopback services (the admin port). */
+static __always_inline int this_host4(__u32 ip4)
+{
+	__u32 first = bpf_ntohl(ip4) >> 24;
+	return first == 0 || first == 127;
+}
+
+/* The same for IPv6: ::, ::1, and the IPv4-mapped forms of this_host4
+ * (::ffff:0.0.0.0/104, ::ffff:127.0.0.0/104). */
+static __always_inline int this_host6(const __u32 w[4], int mapped)
+{
+	if (mapped)
+		return this_host4(w[3]);
+	return w[0] == 0 && w[1] == 0 && w[2] == 0 && (w[3] == 0 || w[3] == bpf_htonl(1));
+}
+
 static __always_inline int excluded(const __u8 dst[16], __u16 port, __u64 netns_cookie)
 {
 	struct nm_cidr_key ck = { .prefixlen = 128 };
@@ -144,18 +171,19 @@ static __always_inline int excluded(const __u8 dst[16], __u16 port, __u64 netns_
 
 /* Decides for one connect. Returns 1 to redirect, 0 to leave the socket
  * alone, -1 to refuse the connect. On 1, *cfg_out is the config to use. */
-static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16], __u16 port, int loopback,
+static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16], __u16 port, int this_host,
 				  struct nm_config **cfg_out, __u64 *netns_cookie)
 {
 	if (ctx->protocol != NM_IPPROTO_TCP)
 		return 0; /* UDP (DNS) untouched */
 
+	/* Attached at the cgroup root, this runs for every connect of the
+	 * machine: a socket of a netns not enrolled here leaves at once, with no
+	 * counter written (NM_STAT_NOT_ENROLLED stays 0). */
 	*netns_cookie = bpf_get_netns_cookie(ctx);
-	if (!bpf_map_lookup_elem(&nm_pods, netns_cookie)) {
-		stat_inc(NM_STAT_NOT_ENROLLED);
+	if (!bpf_map_lookup_elem(&nm_pods, netns_cookie))
 		return 0;
-	}
-	if (loopback || excluded(dst, port, *netns_cookie)) {
+	if (this_host || excluded(dst, port, *netns_cookie)) {
 		stat_inc(NM_STAT_EXCLUDED);
 		return 0;
 	}
@@ -199,8 +227,7 @@ int nm_connect4(struct bpf_sock_addr *ctx)
 
 	struct nm_config *cfg = NULL;
 	__u64 netns_cookie = 0;
-	int loopback = (bpf_ntohl(ip4) >> 24) == 127;
-	int verdict = decide(ctx, dst, port, loopback, &cfg, &netns_cookie);
+	int verdict = decide(ctx, dst, port, this_host4(ip4), &cfg, &netns_cookie);
 	if (verdict <= 0)
 		return verdict < 0 ? 0 : 1;
 	if (!cfg->proxy_ip4) {
@@ -228,11 +255,10 @@ int nm_connect6(struct bpf_sock_addr *ctx)
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
 	int mapped = is_ip4_mapped(dst);
-	int loopback = mapped ? dst[12] == 127 : (w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1));
 
 	struct nm_config *cfg = NULL;
 	__u64 netns_cookie = 0;
-	int verdict = decide(ctx, dst, port, loopback, &cfg, &netns_cookie);
+	int verdict = decide(ctx, dst, port, this_host6(w, mapped), &cfg, &netns_cookie);
 	if (verdict <= 0)
 		return verdict < 0 ? 0 : 1;
 

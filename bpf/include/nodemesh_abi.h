@@ -123,7 +123,7 @@ struct nm_flow_event {
 enum nm_stat {
 	NM_STAT_REDIRECTED = 0,
 	NM_STAT_EXCLUDED,
-	NM_STAT_NOT_ENROLLED,
+	NM_STAT_NOT_ENROLLED, /* no longer counted: at the cgroup root it would count every connect of the machine; kept so the indexes stay */
 	NM_STAT_PROXY_DOWN,
 	NM_STAT_LOOKUP_MISS,
 	NM_STAT_MAP_FULL,

@@ -116,7 +116,6 @@ export async function startLabMesh(
           '--token-file', tokenFile,
           '--ca-file', mesh.controller.caFile,
           '--state-dir', stateDir,
-          '--cgroup', node.cgroup,
           '--proxy-ip', node.ip,
           '--proxy-ip6', node.ip6,
         ],

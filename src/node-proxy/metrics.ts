@@ -56,7 +56,7 @@ export class ProxyMetrics {
     if (datapathCounters) {
       new prom.Gauge({
         name: 'nodemesh_datapath_events',
-        help: 'Data path counters from the kernel (redirected, excluded, not_enrolled, proxy_down, lookup_miss, map_full, closed)',
+        help: 'Data path counters from the kernel (redirected, excluded, proxy_down, lookup_miss, map_full, closed, strict_drop; not_enrolled is no longer counted)',
         labelNames: ['counter'] as const,
         registers: [this.registry],
         collect() {

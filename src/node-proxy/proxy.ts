@@ -21,7 +21,7 @@ import { inboundServer } from './inbound';
 import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, openFileLimit, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
-import { BalancerCache, OutboundServer } from './outbound';
+import { BalancerCache, DialGuard, OutboundServer } from './outbound';
 import { compilePolicies, type CompiledPolicySet } from './policy';
 import { ConfigStream, MeshView, type Staged, type WorkloadView } from './state';
 import { ConfigState } from './state';
@@ -35,8 +35,8 @@ export interface ProxyOptions {
   /** The controller's CA (PEM file), to trust it when joining. */
   caFile?: string;
   stateDir: string;
-  /** cgroup v2 directory holding the node's pods. */
-  cgroup: string;
+  /** cgroup v2 directory the data path attaches to (default: the cgroup2 root, capture by netns). */
+  cgroup?: string;
   proxyIp: string;
   proxyIp6?: string;
   failClosed?: boolean;
@@ -153,8 +153,10 @@ export class NodeProxy {
       },
       onFailed: () => this.#metrics.certFailures.inc(),
     });
+    const dialGuard = new DialGuard({ fixed: [o.proxyIp, o.proxyIp6], view: () => this.#view });
     this.#outbound = new OutboundServer({
       node: o.node,
+      dialGuard,
       originOf: (s) => this.#datapath.originOf(s),
       workloadOfCookie: (c) => this.#byCookie.get(c),
       view: () => this.#view,
@@ -189,6 +191,7 @@ export class NodeProxy {
     });
     this.#inbound = inboundServer({
       node: o.node,
+      dialGuard,
       view: () => this.#view,
       policies: () => this.#policies,
       certs: this.#certs,

@@ -94,7 +94,7 @@ bpfTest(t, 'status and lab without privileges say what is needed', async (t) => 
   t.match(badIp.stderr, /--proxy-ip "not-an-ip" is not an IPv4 address/);
   const missing = nodemesh(['datapath', 'install', '--node', 'x']);
   t.equal(missing.code, 64);
-  t.match(missing.stderr, /--cgroup is required/);
+  t.match(missing.stderr, /--proxy-ip is required/, '--cgroup is optional (default: the cgroup2 root)');
 });
 
 t.test('runs on the supported LTS that npm installs, and refuses an older Node.js', async (t) => {

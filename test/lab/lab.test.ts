@@ -7,6 +7,7 @@ import { t } from 'tap';
 
 import { findCgroup2Mount } from '../../src/bpf';
 import { heldLabRoutes, keepLabRoutes, LAB_RANGES, labDown, labUp, readLab, type LabState } from '../../src/lab';
+import { Datapath } from '../../src/node-proxy/datapath';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { labName, labRun, testLab } from '../helpers/lab';
@@ -163,16 +164,34 @@ bpfTest(t, 'down after `lab up` was killed half way leaves nothing', async (t) =
   t.same(leftovers(name), [], 'down swept it all');
 });
 
-bpfTest(t, 'down removes data path pins and processes left in the lab', async (t) => {
+/** Program ids attached to a cgroup (every hook), by bpftool. */
+function attachedIds(cg: string): number[] {
+  const out = execFileSync('bpftool', ['-j', 'cgroup', 'show', cg], { encoding: 'utf8' }).trim();
+  return out ? (JSON.parse(out) as { id: number }[]).map((p) => p.id) : [];
+}
+
+bpfTest(t, 'down removes data path pins, processes left in the lab, and its programs at the cgroup root', async (t) => {
   const lab = await testLab(t, 1, 1);
   const n1 = lab.nodes[0]!;
-  spawnSync(process.execPath, [BIN, 'datapath', 'install', '--node', n1.name, '--cgroup', n1.cgroup, '--proxy-ip', n1.ip]);
+  const root = findCgroup2Mount()!;
+  const installed = nodemesh(['datapath', 'install', '--node', n1.name, '--proxy-ip', n1.ip]);
+  t.equal(installed.code, 0, installed.stderr);
+  t.match(installed.stdout, new RegExp(`attached to ${root}`), 'at the cgroup2 root by default');
   t.ok(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`));
+  const dp = Datapath.open(n1.name);
+  const ids = dp.links().map((l) => l.progId!);
+  dp.close();
+  t.equal(attachedIds(root).filter((id) => ids.includes(id)).length, 5, 'five programs of this node on the root');
+  // A stand-in proxy holds the links open while down runs.
+  const echo = spawn(process.execPath, [BIN, 'lab', 'exec', '--name', lab.name, 'n1', '--', process.execPath, BIN, 'datapath', 'echo', '--node', n1.name], { stdio: 'ignore' });
   const sleeper = spawn(process.execPath, [BIN, 'lab', 'exec', '--name', lab.name, 'n1-p1', '--', 'sleep', '600'], { stdio: 'ignore' });
-  t.teardown(() => sleeper.kill('SIGKILL'));
-  await new Promise((r) => setTimeout(r, 300));
+  t.teardown(() => {
+    sleeper.kill('SIGKILL');
+    echo.kill('SIGKILL');
+  });
+  await new Promise((r) => setTimeout(r, 500));
   const down = nodemesh(['lab', 'down', '--name', lab.name]);
   t.equal(down.code, 0, down.stderr);
   t.same(leftovers(lab.name), []);
-  t.equal(execFileSync('bpftool', ['-j', 'cgroup', 'show', findCgroup2Mount()!], { encoding: 'utf8' }).includes('nm_connect4'), false);
+  t.same(attachedIds(root).filter((id) => ids.includes(id)), [], 'none of its programs is left on the root cgroup');
 });

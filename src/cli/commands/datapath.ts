@@ -6,12 +6,15 @@ import { intFlag, requiredFlag, toJson } from '../output';
 
 const install = defineCommand({
   name: 'install',
-  summary: "Load the redirect programs, attach them to the node's pod cgroup and pin them",
-  usage: 'datapath install --node N --cgroup PATH --proxy-ip IP [--proxy-port 15001] [--fail-closed] [--ready]',
+  summary: 'Load the redirect programs, attach them at the cgroup2 root and pin them',
+  usage: 'datapath install --node N --proxy-ip IP [--cgroup PATH] [--proxy-port 15001] [--fail-closed] [--ready]',
   description:
     'Maps and links are pinned under /sys/fs/bpf/nodemesh/<node>/, so redirection outlives this\n' +
     'command. Run again on an installed node, it adopts the pins and switches the programs in\n' +
-    'place. Pods are redirected only once enrolled and once the proxy is marked ready.',
+    'place (or moves them, without a gap, when --cgroup changed). Pods are redirected only once\n' +
+    'enrolled and once the proxy is marked ready. At the cgroup2 root (the default) every socket\n' +
+    "of an enrolled pod's network namespace is redirected, whichever cgroup its process is in;\n" +
+    'with --cgroup only those of processes below that cgroup are.',
   options: {
     node: { type: 'string' },
     cgroup: { type: 'string' },
@@ -23,7 +26,7 @@ const install = defineCommand({
   },
   optionHelp: {
     node: 'node name (required)',
-    cgroup: 'cgroup v2 directory holding the node pods (required)',
+    cgroup: 'cgroup v2 directory to attach to (default: the cgroup2 root)',
     'proxy-ip': "the node proxy's IPv4 address (required)",
     'proxy-ip6': "the node proxy's IPv6 address",
     'proxy-port': 'the outbound port of the proxy',
@@ -34,7 +37,7 @@ const install = defineCommand({
     const cmd = 'nodemesh datapath install';
     const dp = Datapath.install({
       node: requiredFlag(cmd, 'node', values.node),
-      cgroup: requiredFlag(cmd, 'cgroup', values.cgroup),
+      cgroup: values.cgroup as string | undefined,
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
       proxyPort: intFlag(cmd, 'proxy-port', values['proxy-port'], 1, 65535),

@@ -27,7 +27,7 @@ export const proxyCommand = defineCommand({
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
     `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
     `$${TOKEN_ENV}, never on the command line, where every \`ps\` would show it.\n` +
-    'Installs or adopts the eBPF data path on the cgroup of the node pods, enrolls\n' +
+    'Installs or adopts the eBPF data path (at the cgroup2 root), enrolls\n' +
     'the workloads the controller places on this node, and proxies their connections. In the\n' +
     'lab, `nodemesh lab up` runs one per node.',
   options: {
@@ -54,7 +54,7 @@ export const proxyCommand = defineCommand({
     'token-file': `file holding the bootstrap token, mode 0600 (first start; or $${TOKEN_ENV})`,
     'ca-file': "the controller's CA certificate (first start)",
     'state-dir': `where the node certificate is kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
-    cgroup: 'cgroup v2 directory of the node pods (default <cgroup2>/kubepods.slice)',
+    cgroup: 'cgroup v2 directory to attach the data path to (default: the cgroup2 root, so every socket of a pod netns is captured)',
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
     'fail-closed': 'refuse pod connects while the proxy is not ready',
@@ -67,9 +67,8 @@ export const proxyCommand = defineCommand({
       throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
     const node = requiredFlag(cmd, 'node', values.node);
     const token = readBootstrapToken(values['token-file'] as string | undefined);
-    const cg2 = findCgroup2Mount();
-    const cgroup = (values.cgroup as string | undefined) ?? (cg2 ? path.join(cg2, 'kubepods.slice') : undefined);
-    if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted; give --cgroup`);
+    const cgroup = (values.cgroup as string | undefined) ?? findCgroup2Mount();
+    if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup); or give --cgroup`);
     let limits;
     try {
       limits = limitsFromFlags(values, cmd);

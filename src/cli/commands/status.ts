@@ -10,7 +10,8 @@ export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   const c = s.config;
   out.push(`kernel    ${f.kernel}, libbpf ${f.libbpf ?? '-'}, BPF ${f.usable ? 'usable' : 'NOT usable'}, cgroup2 ${f.cgroup2 ?? '-'}, bpffs ${f.bpffs ?? '-'}`);
   out.push(`node      ${s.node}`);
-  out.push(`cgroup    ${s.cgroup ?? 'unknown (no install record)'}`);
+  const capture = { netns: ' (cgroup2 root: every socket of an enrolled pod netns)', cgroup: ' (only processes below this cgroup are captured)' } as const;
+  out.push(`cgroup    ${s.cgroup ?? 'unknown (no install record)'}${s.capture ? capture[s.capture] : ''}`);
   out.push(`pins      ${s.pinDir}`);
   out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${c.ready ? 'ready' : 'NOT ready'}  fail-${c.failClosed ? 'closed' : 'open'}`);
   out.push('', 'programs');

@@ -1,18 +1,26 @@
 /**
- * The node's data path (DESIGN §3): loads bpf/redirect.bpf.c, attaches it to
- * the cgroup that holds the node's pods, pins maps and links under
+ * The node's data path (DESIGN §3): loads bpf/redirect.bpf.c, attaches it at
+ * the root of the cgroup2 hierarchy (or a given cgroup), pins maps and links under
  * /sys/fs/bpf/nodemesh/<node>/ so redirection outlives the proxy process,
  * enrolls pods, and answers "where was this connection going?" for the proxy.
  *
  * Install adopts what an earlier run pinned: the maps are reused as they are
  * and each pinned link is switched to the newly loaded program atomically, so
  * a proxy restart never leaves a moment without redirection.
+ *
+ * Capture follows the network namespace, not the cgroup: at the cgroup root
+ * the programs see every socket of the machine and act on those of an
+ * enrolled netns, wherever the process sits in the cgroup tree (a process
+ * that entered a pod's netns with nsenter --net from another cgroup is
+ * captured like the pod's own). A narrower cgroup (`cgroup` option) is still
+ * accepted, for hosts where attaching at the root is not wanted; then
+ * processes outside it that enter a pod's netns are not captured.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 
-import { abi, BpfMap, cgroupId, isCgroup2, Link, loadObject, netnsCookie, RingBuffer, scalar, type BpfObject } from '../../bpf';
+import { abi, BpfError, BpfMap, cgroupId, findCgroup2Mount, isCgroup2, Link, loadObject, netnsCookie, RingBuffer, scalar, type BpfObject } from '../../bpf';
 import { native } from '../../bpf/native';
 import { MeshError } from '../../errors';
 import { bpfObjectPath } from '../../paths';
@@ -48,8 +56,11 @@ export interface DatapathConfig {
 
 export interface InstallOptions {
   node: string;
-  /** cgroup v2 directory holding the node's pods (kubepods.slice; lab: its node cgroup). */
-  cgroup: string;
+  /**
+   * cgroup v2 directory to attach to. Default: the root of the cgroup2
+   * hierarchy, so every socket of an enrolled netns is captured.
+   */
+  cgroup?: string;
   proxyIp: string;
   proxyIp6?: string;
   proxyPort?: number;
@@ -110,6 +121,8 @@ export interface DatapathStatus {
   node: string;
   pinDir: string;
   cgroup: string | null;
+  /** netns: attached at the cgroup2 root, every socket of an enrolled netns is captured; cgroup: only those of processes below `cgroup`. */
+  capture: 'netns' | 'cgroup' | null;
   config: DatapathConfig;
   links: LinkStatus[];
   pods: PodEntry[];
@@ -194,6 +207,30 @@ function openMaps(open: (name: string, codecs: { key?: unknown; value?: unknown 
   }
 }
 
+/** The root of the cgroup2 hierarchy: every socket of the machine is below it. */
+export function defaultCgroup(): string {
+  const root = findCgroup2Mount();
+  if (!root) throw new DatapathError('NM_ERR_DATAPATH_CGROUP', 'cgroup v2 is not mounted: mount -t cgroup2 none /sys/fs/cgroup (or give --cgroup)');
+  return root;
+}
+
+/** The kernel's cap on programs attached to one cgroup hook (BPF_CGROUP_MAX_PROGS). */
+export const MAX_PROGRAMS_PER_HOOK = 64;
+
+function attach(obj: BpfObject, program: Program, cgroup: string): Link {
+  try {
+    return obj.attachCgroup(program, cgroup);
+  } catch (err) {
+    if (err instanceof BpfError && err.code === 'E2BIG')
+      throw new DatapathError(
+        'NM_ERR_DATAPATH_ATTACH',
+        `attach ${program} to ${cgroup}: ${MAX_PROGRAMS_PER_HOOK} programs (the kernel's limit per hook and cgroup) are attached there already, one per installed node: remove stale ones (\`nodemesh datapath uninstall --node N\`, \`nodemesh lab down --name L\`) or give --cgroup`,
+        { cause: err },
+      );
+    throw err;
+  }
+}
+
 function validNode(node: string): void {
   if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/.test(node))
     throw new DatapathError('NM_ERR_DATAPATH_NODE', `node name "${node}" must be 1-63 letters, digits, ".", "_" or "-"`);
@@ -207,6 +244,8 @@ export class Datapath {
   readonly #links: Map<Program, Link>;
   /** Reused for every origin lookup: no allocation per key. */
   readonly #tupleKey = Buffer.alloc(abi.Tuple.size);
+  /** This process's netns cookie, learnt at the first enroll(). */
+  #ownNetns: bigint | undefined;
 
   private constructor(node: string, pinDir: string, stateFile: string, maps: Handles, links: Map<Program, Link>) {
     this.node = node;
@@ -235,25 +274,15 @@ export class Datapath {
     const port = opts.proxyPort ?? DEFAULT_PROXY_PORT;
     if (!Number.isInteger(port) || port < 1 || port > 65535)
       throw new DatapathError('NM_ERR_DATAPATH_CONFIG', `--proxy-port ${port} is not a port (1-65535)`);
-    if (!fs.existsSync(opts.cgroup) || !isCgroup2(opts.cgroup))
-      throw new DatapathError('NM_ERR_DATAPATH_CGROUP', `${opts.cgroup} is not a cgroup v2 directory: give the cgroup that holds the node's pods`);
-    const cgid = cgroupId(opts.cgroup);
+    const cgroup = opts.cgroup ?? defaultCgroup();
+    if (!fs.existsSync(cgroup) || !isCgroup2(cgroup))
+      throw new DatapathError('NM_ERR_DATAPATH_CGROUP', `${cgroup} is not a cgroup v2 directory: give a cgroup v2 directory, or leave --cgroup out for the cgroup2 root`);
+    const cgid = cgroupId(cgroup);
 
-    // Validate what an earlier run left before changing anything.
     const linkPath = (p: Program): string => path.join(pinDir, 'links', p);
     const existing = new Map<Program, Link>();
     try {
-      for (const p of PROGRAMS) {
-        if (native().pinnedKind(linkPath(p)) !== 'link') continue;
-        const link = Link.openPinned(linkPath(p));
-        existing.set(p, link);
-        const info = link.info();
-        if (info.attached && info.cgroupId !== cgid)
-          throw new DatapathError(
-            'NM_ERR_DATAPATH_CGROUP',
-            `node ${opts.node} is installed on another cgroup (id ${info.cgroupId}), not ${opts.cgroup} (id ${cgid}): run \`nodemesh datapath uninstall --node ${opts.node}\` first`,
-          );
-      }
+      for (const p of PROGRAMS) if (native().pinnedKind(linkPath(p)) === 'link') existing.set(p, Link.openPinned(linkPath(p)));
     } catch (err) {
       for (const l of existing.values()) l.close();
       throw err;
@@ -265,21 +294,32 @@ export class Datapath {
     try {
       obj = loadObject(bpfObjectPath('redirect'), { pinRoot: pinDir });
       const links = new Map<Program, Link>();
+      // A link on this cgroup switches program in place. Anywhere else (an
+      // install on another cgroup, e.g. before the root became the default),
+      // the new link is attached first and the old one detached only once
+      // every new one is in: moving never leaves a moment without redirection.
+      const replaced: Link[] = [];
       for (const p of PROGRAMS) {
         const old = existing.get(p);
-        if (old && old.info().attached) {
+        const info = old?.info();
+        if (old && info?.attached && info.cgroupId === cgid) {
           old.update(obj, p);
           links.set(p, old);
           continue;
         }
-        if (old) {
-          old.unpin();
-          old.close();
-        }
-        const link = obj.attachCgroup(p, opts.cgroup);
+        const link = attach(obj, p, cgroup);
         made.push(link);
-        link.pin(linkPath(p));
         links.set(p, link);
+        if (old) replaced.push(old);
+      }
+      for (const old of replaced) {
+        if (old.info().attached) old.detach();
+        old.unpin();
+        old.close();
+      }
+      for (const p of PROGRAMS) {
+        const link = links.get(p)!;
+        if (made.includes(link)) link.pin(linkPath(p));
       }
       const maps = openMaps((name, codecs) => obj!.map(name, codecs as never));
       const dp = new Datapath(opts.node, pinDir, stateFile, maps, links);
@@ -294,7 +334,7 @@ export class Datapath {
         failClosed: opts.failClosed ?? cur.failClosed,
         ready: opts.ready ?? (cur.proxyPort === 0 ? false : cur.ready),
       });
-      const record: InstallRecord = { node: opts.node, cgroup: opts.cgroup, cgroupId: String(cgid), installedAt: new Date().toISOString() };
+      const record: InstallRecord = { node: opts.node, cgroup, cgroupId: String(cgid), installedAt: new Date().toISOString() };
       fs.mkdirSync(path.dirname(stateFile), { recursive: true });
       fs.writeFileSync(stateFile, JSON.stringify(record, null, 2) + '\n');
       return dp;
@@ -302,7 +342,7 @@ export class Datapath {
       for (const l of made) {
         try {
           l.detach();
-          l.unpin();
+          if (l.pinPath !== null) l.unpin();
         } catch {
           // keep rolling back
         }
@@ -400,14 +440,28 @@ export class Datapath {
     this.configure({ ready });
   }
 
-  /** Enrolls the pod whose network namespace is `netnsPath`; returns its netns cookie. */
+  /**
+   * Enrolls the pod whose network namespace is `netnsPath`; returns its netns
+   * cookie. Refuses this process's own namespace: at the cgroup root every
+   * socket of an enrolled netns is redirected, the proxy's own included, so
+   * its deliveries would loop back into itself.
+   */
   async enroll(netnsPath: string, pod: { index?: number; flags?: number } = {}): Promise<bigint> {
+    this.#ownNetns ??= await netnsCookie('/proc/self/ns/net');
     const cookie = await netnsCookie(netnsPath);
+    if (cookie === this.#ownNetns)
+      throw new DatapathError(
+        'NM_ERR_DATAPATH_ENROLL',
+        `${netnsPath} is this process's own network namespace (the node's, where the proxy runs): only pod namespaces can be enrolled; fix the Workload's netns`,
+      );
     this.enrollCookie(cookie, pod);
     return cookie;
   }
 
+  /** Enrolls by cookie; this process's own namespace is refused once enroll() has learnt its cookie. */
   enrollCookie(cookie: bigint, pod: { index?: number; flags?: number } = {}): void {
+    if (cookie === this.#ownNetns)
+      throw new DatapathError('NM_ERR_DATAPATH_ENROLL', `netns cookie ${cookie} is this process's own network namespace: only pod namespaces can be enrolled`);
     this.#maps.pods.set(cookie, { index: pod.index ?? 0, flags: pod.flags ?? 0 });
   }
 
@@ -534,10 +588,12 @@ export class Datapath {
 
   status(): DatapathStatus {
     const maps = Object.values(this.#maps) as BpfMap<unknown, unknown>[];
+    const cgroup = this.cgroup();
     return {
       node: this.node,
       pinDir: this.pinDir,
-      cgroup: this.cgroup(),
+      cgroup,
+      capture: cgroup === null ? null : cgroup === findCgroup2Mount() ? 'netns' : 'cgroup',
       config: this.config(),
       links: this.links(),
       pods: this.pods(),

@@ -13,6 +13,7 @@ import type { FlowTable, Flow } from '../flows';
 import type { WorkloadCertificates } from '../identity';
 import type { ListenerLimits, ListenerReporter } from '../listeners';
 import { connectionLabels, type ProxyMetrics } from '../metrics';
+import type { DialGuard } from '../outbound';
 import type { CompiledPolicySet } from '../policy';
 import type { MeshView } from '../state';
 import { HboneServer, type InboundDecision, type InboundRequest } from '../tunnel';
@@ -29,6 +30,8 @@ export interface InboundOptions {
   localAddress?(family: 4 | 6): string | undefined;
   limits?: Pick<ListenerLimits, 'tunnel' | 'h2'>;
   reporter?: ListenerReporter;
+  /** Refuses targets the proxy must never dial (its own, loopback, unspecified, link-local addresses). */
+  dialGuard: DialGuard;
 }
 
 function namespaceOf(principal: string): string | undefined {
@@ -51,6 +54,9 @@ export function inboundServer(o: InboundOptions): HboneServer {
     authorize: (req): InboundDecision => {
       const w = o.view().workloadAt(req.target.host);
       if (!w || !w.local) return { accept: false, status: 404, reason: `not-on-this-node ${req.target.host}` };
+      // A workload registered with such an address would have the proxy dial itself.
+      const dial = o.dialGuard.check(req.target.host);
+      if (!dial.allowed) return { accept: false, status: 403, reason: dial.reason };
       const d = o.policies().evaluate({
         source: { principal: req.peer.principal, namespace: namespaceOf(req.peer.principal), ip: '0.0.0.0' },
         destination: { namespace: w.namespace, labels: w.labels, ip: req.target.host, port: req.target.port },

@@ -20,6 +20,7 @@ import type { CompiledPolicySet, Decision } from '../policy';
 import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import type { BalancerCache } from './balancers';
+import { DialGuard } from './dial-guard';
 import { planOutbound } from './plan';
 
 export interface OutboundOptions {
@@ -48,6 +49,12 @@ export interface OutboundOptions {
    * new connections only from the node proxy's addresses.
    */
   localAddress?(family: 4 | 6): string | undefined;
+  /**
+   * Refuses addresses the proxy must never dial for a pod (its own, loopback,
+   * unspecified, link-local), whatever outboundTrafficPolicy says. Default: a
+   * guard over this namespace's interface addresses.
+   */
+  dialGuard?: DialGuard;
   /** pino level of the access log line written when each connection closes (default info). */
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
   /** Connections in total and per source pod (default LISTENER_DEFAULTS.outbound). */
@@ -85,9 +92,11 @@ export class OutboundServer {
   readonly #idleTimeout: number;
   readonly #sockets = new Set<net.Socket>();
   readonly #guard: ListenerGuard;
+  readonly #dialGuard: DialGuard;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
+    this.#dialGuard = opts.dialGuard ?? new DialGuard({ view: opts.view });
     const limits = opts.limits ?? LISTENER_DEFAULTS.outbound;
     this.#connectTimeout = opts.connectTimeoutMs ?? limits.connectTimeoutMs;
     this.#idleTimeout = opts.idleTimeoutMs ?? limits.idleTimeoutMs;
@@ -242,6 +251,9 @@ export class OutboundServer {
         o.log.info({ src: source, dst: address, service: service?.name, reason, policy }, 'connection denied');
         client.resetAndDestroy();
       };
+      // Dialled from this namespace, "this host" is the node, not the pod.
+      const dial = tunneled ? undefined : this.#dialGuard.check(target.address);
+      if (dial && !dial.allowed) return deny(dial.reason, undefined, 'none');
       const decision = tunneled ? undefined : decide(target);
       if (decision && !decision.allowed) return deny(decision.reason, decision.policy, 'none');
       if (decision?.audit.length) o.log.info({ src: source, dst: address, audit: decision.audit }, 'audited');

@@ -1,21 +1,24 @@
 /**
  * The data path in a real lab: pods (network namespaces + cgroups) connect to
  * Service VIPs; their node's "proxy" (`nodemesh datapath echo`, in the node's
- * namespace) answers with the origin the kernel recorded.
+ * namespace) answers with the origin the kernel recorded. The programs sit at
+ * the cgroup2 root, so a process that entered a pod's netns from elsewhere is
+ * captured too.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { t, type Test } from 'tap';
 
-import { cgroupId, netnsCookie } from '../../../src/bpf';
+import { abi, cgroupId, findCgroup2Mount, netnsCookie } from '../../../src/bpf';
 import type { LabState } from '../../../src/lab';
 import { Datapath, type FlowRecord } from '../../../src/node-proxy/datapath';
 import { PACKAGE_ROOT } from '../../../src/paths';
 import { bpfTest } from '../../helpers/bpf';
 import { fixture } from '../../helpers/child';
 import { labProcess, labRun, testLab } from '../../helpers/lab';
+import { onCleanup } from '../../helpers/scratch';
 import { waitFor } from '../../helpers/wait';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
@@ -31,6 +34,23 @@ async function client(lab: LabState, pod: string, host: string, port: number, co
   const r = await labRun(lab, pod, [process.execPath, fixture('origin-client.js'), host, String(port), String(count), String(concurrency), String(family)]);
   if (r.code !== 0) throw new Error(`origin-client in ${pod} failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout) as { pid: number; results: Result[] };
+}
+
+/** origin-client run in a pod's network namespace only, staying in this process's cgroup (nsenter --net). */
+async function netnsOnlyClient(netns: string, host: string, port: number, family = 4): Promise<{ pid: number; results: Result[] }> {
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, fixture('origin-client.js'), host, String(port), '1', '1', String(family)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve, reject) => child.on('error', reject).on('close', resolve));
+  if (code !== 0) throw new Error(`origin-client in netns ${netns} failed (${code}): ${stderr}`);
+  return JSON.parse(stdout) as { pid: number; results: Result[] };
+}
+
+function ownCgroup(): string {
+  const rel = /^0::(.*)$/m.exec(fs.readFileSync('/proc/self/cgroup', 'utf8'))![1]!;
+  return path.join(findCgroup2Mount()!, rel);
 }
 
 function answers(results: Result[]): Answer[] {
@@ -59,8 +79,10 @@ bpfTest(t, 'the data path in a lab', async (t) => {
   const lab = await testLab(t, 2, 2);
   const n1 = lab.nodes[0]!;
   const [p1, p2] = lab.pods.filter((p) => p.node === n1.name);
-  const dp = Datapath.install({ node: n1.name, cgroup: n1.cgroup, proxyIp: n1.ip, proxyIp6: n1.ip6 });
+  const dp = Datapath.install({ node: n1.name, proxyIp: n1.ip, proxyIp6: n1.ip6 });
   t.teardown(() => dp.uninstall());
+  t.equal(dp.cgroup(), findCgroup2Mount(), 'attached at the cgroup2 root by default');
+  t.equal(dp.status().capture, 'netns');
   const cookie1 = await dp.enroll(`/run/netns/${p1!.netns}`, { index: 1 });
   const cookie2 = await dp.enroll(`/run/netns/${p2!.netns}`, { index: 2 });
   const flows: FlowRecord[] = [];
@@ -118,12 +140,12 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     t.equal(await dp.unenroll(`/run/netns/${p2!.netns}`), true);
     let before = dp.counters();
     t.same(codes((await client(lab, 'n1-p2', VIP, 80)).results), ['ENETUNREACH'], 'an unenrolled pod goes straight to the network (no route)');
-    t.same(delta(before, dp.counters()), { not_enrolled: 1 });
+    t.same(delta(before, dp.counters()), {}, 'not counted: at the cgroup root that would count every connect of the machine');
     await dp.enroll(`/run/netns/${p2!.netns}`, { index: 2 });
 
     before = dp.counters();
     t.same(codes((await client(lab, 'n1', VIP, 80)).results), ['ENETUNREACH'], 'the node itself is never redirected');
-    t.same(delta(before, dp.counters()), {}, 'and not even seen: it is outside the pods cgroup');
+    t.same(delta(before, dp.counters()), {}, 'its netns is not enrolled');
 
     dp.excludeCidr('198.19.0.99/32');
     dp.excludePort(8443);
@@ -156,6 +178,68 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     t.match(udp.stdout.trim(), /^(ENETUNREACH|connected)$/);
     t.same(delta(before, dp.counters()), {}, 'UDP is not touched');
     t.equal(echoOutput().split('\n').length - 1, seen, 'the proxy saw none of these but the included one');
+  });
+
+  await t.test('"this host" in every spelling stays in the pod: never redirected', async (t) => {
+    // Redirected, these would reach the proxy, which would dial them in the node's namespace.
+    const cases: [string, number][] = [
+      ['0.0.0.0', 4],
+      ['0.0.0.0', 6],
+      ['127.0.0.2', 4],
+      ['127.0.0.1', 6],
+      ['::', 6],
+      ['::1', 6],
+      ['::ffff:0.0.0.0', 6],
+      ['::ffff:127.0.0.1', 6],
+    ];
+    const seen = echoOutput().split('\n').length;
+    const before = dp.counters();
+    for (const [host, family] of cases) t.same(codes((await client(lab, 'n1-p1', host, 15001, 1, 1, family)).results), ['ECONNREFUSED'], `${host} (IPv${family} socket): refused by the pod's own loopback`);
+    t.same(delta(before, dp.counters()), { excluded: cases.length }, 'each counted as excluded');
+    t.equal(echoOutput().split('\n').length, seen, 'the proxy saw none of them');
+    t.equal(answers((await client(lab, 'n1-p1', VIP, 80)).results)[0]!.origin?.ip, VIP, 'a VIP is still redirected');
+  });
+
+  await t.test('a process in the pod netns but outside its cgroup is redirected as the pod', async (t) => {
+    const mine = ownCgroup();
+    t.not(mine, p1!.cgroup, 'this test runs outside the pod cgroup');
+    const before = dp.counters();
+    const r = await netnsOnlyClient(p1!.netns, VIP, 80);
+    const [ans] = answers(r.results);
+    t.match(ans!.origin, { ip: VIP, port: 80, netnsCookie: String(cookie1), cgroupId: String(cgroupId(mine)), pid: r.pid }, 'origin: the pod netns cookie, the cgroup it really runs in');
+    const r6 = await netnsOnlyClient(p1!.netns, '2001:2:0:ffff::10', 80);
+    t.match(answers(r6.results)[0]!.origin, { ip: '2001:2:0:ffff::10', netnsCookie: String(cookie1) }, 'IPv6 too');
+    t.same(codes((await netnsOnlyClient(p1!.netns, '0.0.0.0', 15001)).results), ['ECONNREFUSED'], '"this host" stays in the pod for it as well');
+    t.same(delta(before, dp.counters()), { redirected: 2, closed: 2, excluded: 1 });
+  });
+
+  await t.test("this process's own network namespace is never enrolled", async (t) => {
+    const pods = dp.pods().length;
+    await t.rejects(dp.enroll('/proc/self/ns/net'), { code: 'NM_ERR_DATAPATH_ENROLL', message: /own network namespace .*only pod namespaces can be enrolled/ });
+    const own = await netnsCookie('/proc/self/ns/net');
+    t.throws(() => dp.enrollCookie(own), { code: 'NM_ERR_DATAPATH_ENROLL' }, 'nor by cookie');
+    t.equal(dp.pods().length, pods, 'nothing changed');
+    t.same(codes((await client(lab, 'n1', VIP, 80)).results), ['ENETUNREACH'], 'the node is still not redirected');
+  });
+
+  await t.test('STRICT drops plaintext to a listener opened from outside the pod cgroup', async (t) => {
+    dp.enrollCookie(cookie2, { index: 2, flags: abi.POD_STRICT });
+    t.teardown(() => dp.enrollCookie(cookie2, { index: 2 }));
+    const server = spawn('nsenter', [`--net=/run/netns/${p2!.netns}`, process.execPath, '-e', "require('net').createServer(s=>s.end('hello')).listen(9090,'::',()=>console.log('listening'))"], { stdio: ['ignore', 'pipe', 'pipe'] });
+    onCleanup(t, () => {
+      if (server.exitCode === null) server.kill('SIGKILL');
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.stdout.on('data', (d: Buffer) => /listening/.test(d.toString()) && resolve());
+      server.once('exit', (code) => reject(new Error(`listener exited (${code})`)));
+    });
+    const n2 = lab.nodes[1]!;
+    const before = dp.counters();
+    const r = await client(lab, `n${n2.index}`, p2!.ip, 9090);
+    t.same(codes(r.results), ['ETIMEDOUT'], 'a connect from the other node never completes: its SYN is dropped');
+    t.ok(dp.counters().strict_drop - before.strict_drop >= 1n, 'counted as a STRICT drop');
+    dp.enrollCookie(cookie2, { index: 2 });
+    t.same(codes((await client(lab, `n${n2.index}`, p2!.ip, 9090)).results), ['ok'], 'PERMISSIVE again: it gets in');
   });
 
   await t.test('not ready: fail open by default, fail closed when configured', async (t) => {
@@ -192,6 +276,12 @@ function attachedPrograms(cg: string): string[] {
   return out ? (JSON.parse(out) as { name: string }[]).map((p) => p.name).sort() : [];
 }
 
+/** Program ids attached to a cgroup (every hook), by bpftool. */
+function attachedIds(cg: string): number[] {
+  const out = execFileSync('bpftool', ['-j', 'cgroup', 'show', cg], { encoding: 'utf8' }).trim();
+  return out ? (JSON.parse(out) as { id: number }[]).map((p) => p.id) : [];
+}
+
 function cli(args: string[]): string {
   return execFileSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 }
@@ -221,17 +311,33 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
   again.close();
   t.equal(answers((await client(lab, pod.name, VIP, 80)).results)[0]!.origin?.ip, VIP, 'still redirected');
 
-  // Installing on another cgroup while installed is refused, and changes nothing.
-  t.throws(() => Datapath.install({ node: n1.name, cgroup: pod.cgroup, proxyIp: n1.ip }), { code: 'NM_ERR_DATAPATH_CGROUP', message: /installed on another cgroup/ });
-  t.equal(attachedPrograms(n1.cgroup).length, 5);
+  // Installing with the default (the cgroup2 root) moves the programs there,
+  // the new links attached before the old ones go: no gap in redirection.
+  const root = findCgroup2Mount()!;
+  const moved = Datapath.install({ node: n1.name, proxyIp: n1.ip });
+  const movedLinks = moved.links();
+  t.same(movedLinks.map((l) => l.cgroupId), new Array(5).fill(String(cgroupId(root))), 'every link is on the root now');
+  t.equal(moved.cgroup(), root);
+  t.equal(moved.pods().length, 1, 'enrolled pods kept');
+  moved.close();
+  t.same(attachedPrograms(n1.cgroup), [], 'nothing is left on the node cgroup');
+  t.same(
+    attachedIds(root).filter((id) => movedLinks.some((l) => l.progId === id)).length,
+    5,
+    'bpftool lists the five programs on the root cgroup',
+  );
+  t.equal(answers((await client(lab, pod.name, VIP, 80)).results)[0]!.origin?.ip, VIP, 'still redirected');
 
   const status = JSON.parse(cli(['status', '--node', n1.name, '-o', 'json'])) as { installed: boolean; links: { attached: boolean }[]; pods: unknown[]; counters: Record<string, string> };
   t.equal(status.installed, true);
   t.equal(status.pods.length, 1);
   t.ok(Number(status.counters.redirected) >= 2);
 
+  t.match(cli(['status', '--node', n1.name]), /cgroup +\S+ \(cgroup2 root: every socket of an enrolled pod netns\)/);
+
   t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /detached and unpinned/);
   t.same(attachedPrograms(n1.cgroup), [], 'bpftool lists nothing of ours on the cgroup');
+  t.same(attachedIds(root).filter((id) => movedLinks.some((l) => l.progId === id)), [], 'nor on the root cgroup');
   t.notOk(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`), 'no pins remain');
   t.same(codes((await client(lab, pod.name, VIP, 80)).results), ['ENETUNREACH'], 'no longer redirected');
   t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /nothing was installed/, 'uninstall is idempotent');
