@@ -155,8 +155,11 @@ export async function serveMetrics(
     refusals.note('metrics', 'idle_timeout', socket.remoteAddress ?? 'unknown');
     socket.destroy();
   });
+  // A socket already answered 408/400 reports its end as another parse error: count it once.
+  const answered = new WeakSet<net.Socket>();
   server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
-    if (socket.destroyed) return;
+    if (socket.destroyed || answered.has(socket)) return;
+    answered.add(socket);
     const reason: Refusal = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';
     if (err.code !== 'ECONNRESET') refusals.note('metrics', reason, socket.remoteAddress ?? 'unknown', err.code);
     if (socket.writable) socket.end(reason === 'request_timeout' ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');

@@ -83,6 +83,8 @@ export function silentTcp(port: number, localAddress: string, bytes?: Buffer): {
   const socket = net.connect({ port, host: '127.0.0.1', localAddress });
   let isClosed = false;
   socket.on('error', () => {});
+  // Read (and drop) what comes back, so the server's close is seen as EOF.
+  socket.resume();
   if (bytes) socket.once('connect', () => socket.write(bytes));
   const closed = new Promise<void>((r) => socket.once('close', () => ((isClosed = true), r())));
   return { socket, closed, isClosed: () => isClosed };

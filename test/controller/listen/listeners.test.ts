@@ -65,7 +65,7 @@ t.test('a flood from one address stops at the per-peer bound, many addresses at 
   t.ok(await applyReaches(c, s, 1), 'the admin applies and the node receives it');
   const fresh = ControllerClient.fromCredentials(c.controller.credentialsPath);
   t.teardown(() => fresh.close());
-  t.match((await fresh.list('workloads', { namespace: 'shop' })).items, [{ metadata: { name: 'w-1' } }], 'a new admin connection from 127.0.0.1 is taken');
+  t.ok((await fresh.list('workloads', { namespace: 'shop' })).items.some((w) => w.metadata.name === 'w-1'), 'a new admin client from 127.0.0.1 is served');
 
   // Four more addresses, 8 each: the total (30) is reached before they are all in.
   const wide = ['127.0.0.3', '127.0.0.4', '127.0.0.5', '127.0.0.6'].flatMap((a) => Array.from({ length: 8 }, () => silentTcp(c.controller.port, a)));
@@ -76,7 +76,7 @@ t.test('a flood from one address stops at the per-peer bound, many addresses at 
   t.ok(await applyReaches(c, s, 2), 'connections already in keep working at the total bound');
 });
 
-t.test('15014: slow and idle connections are closed, one peer is bounded, /metrics keeps answering', async (t) => {
+t.test('15014: slow and silent connections are closed, one peer is bounded, /metrics keeps answering', async (t) => {
   const c = await testController(t, undefined, { limits: { metricsHeadersTimeoutMs: 1000, metricsRequestTimeoutMs: 2000, metricsIdleTimeoutMs: 3000, metricsMaxConnectionsPerPeer: 4 } });
   const port = c.controller.metricsPort;
   // Slow loris: a request line, then one header byte at a time, never the blank line.
@@ -95,13 +95,12 @@ t.test('15014: slow and idle connections are closed, one peer is bounded, /metri
       if (answered > 400) break;
     }
   })();
-  t.ok(await closedAll, 'the slow requests and the idle connection were closed');
+  t.ok(await closedAll, 'the slow requests and the silent connection were closed');
   await scrape;
   t.ok(answered > 0, `/metrics answered ${answered} scrapes meanwhile`);
   t.ok(await waitFor(() => crowd.filter((x) => x.isClosed()).length >= 2, 10_000), 'one peer holds at most 4 connections');
   const text = (await httpGet(port, '/metrics')).body;
-  t.ok(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'metrics', reason: 'request_timeout' }) >= 3, 'slow requests are counted');
-  t.ok(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'metrics', reason: 'idle_timeout' }) >= 1, 'idle connections are counted');
+  t.equal(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'metrics', reason: 'request_timeout' }), 4, 'the slow requests and the silent connection are counted, once each');
   t.ok(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'metrics', reason: 'peer_limit' }) >= 2, 'refused connections are counted');
   t.equal((await httpGet(port, '/healthz')).status, 200);
 });
