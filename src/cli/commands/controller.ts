@@ -31,6 +31,7 @@ const LIMIT_FLAGS = {
   'max-connections': { limit: 'maxConnections', parse: parseCount, help: 'open gRPC connections in total (also capped by the file descriptor limit)' },
   'max-connections-per-peer': { limit: 'maxConnectionsPerPeer', parse: parseCount, help: 'open gRPC connections from one IPv4 address or IPv6 /64 (raise it when nodes share a NAT address)' },
   'max-handshakes': { limit: 'maxHandshakes', parse: parseCount, help: 'TLS handshakes in progress at once' },
+  'max-handshakes-per-peer': { limit: 'maxHandshakesPerPeer', parse: parseCount, help: 'TLS handshakes in progress from one peer' },
   'handshake-timeout': { limit: 'handshakeTimeoutMs', parse: parseDurationMs, help: 'time a connection has to finish TLS' },
   'idle-timeout': { limit: 'idleTimeoutMs', parse: parseDurationMs, help: 'a gRPC session with no call in progress this long is closed' },
   'max-streams': { limit: 'maxConcurrentStreams', parse: parseCount, help: 'calls in progress on one gRPC session' },

@@ -38,13 +38,15 @@ export function peerKey(address: string | undefined): string {
 export interface AdmissionLimits {
   maxConnections: number;
   maxConnectionsPerPeer: number;
-  /** Handshakes in flight; undefined where the listener has none (plain HTTP). */
+  /** Handshakes in flight, in total and per peer; undefined where the listener has none (plain HTTP). */
   maxHandshakes?: number;
+  maxHandshakesPerPeer?: number;
 }
 
 export class AdmissionTable {
   readonly #limits: AdmissionLimits;
   readonly #byPeer = new Map<string, number>();
+  readonly #handshakesByPeer = new Map<string, number>();
   #open = 0;
   #handshaking = 0;
 
@@ -65,15 +67,23 @@ export class AdmissionTable {
     if (this.#open >= this.#limits.maxConnections) return 'total_limit';
     const n = this.#byPeer.get(peer) ?? 0;
     if (n >= this.#limits.maxConnectionsPerPeer) return 'peer_limit';
-    if (this.#limits.maxHandshakes !== undefined && this.#handshaking >= this.#limits.maxHandshakes) return 'handshake_limit';
+    const handshaking = this.#limits.maxHandshakes !== undefined;
+    const h = this.#handshakesByPeer.get(peer) ?? 0;
+    if (handshaking && (this.#handshaking >= this.#limits.maxHandshakes! || h >= (this.#limits.maxHandshakesPerPeer ?? Infinity))) return 'handshake_limit';
     this.#byPeer.set(peer, n + 1);
     this.#open++;
-    if (this.#limits.maxHandshakes !== undefined) this.#handshaking++;
+    if (handshaking) {
+      this.#handshakesByPeer.set(peer, h + 1);
+      this.#handshaking++;
+    }
     return undefined;
   }
 
   /** The connection's handshake ended (done or failed): its handshake slot is free. Call once. */
-  handshakeDone(): void {
+  handshakeDone(peer: string): void {
+    const h = (this.#handshakesByPeer.get(peer) ?? 1) - 1;
+    if (h > 0) this.#handshakesByPeer.set(peer, h);
+    else this.#handshakesByPeer.delete(peer);
     this.#handshaking--;
   }
 

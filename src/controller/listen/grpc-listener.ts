@@ -74,7 +74,7 @@ function onStreamCreated(message: unknown): void {
 
 export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListener> {
   const { limits, refusals, gauges } = opts;
-  const table = new AdmissionTable({ maxConnections: opts.maxConnections, maxConnectionsPerPeer: limits.maxConnectionsPerPeer, maxHandshakes: limits.maxHandshakes });
+  const table = new AdmissionTable({ maxConnections: opts.maxConnections, maxConnectionsPerPeer: limits.maxConnectionsPerPeer, maxHandshakes: limits.maxHandshakes, maxHandshakesPerPeer: limits.maxHandshakesPerPeer });
   const conns = new Set<Conn>();
   const byTuple = new Map<string, Conn>();
   const report = (): void => {
@@ -99,7 +99,7 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
   const handshakeEnded = (c: Conn): void => {
     if (!c.handshaking) return;
     c.handshaking = false;
-    table.handshakeDone();
+    table.handshakeDone(c.peer);
     report();
   };
 

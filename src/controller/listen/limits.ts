@@ -11,8 +11,9 @@ import { MeshError } from '../../errors';
 export interface ListenerLimits {
   /** A connection must finish the TLS handshake within this. */
   handshakeTimeoutMs: number;
-  /** TLS handshakes in progress at once; more are refused until some finish. */
+  /** TLS handshakes in progress at once, in total and from one peer; more are refused until some finish. */
   maxHandshakes: number;
+  maxHandshakesPerPeer: number;
   /** Open connections to 15010 (clamped to what RLIMIT_NOFILE leaves, see connectionBudget). */
   maxConnections: number;
   /** Open connections to 15010 from one peer (one IPv4 address, one IPv6 /64). */
@@ -52,7 +53,9 @@ export interface ListenerLimits {
  *   --max-connections-per-peer to at least their number there.
  * - Handshakes: a real client finishes in milliseconds; 10 s covers a slow
  *   link. 128 in flight is far above what thousands of nodes reconnecting
- *   after a controller restart need at once (clients back off and retry).
+ *   after a controller restart need at once (clients back off and retry);
+ *   8 per peer keeps one address from taking them all with silent sockets
+ *   (a node has one handshake at a time).
  * - Idle: grpc-js clients reconnect on the next call, so closing a session
  *   with no call in progress costs a handshake; a node's config stream is
  *   always in progress, so it is never idle.
@@ -63,6 +66,7 @@ export interface ListenerLimits {
 export const LISTENER_DEFAULTS: Readonly<ListenerLimits> = Object.freeze({
   handshakeTimeoutMs: 10_000,
   maxHandshakes: 128,
+  maxHandshakesPerPeer: 8,
   maxConnections: 16_384,
   maxConnectionsPerPeer: 64,
   idleTimeoutMs: 60_000,

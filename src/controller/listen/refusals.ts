@@ -15,7 +15,7 @@ export interface RefusalCounter {
 const MESSAGES: Record<Refusal, string> = {
   total_limit: 'connection refused: the listener holds its maximum of connections (--max-connections)',
   peer_limit: 'connection refused: this peer holds its maximum of connections (--max-connections-per-peer)',
-  handshake_limit: 'connection refused: too many TLS handshakes in progress (--max-handshakes)',
+  handshake_limit: 'connection refused: too many TLS handshakes in progress, in total or from this peer (--max-handshakes, --max-handshakes-per-peer)',
   handshake_timeout: 'connection closed: no TLS handshake within --handshake-timeout',
   handshake_failed: 'connection closed: the TLS handshake failed',
   not_h2: 'connection closed: the client did not negotiate HTTP/2 (ALPN h2)',
