@@ -45,7 +45,7 @@ t.test('silent and half-sent TLS handshakes are closed at the handshake timeout'
   const s = await nodeStream(t, c);
   // A ClientHello record header promising 512 bytes, and 4 of them.
   const partial = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]);
-  const conns = [...Array.from({ length: 5 }, () => silentTcp(c.controller.port, '127.0.0.2')), ...Array.from({ length: 5 }, () => silentTcp(c.controller.port, '127.0.0.2', partial))];
+  const conns = [...Array.from({ length: 5 }, () => silentTcp(c.controller.port, '127.0.0.2')), ...Array.from({ length: 5 }, () => silentTcp(c.controller.port, '127.0.0.3', partial))];
   t.teardown(() => conns.forEach((x) => x.socket.destroy()));
   t.ok(await applyReaches(c, s, 1), 'an apply reaches the node while the handshakes hang');
   t.ok(await waitFor(() => conns.every((x) => x.isClosed()), 15_000), 'every hanging handshake was closed by the controller');
