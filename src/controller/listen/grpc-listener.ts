@@ -105,7 +105,9 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
 
   tlsServer.on('tlsClientError', (err: Error, s: tls.TLSSocket) => {
     const c = byTuple.get(tupleKey(s));
-    if (c && !c.timedOut) refusals.note('grpc', 'handshake_failed', c.address, (err as NodeJS.ErrnoException).code ?? err.message);
+    const code = (err as NodeJS.ErrnoException).code;
+    // A client that hangs up mid-handshake was not refused: only count what we ended.
+    if (c && !c.timedOut && code !== 'ECONNRESET' && code !== 'EPIPE') refusals.note('grpc', 'handshake_failed', c.address, code ?? err.message);
     s.destroy();
     c?.raw.destroy();
   });
