@@ -20,6 +20,7 @@ import { certificateServices } from './api/certificates';
 import { CertificateLedger, NODE_CERT_DEFAULTS } from './api/ledger';
 import { nodeConfigService } from './api/node-config';
 import { resourcesService } from './api/resources';
+import { connectionBudget, listenGrpc, parseListenerLimits, readNofileLimit, Refusals, type GrpcListener, type ListenerLimits } from './listen';
 import { ControllerMetrics, serveMetrics } from './metrics';
 import { ConfigHub } from './push';
 import { Registry } from './registry';
@@ -46,6 +47,8 @@ export interface ControllerOptions {
   workloadCertLifetimeSeconds?: number;
   /** Node certificate lifetime in seconds (default NODE_CERT_DEFAULTS.lifetimeSeconds); nodes renew at half of it. */
   nodeCertLifetimeSeconds?: number;
+  /** Bounds on 15010 and 15014 over LISTENER_DEFAULTS (flags, tests). */
+  limits?: Partial<ListenerLimits>;
   log?: Logger;
 }
 
@@ -70,20 +73,6 @@ export function parseHostPort(s: string, flag: string): { host: string; port: nu
   return { host: m[1]!, port };
 }
 
-/** Serves the controller's identity and trust bundle to grpc-js, asking for (not requiring) client certificates. */
-function serverCredentials(caPem: string, certPem: string, keyPem: string): grpc.ServerCredentials {
-  // grpc-js registers its watcher only after adding these listeners, so an
-  // update delivered synchronously would be lost: deliver on the next tick.
-  const provider = {
-    addCaCertificateListener: (l: (u: { caCertificate: Buffer }) => void) => setImmediate(() => l({ caCertificate: Buffer.from(caPem) })),
-    removeCaCertificateListener: () => {},
-    addIdentityCertificateListener: (l: (u: { certificate: Buffer; privateKey: Buffer }) => void) =>
-      setImmediate(() => l({ certificate: Buffer.from(certPem), privateKey: Buffer.from(keyPem) })),
-    removeIdentityCertificateListener: () => {},
-  };
-  return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
-}
-
 export interface RunningController {
   port: number;
   metricsPort: number;
@@ -98,10 +87,12 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
   const dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
   const listen = parseHostPort(opts.listen ?? DEFAULT_LISTEN, '--listen');
   const metricsListen = parseHostPort(opts.metricsListen ?? DEFAULT_METRICS_LISTEN, '--metrics-listen');
+  const limits = parseListenerLimits(opts.limits);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
 
   const store = new SqliteStore(dataDir);
   let grpcServer: grpc.Server | undefined;
+  let grpcListener: GrpcListener | undefined;
   let metricsServer: http.Server | undefined;
   let heartbeat: NodeJS.Timeout | undefined;
   try {
@@ -146,7 +137,22 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       node: () => opts.nodeCertLifetimeSeconds ?? NODE_CERT_DEFAULTS.lifetimeSeconds,
     });
     const svc = services();
-    grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
+    const listenLog = log.child({ component: 'controller-listener' });
+    const refusals = new Refusals(listenLog, metrics.listenerRejected, limits.refusalLogIntervalMs);
+    const nofile = readNofileLimit();
+    const budget = connectionBudget(limits, nofile);
+    if (budget.clamped)
+      listenLog.warn(
+        { nofile, maxConnections: budget.maxConnections, wanted: limits.maxConnections },
+        'the file descriptor limit caps gRPC connections below --max-connections: raise it (ulimit -n, systemd LimitNOFILE=) for more nodes',
+      );
+    grpcServer = new grpc.Server({
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.max_connection_idle_ms': limits.idleTimeoutMs,
+      'grpc.max_concurrent_streams': limits.maxConcurrentStreams,
+      'grpc-node.max_session_memory': limits.maxSessionMemoryMb,
+    });
     grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));
     grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca, ledger, publishRevocations));
     grpcServer.addService(svc.Bootstrap.service, certs.bootstrap);
@@ -155,17 +161,22 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     const hosts = [SERVER_NAME, 'localhost', '127.0.0.1', '::1', ...(opts.sans ?? [])];
     if (listen.host !== '0.0.0.0' && listen.host !== '::') hosts.push(listen.host);
     const server = await ca.issueServerCertificate([...new Set(hosts)], 365 * 24 * 3600);
-    const creds = serverCredentials(ca.rootPem, server.chainPem, server.keyPem);
     const address = net.isIPv6(listen.host) ? `[${listen.host}]:${listen.port}` : `${listen.host}:${listen.port}`;
-    const port = await new Promise<number>((resolve, reject) =>
-      grpcServer!.bindAsync(address, creds, (err, p) =>
-        err ? reject(new ControllerError('NM_ERR_LISTEN', `cannot listen on ${address}: ${err.message} (is another controller running? use --listen)`)) : resolve(p),
-      ),
-    );
-    // The TLS identity reaches grpc-js on the next turn of the loop (see
-    // serverCredentials): let it land before anyone is told we serve.
-    await new Promise((r) => setImmediate(r));
-    metricsServer = await serveMetrics(metrics, metricsListen.host, metricsListen.port, () => true).catch((err: Error) => {
+    grpcListener = await listenGrpc({
+      server: grpcServer,
+      host: listen.host,
+      port: listen.port,
+      tls: { ca: ca.rootPem, cert: server.chainPem, key: server.keyPem },
+      limits,
+      maxConnections: budget.maxConnections,
+      refusals,
+      gauges: { connections: metrics.listenerConnections, handshakes: metrics.listenerHandshakes },
+      log: listenLog,
+    }).catch((err: Error) => {
+      throw new ControllerError('NM_ERR_LISTEN', `cannot listen on ${address}: ${err.message} (is another controller running? use --listen)`);
+    });
+    const port = grpcListener.port;
+    metricsServer = await serveMetrics(metrics, metricsListen.host, metricsListen.port, () => true, limits, refusals).catch((err: Error) => {
       throw new ControllerError('NM_ERR_LISTEN', `cannot serve metrics on ${metricsListen.host}:${metricsListen.port}: ${err.message} (use --metrics-listen)`);
     });
     const metricsPort = (metricsServer.address() as net.AddressInfo).port;
@@ -199,7 +210,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       publishRevocations();
     }, opts.heartbeatMs ?? 10_000);
     heartbeat.unref();
-    log.info({ component: 'controller', listen: address, port, metricsPort, dataDir, version: store.version, trustDomain }, 'controller serving');
+    log.info({ component: 'controller', listen: address, port, metricsPort, dataDir, version: store.version, trustDomain, maxConnections: budget.maxConnections }, 'controller serving');
 
     return {
       port,
@@ -210,6 +221,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       close: async () => {
         clearInterval(heartbeat);
         hub.closeAll('controller shutting down');
+        await grpcListener!.close();
         await new Promise<void>((resolve) => grpcServer!.tryShutdown(() => resolve()));
         await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
         store.close();
@@ -217,6 +229,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     };
   } catch (err) {
     clearInterval(heartbeat);
+    void grpcListener?.close(0);
     grpcServer?.forceShutdown();
     metricsServer?.close();
     store.close();

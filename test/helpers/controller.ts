@@ -1,5 +1,6 @@
 /** A real controller for a test: temp data dir, loopback ports, captured logs. */
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
@@ -9,7 +10,7 @@ import type { Test } from 'tap';
 
 import { spiffeNodeId } from '../../src/controller/ca';
 import { ControllerClient, loadCredentials } from '../../src/controller/client';
-import { startController, type RunningController } from '../../src/controller/controller';
+import { startController, type ControllerOptions, type RunningController } from '../../src/controller/controller';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
 
 export interface TestController {
@@ -29,7 +30,7 @@ export function tempDir(t: Test, prefix = 'nodemesh-ctl-'): string {
   return dir;
 }
 
-export async function testController(t: Test, dataDir = tempDir(t)): Promise<TestController> {
+export async function testController(t: Test, dataDir = tempDir(t), extra: Pick<ControllerOptions, 'limits'> = {}): Promise<TestController> {
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -37,7 +38,7 @@ export async function testController(t: Test, dataDir = tempDir(t)): Promise<Tes
       cb();
     },
   });
-  const controller = await startController({ dataDir, listen: '127.0.0.1:0', metricsListen: '127.0.0.1:0', log: pino({ level: 'debug' }, sink), heartbeatMs: 1000 });
+  const controller = await startController({ dataDir, listen: '127.0.0.1:0', metricsListen: '127.0.0.1:0', log: pino({ level: 'debug' }, sink), heartbeatMs: 1000, ...extra });
   const creds = loadCredentials(controller.credentialsPath);
   const admin = ControllerClient.fromCredentials(controller.credentialsPath);
   const clients: ControllerClient[] = [admin];
@@ -67,4 +68,28 @@ export async function testController(t: Test, dataDir = tempDir(t)): Promise<Tes
 /** A resource document as the API takes it. */
 export function doc(value: unknown, index = 1, source = 'test.yaml'): { source: string; index: number; json: string } {
   return { source, index, json: JSON.stringify(value) };
+}
+
+/** GET a path on a controller's 15014 (new connection each time, as a scraper does). */
+export function httpGet(port: number, path: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path} timed out`)));
+    req.on('error', reject);
+  });
+}
+
+/** The value of one sample in Prometheus text (0 when absent): `name{a="x",b="y"}`, labels in any order. */
+export function sample(text: string, name: string, labels: Record<string, string> = {}): number {
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(m[3]);
+  }
+  return 0;
 }

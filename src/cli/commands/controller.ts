@@ -1,5 +1,6 @@
 import { ClientError, ControllerClient, credentialsPath } from '../../controller/client';
 import { DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, startController } from '../../controller/controller';
+import { LISTENER_DEFAULTS, type ListenerLimits } from '../../controller/listen';
 import { createLogger } from '../../log';
 import { defineCommand, EXIT, termination, UsageError, type Command } from '../command';
 import { TOKEN_DEFAULTS } from '../../controller/api/ledger';
@@ -11,6 +12,50 @@ export function parseDurationSeconds(flag: string, s: string): number {
   const m = /^(\d+)(s|m|h|d)?$/.exec(s);
   if (!m) throw new UsageError(`--${flag} "${s}" must be a duration like 90s, 15m, 24h or 7d`);
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
+}
+
+/** Parses 500ms, 10s, 5m (or plain milliseconds) into milliseconds. */
+export function parseDurationMs(flag: string, s: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(s);
+  if (!m || Number(m[1]) === 0) throw new UsageError(`--${flag} "${s}" must be a positive duration like 500ms, 10s or 5m`);
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000 }[(m[2] ?? 'ms') as 'ms' | 's' | 'm'];
+}
+
+function parseCount(flag: string, s: string): number {
+  if (!/^\d+$/.test(s) || Number(s) === 0 || !Number.isSafeInteger(Number(s))) throw new UsageError(`--${flag} "${s}" must be a positive whole number`);
+  return Number(s);
+}
+
+/** The listener flags an operator tunes, each onto its limit. */
+const LIMIT_FLAGS = {
+  'max-connections': { limit: 'maxConnections', parse: parseCount, help: 'open gRPC connections in total (also capped by the file descriptor limit)' },
+  'max-connections-per-peer': { limit: 'maxConnectionsPerPeer', parse: parseCount, help: 'open gRPC connections from one IPv4 address or IPv6 /64 (raise it when nodes share a NAT address)' },
+  'max-handshakes': { limit: 'maxHandshakes', parse: parseCount, help: 'TLS handshakes in progress at once' },
+  'max-handshakes-per-peer': { limit: 'maxHandshakesPerPeer', parse: parseCount, help: 'TLS handshakes in progress from one peer' },
+  'handshake-timeout': { limit: 'handshakeTimeoutMs', parse: parseDurationMs, help: 'time a connection has to finish TLS' },
+  'idle-timeout': { limit: 'idleTimeoutMs', parse: parseDurationMs, help: 'a gRPC session with no call in progress this long is closed' },
+  'max-streams': { limit: 'maxConcurrentStreams', parse: parseCount, help: 'calls in progress on one gRPC session' },
+  'metrics-max-connections': { limit: 'metricsMaxConnections', parse: parseCount, help: 'open connections to the metrics port' },
+  'metrics-request-timeout': { limit: 'metricsRequestTimeoutMs', parse: parseDurationMs, help: 'time a metrics request has to arrive whole' },
+} as const satisfies Record<string, { limit: keyof ListenerLimits; parse: (flag: string, s: string) => number; help: string }>;
+
+function showDefault(limit: keyof ListenerLimits): string {
+  const v = LISTENER_DEFAULTS[limit];
+  return limit.endsWith('Ms') ? (v % 1000 === 0 ? `${v / 1000}s` : `${v}ms`) : String(v);
+}
+
+const limitOptions = Object.fromEntries(Object.keys(LIMIT_FLAGS).map((f) => [f, { type: 'string' as const }])) as Record<keyof typeof LIMIT_FLAGS, { type: 'string' }>;
+const limitHelp = Object.fromEntries(Object.entries(LIMIT_FLAGS).map(([f, d]) => [f, `${d.help} (default ${showDefault(d.limit)})`])) as Record<keyof typeof LIMIT_FLAGS, string>;
+
+function limitsFrom(values: Record<string, unknown>): Partial<ListenerLimits> {
+  const out: Partial<Record<keyof ListenerLimits, number>> = {};
+  for (const [flag, d] of Object.entries(LIMIT_FLAGS)) {
+    const v = values[flag];
+    if (typeof v === 'string') out[d.limit] = d.parse(flag, v);
+  }
+  // The request timeout bounds the headers too; a shorter one would be refused.
+  if (out.metricsRequestTimeoutMs !== undefined) out.metricsHeadersTimeoutMs = Math.min(out.metricsRequestTimeoutMs, LISTENER_DEFAULTS.metricsHeadersTimeoutMs);
+  return out;
 }
 
 export const credentialsOption = { credentials: { type: 'string' }, controller: { type: 'string' } } as const;
@@ -103,8 +148,10 @@ export const controllerCommand = defineCommand({
     'log-level': { type: 'string', default: 'info' },
     'workload-cert-lifetime': { type: 'string' },
     'node-cert-lifetime': { type: 'string', default: '24h' },
+    ...limitOptions,
   },
   optionHelp: {
+    ...limitHelp,
     'workload-cert-lifetime': 'workload certificate lifetime (e.g. 30s, 24h), over MeshConfig',
     'node-cert-lifetime': 'node certificate lifetime; nodes renew at half of it, and a revoked node stays on the revocation list at most this long',
     'data-dir': 'where the store, the CA and admin.json live',
@@ -121,6 +168,7 @@ export const controllerCommand = defineCommand({
     if (Boolean(values['ca-cert']) !== Boolean(values['ca-key'])) throw new UsageError('nodemesh controller: --ca-cert and --ca-key go together');
     const nodeCertLifetime = parseDurationSeconds('node-cert-lifetime', values['node-cert-lifetime'] as string);
     if (nodeCertLifetime < 2) throw new UsageError(`nodemesh controller: --node-cert-lifetime must be at least 2s (nodes renew at half of it), not ${String(values['node-cert-lifetime'])}`);
+    const limits = limitsFrom(values);
     const log = createLogger({ level: values['log-level'] as string });
     const c = await startController({
       dataDir: values['data-dir'] as string,
@@ -132,6 +180,7 @@ export const controllerCommand = defineCommand({
       trustDomain: values['trust-domain'] as string | undefined,
       workloadCertLifetimeSeconds: values['workload-cert-lifetime'] ? parseDurationSeconds('workload-cert-lifetime', values['workload-cert-lifetime'] as string) : undefined,
       nodeCertLifetimeSeconds: nodeCertLifetime,
+      limits,
       log,
     });
     io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);

@@ -1,0 +1,4 @@
+export * from './admission';
+export * from './grpc-listener';
+export * from './limits';
+export * from './refusals';
