@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
-import { parseAllDocuments } from 'yaml';
+import { Composer, LineCounter, Parser, type CST } from 'yaml';
 
 import { MeshError } from '../errors';
 import { PACKAGE_ROOT } from '../paths';
@@ -25,6 +25,7 @@ import {
   type ServiceSpec,
   type WorkloadSpec,
 } from './kinds';
+import { formatBytes, isWellFormed, LIMITS, quote, shown } from './limits';
 
 /** One document of an input file, before validation. */
 export interface SourceDoc {
@@ -136,7 +137,7 @@ function isObj(v: unknown): v is Obj {
 function childPath(parent: string, key: string | number): string {
   if (typeof key === 'number') return `${parent}[${key}]`;
   if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(key)) return parent ? `${parent}.${key}` : key;
-  return `${parent}[${JSON.stringify(key)}]`;
+  return `${parent}[${quote(key)}]`;
 }
 
 /** `/spec/rules/0/to` → `spec.rules[0].to`, walking the data so a map key "0" stays a key. */
@@ -173,6 +174,8 @@ function editDistance(a: string, b: string): number {
 
 /** The allowed name a typo most likely meant, if one is close enough to be a good guess. */
 function closest(word: string, candidates: readonly string[]): string | undefined {
+  // Edit distance is quadratic: a word this long is no typo of a field name.
+  if (word.length > LIMITS.maxQuotedChars) return undefined;
   let best: string | undefined;
   let bestD = Infinity;
   for (const c of candidates) {
@@ -255,8 +258,98 @@ function describeAjvError(e: ErrorObject, root: unknown): Problem | undefined {
   }
   const custom = isObj(e.parentSchema) ? e.parentSchema['x-messages'] : undefined;
   if (isObj(custom) && typeof custom[e.keyword] === 'string') message = custom[e.keyword] as string;
-  if (e.propertyName !== undefined) message = `key ${JSON.stringify(e.propertyName)}: ${message}`;
+  if (e.propertyName !== undefined) message = `key ${quote(e.propertyName)}: ${message}`;
   return { path: at, message };
+}
+
+// --- the shape every document has before any schema looks at it ---
+
+/** Problems one document may report from the walk below before it stops looking. */
+const MAX_SHAPE_PROBLEMS = 10;
+
+interface Visit {
+  value: unknown;
+  depth: number;
+  parent?: Visit;
+  key?: string | number;
+}
+
+function visitPath(v: Visit): string {
+  const keys: (string | number)[] = [];
+  for (let at: Visit | undefined = v; at?.parent; at = at.parent) keys.push(at.key!);
+  return keys.reverse().reduce<string>((p, k) => childPath(p, k), '');
+}
+
+function loneSurrogate(s: string): string {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) i++;
+    else if (c >= 0xd800 && c <= 0xdfff) return `lone surrogate \\u${c.toString(16)} at character ${i + 1}`;
+  }
+  return 'lone surrogate';
+}
+
+const NOT_UNICODE = 'must be well-formed Unicode';
+const UNICODE_FIX = "(save the file as UTF-8; a \\uD800-\\uDFFF escape must be half of a pair)";
+
+/**
+ * What JSON Schema cannot say, checked on the raw value with an explicit
+ * stack (a 10,000-level document must get this error, not a stack overflow):
+ * nesting at most LIMITS.maxNestingDepth, well-formed Unicode in every string
+ * and key, and plain data only (mappings, lists, strings, finite numbers,
+ * booleans, null).
+ */
+export function shapeProblems(root: unknown, maxDepth: number = LIMITS.maxNestingDepth): Problem[] {
+  const out: Problem[] = [];
+  const stack: Visit[] = [{ value: root, depth: 1 }];
+  let deepReported = false;
+  while (stack.length > 0 && out.length < MAX_SHAPE_PROBLEMS) {
+    const v = stack.pop()!;
+    const x = v.value;
+    if (typeof x === 'string') {
+      if (!isWellFormed(x)) out.push({ path: visitPath(v), message: `${NOT_UNICODE}: ${loneSurrogate(x)} ${UNICODE_FIX}` });
+      continue;
+    }
+    if (x === null || typeof x === 'boolean') continue;
+    if (typeof x === 'number') {
+      if (!Number.isFinite(x)) out.push({ path: visitPath(v), message: 'must be a finite number' });
+      continue;
+    }
+    const isArray = Array.isArray(x);
+    if (typeof x !== 'object' || (!isArray && Object.getPrototypeOf(x) !== Object.prototype && Object.getPrototypeOf(x) !== null)) {
+      const what = typeof x === 'object' ? `a ${(x as object).constructor?.name ?? 'class'} instance` : `a ${typeof x}`;
+      out.push({ path: visitPath(v), message: `must be plain data (a mapping, list, string, number, boolean or null), not ${what}` });
+      continue;
+    }
+    if (v.depth > maxDepth) {
+      if (!deepReported) {
+        out.push({ path: visitPath(v), message: `nested deeper than ${maxDepth} levels, the limit (no nodemesh resource needs more than about 10: look for unbalanced brackets or a generated document)` });
+        deepReported = true;
+      }
+      continue;
+    }
+    if (isArray) {
+      for (let i = (x as unknown[]).length - 1; i >= 0; i--) stack.push({ value: (x as unknown[])[i], depth: v.depth + 1, parent: v, key: i });
+      continue;
+    }
+    const keys = Object.keys(x);
+    for (let i = keys.length - 1; i >= 0; i--) {
+      const k = keys[i]!;
+      if (!isWellFormed(k)) out.push({ path: visitPath(v), message: `key ${quote(k)}: ${NOT_UNICODE}: ${loneSurrogate(k)} ${UNICODE_FIX}` });
+      else stack.push({ value: (x as Obj)[k], depth: v.depth + 1, parent: v, key: k });
+    }
+  }
+  if (stack.length > 0 && out.length >= MAX_SHAPE_PROBLEMS) out.push({ path: '', message: `more problems not shown (the first ${MAX_SHAPE_PROBLEMS} are above)` });
+  return out;
+}
+
+function annotationProblems(r: Resource): Problem[] {
+  const annotations = r.metadata.annotations;
+  if (!annotations) return [];
+  let bytes = 0;
+  for (const [k, v] of Object.entries(annotations)) bytes += Buffer.byteLength(k) + Buffer.byteLength(v);
+  if (bytes <= LIMITS.maxAnnotationsBytes) return [];
+  return [{ path: 'metadata.annotations', message: `must total at most ${formatBytes(LIMITS.maxAnnotationsBytes)}, keys and values (these are ${formatBytes(bytes)}): keep large data elsewhere` }];
 }
 
 // --- checks a schema cannot express ---
@@ -344,7 +437,7 @@ function checkRouteRule(rule: RouteRule, at: string, out: Problem[]): void {
 }
 
 function semanticProblems(r: Resource): Problem[] {
-  const out: Problem[] = [];
+  const out: Problem[] = annotationProblems(r);
   switch (r.kind) {
     case 'Workload': {
       const spec = r.spec as unknown as WorkloadSpec;
@@ -390,16 +483,17 @@ function kindInfo(kind: unknown): KindInfo | undefined {
 /** The `(Kind namespace/name)` part of a problem line, from whatever the document gets right. */
 function describeDoc(value: unknown): string {
   if (!isObj(value)) return 'kind?';
-  const kind = typeof value.kind === 'string' && value.kind !== '' ? value.kind : 'kind?';
+  const kind = typeof value.kind === 'string' && value.kind !== '' ? shown(value.kind) : 'kind?';
   const md = isObj(value.metadata) ? value.metadata : {};
   if (typeof md.name !== 'string' || md.name === '') return kind;
-  if (kindInfo(value.kind)?.namespaced === false) return `${kind} ${md.name}`;
-  const ns = typeof md.namespace === 'string' && md.namespace !== '' ? md.namespace : 'default';
-  return `${kind} ${ns}/${md.name}`;
+  const name = shown(md.name);
+  if (kindInfo(value.kind)?.namespaced === false) return `${kind} ${name}`;
+  const ns = typeof md.namespace === 'string' && md.namespace !== '' ? shown(md.namespace) : 'default';
+  return `${kind} ${ns}/${name}`;
 }
 
 function line(doc: SourceDoc, what: string, p: Problem): string {
-  return `${doc.source} doc ${doc.index} (${what}): ${p.path ? `${p.path}: ` : ''}${p.message}`;
+  return `${shown(doc.source)} doc ${doc.index} (${what}): ${p.path ? `${p.path}: ` : ''}${p.message}`;
 }
 
 function envelopeProblems(value: Obj): Problem[] {
@@ -411,7 +505,7 @@ function envelopeProblems(value: Obj): Problem[] {
   else if (!kindInfo(value.kind)) {
     const guess = closest(value.kind, KIND_NAMES);
     const hint = guess ? `did you mean ${guess}?` : `one of ${KIND_NAMES.join(', ')}`;
-    out.push({ path: 'kind', message: `unknown kind ${JSON.stringify(value.kind)} (${hint})` });
+    out.push({ path: 'kind', message: `unknown kind ${quote(value.kind)} (${hint})` });
   }
   return out;
 }
@@ -426,13 +520,10 @@ export function validateResource(doc: SourceDoc): { resource?: Resource; problem
     const got = Array.isArray(doc.value) ? 'a list' : doc.value === null ? 'null' : typeof doc.value;
     return { problems: [line(doc, 'kind?', { path: '', message: `must be a mapping with apiVersion, kind, metadata and spec (got ${got})` })] };
   }
-  let value: Obj;
-  try {
-    value = structuredClone(doc.value);
-  } catch {
-    // Only callers passing live objects get here; parsed YAML and JSON always clone.
-    return { problems: [line(doc, describeDoc(doc.value), { path: '', message: 'must be plain data (no functions or class instances)' })] };
-  }
+  const shape = shapeProblems(doc.value);
+  if (shape.length) return { problems: [...new Set(shape.map((p) => line(doc, describeDoc(doc.value), p)))] };
+  // Plain data no deeper than the limit: cloning cannot throw.
+  const value: Obj = structuredClone(doc.value);
   const info = kindInfo(value.kind);
   if (info?.namespaced && isObj(value.metadata) && value.metadata.namespace === undefined) value.metadata.namespace = 'default';
   const what = describeDoc(value);
@@ -489,22 +580,60 @@ export function validateDocuments(docs: SourceDoc[]): Resource[] {
   return resources;
 }
 
+/** Offset of the first collection nested deeper than `max` in a parsed-but-not-composed YAML document. */
+function tooDeepAt(doc: CST.Document, max: number): number | undefined {
+  const stack: [CST.Token | null | undefined, number][] = [[doc.value, 1]];
+  while (stack.length > 0) {
+    const [t, depth] = stack.pop()!;
+    if (!t || (t.type !== 'block-map' && t.type !== 'block-seq' && t.type !== 'flow-collection')) continue;
+    if (depth > max) return t.offset;
+    for (const item of t.items) {
+      stack.push([item.value, depth + 1]);
+      if ('key' in item) stack.push([item.key, depth + 1]);
+    }
+  }
+  return undefined;
+}
+
 /**
  * Splits a YAML stream (JSON is YAML too) into documents, skipping empty ones
- * but keeping each document's number in the file. Syntax errors throw a
- * ResourceError naming the document and line.
+ * but keeping each document's number in the file. Syntax errors, more than
+ * LIMITS.maxDocuments documents and nesting deeper than
+ * LIMITS.maxNestingDepth throw a ResourceError naming the document and line;
+ * the last two are found on the parser's tokens, before the recursive
+ * composer could overflow the stack or build a million documents.
  */
 export function parseDocuments(text: string, source: string): SourceDoc[] {
   const docs: SourceDoc[] = [];
   const problems: string[] = [];
+  const src = shown(source);
+  const lines = new LineCounter();
+  const lineOf = (offset: number): string => `line ${lines.linePos(offset).line}: `;
+  function* checked(): Generator<CST.Token> {
+    let count = 0;
+    for (const token of new Parser(lines.addNewLine).parse(text)) {
+      if (token.type === 'document') {
+        count++;
+        if (count > LIMITS.maxDocuments) {
+          problems.push(`${src}: more than ${LIMITS.maxDocuments} documents, the limit per command (split the file and apply the parts one by one)`);
+          return;
+        }
+        const deep = tooDeepAt(token, LIMITS.maxNestingDepth);
+        if (deep !== undefined) {
+          problems.push(`${src} doc ${count}: ${lineOf(deep)}nested deeper than ${LIMITS.maxNestingDepth} levels, the limit (no nodemesh resource needs more than about 10: look for unbalanced brackets or a generated document)`);
+          return;
+        }
+      }
+      yield token;
+    }
+  }
   let index = 0;
-  for (const doc of parseAllDocuments(text)) {
+  for (const doc of new Composer().compose(checked())) {
     index++;
     if (doc.errors.length) {
       for (const err of doc.errors) {
-        const where = err.linePos ? `line ${err.linePos[0].line}: ` : '';
         const message = err.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
-        problems.push(`${source} doc ${index}: ${where}${message}`);
+        problems.push(`${src} doc ${index}: ${lineOf(err.pos[0])}${message.length > 200 ? `${message.slice(0, 200)}…` : message}`);
       }
       continue;
     }
@@ -513,10 +642,15 @@ export function parseDocuments(text: string, source: string): SourceDoc[] {
       value = doc.toJS();
     } catch (err) {
       // e.g. an alias bomb exceeding maxAliasCount
-      problems.push(`${source} doc ${index}: ${(err as Error).message}`);
+      problems.push(`${src} doc ${index}: ${(err as Error).message}`);
       continue;
     }
-    if (value !== null && value !== undefined) docs.push({ source, index, value });
+    if (value === null || value === undefined) continue;
+    // Aliases can nest what the tokens did not.
+    const sd = { source, index, value };
+    const shape = shapeProblems(value);
+    if (shape.length) problems.push(...shape.map((p) => line(sd, describeDoc(value), p)));
+    else docs.push(sd);
   }
   if (problems.length) throw new ResourceError([...new Set(problems)]);
   return docs;

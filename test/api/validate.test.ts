@@ -425,7 +425,7 @@ const BAD: { name: string; value: unknown; problems: string[] }[] = [
   {
     name: 'port that is not digits',
     value: AP({ rules: [{ to: [{ operation: { ports: ['80', 'http'] } }] }] }),
-    problems: [`${APX}: spec.rules[0].to[0].operation.ports[1]: must match "^[0-9]+$"`],
+    problems: [`${APX}: spec.rules[0].to[0].operation.ports[1]: must be a port number (digits, as a string)`],
   },
   {
     name: 'port out of range',
@@ -525,14 +525,79 @@ const BAD: { name: string; value: unknown; problems: string[] }[] = [
   {
     name: 'name too long',
     value: WL({}, { name: 'a'.repeat(254) }),
-    problems: [`${P} (Workload default/${'a'.repeat(254)}): metadata.name: must be at most 253 characters`],
+    problems: [`${P} (Workload default/"${'a'.repeat(64)}"… (190 more characters)): metadata.name: must be at most 253 characters`],
   },
   {
     name: 'bad label key and value: the key is named, dotted keys are quoted',
     value: WL({}, { name: 'web-1', labels: { 'bad key': 'x', 'app.kubernetes.io/name': 'not ok' } }),
     problems: [
-      `${WLX}: metadata.labels: key "bad key": must be a key like app or example.com/app: an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
+      `${WLX}: metadata.labels: key "bad key": must be a key like app or example.com/app: an optional DNS prefix of at most 253 characters and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
       `${WLX}: metadata.labels["app.kubernetes.io/name"]: must be a label value: empty or up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
+    ],
+  },
+  {
+    name: 'a lone surrogate in the name: refused before any schema, quoted as an escape',
+    value: WL({}, { name: 'web\ud800' }),
+    problems: [
+      `${P} (Workload default/"web\\ud800"): metadata.name: must be well-formed Unicode: lone surrogate \\ud800 at character 4 (save the file as UTF-8; a \\uD800-\\uDFFF escape must be half of a pair)`,
+    ],
+  },
+  {
+    name: 'lone surrogates anywhere: a value deep in spec, a label key, a low surrogate alone',
+    value: WL({ serviceAccount: '\udc00x' }, { name: 'web-1', labels: { 'a\ud83d': 'x' } }),
+    problems: [
+      `${WLX}: metadata.labels: key "a\\ud83d": must be well-formed Unicode: lone surrogate \\ud83d at character 2 (save the file as UTF-8; a \\uD800-\\uDFFF escape must be half of a pair)`,
+      `${WLX}: spec.serviceAccount: must be well-formed Unicode: lone surrogate \\udc00 at character 1 (save the file as UTF-8; a \\uD800-\\uDFFF escape must be half of a pair)`,
+    ],
+  },
+  {
+    name: 'nesting deeper than the limit: one line at the first level too deep, no stack overflow',
+    value: WL({ extra: JSON.parse('['.repeat(10_000) + ']'.repeat(10_000)) as unknown }),
+    problems: [
+      `${WLX}: spec.extra${'[0]'.repeat(30)}: nested deeper than 32 levels, the limit (no nodemesh resource needs more than about 10: look for unbalanced brackets or a generated document)`,
+    ],
+  },
+  {
+    name: 'a huge unknown field name and kind are quoted and cut, not echoed',
+    value: { apiVersion: V, kind: 'K'.repeat(100_000), metadata: { name: 'x' }, spec: {} },
+    problems: [`${P} ("${'K'.repeat(64)}"… (99936 more characters) default/x): kind: unknown kind "${'K'.repeat(64)}"… (99936 more characters) (one of Workload, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute, MeshConfig)`],
+  },
+  {
+    name: 'namespace is a DNS-1123 label (63 at most, no dots)',
+    value: WL({}, { name: 'web-1', namespace: 'a.b' }),
+    problems: [
+      `${P} (Workload a.b/web-1): metadata.namespace: must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit`,
+    ],
+  },
+  {
+    name: 'a Service name is a DNS-1035 label, as Kubernetes has it',
+    value: { apiVersion: V, kind: 'Service', metadata: { name: '1web.v2' }, spec: { selector: { app: 'web' }, addresses: ['10.96.0.10'], ports: [{ port: 80 }] } },
+    problems: [`${P} (Service default/1web.v2): metadata.name: must be a DNS-1035 label, as Kubernetes names Services: start with a letter, no '.'`],
+  },
+  {
+    name: 'a Service name longer than 63',
+    value: { apiVersion: V, kind: 'Service', metadata: { name: 'w'.repeat(64) }, spec: { selector: { app: 'web' }, addresses: ['10.96.0.10'], ports: [{ port: 80 }] } },
+    problems: [`${P} (Service default/${'w'.repeat(64)}): metadata.name: must be at most 63 characters (a DNS-1035 label, as Kubernetes names Services)`],
+  },
+  {
+    name: 'label key prefix longer than 253, label value longer than 63',
+    value: WL({}, { name: 'web-1', labels: { [`${'p'.repeat(254)}/app`]: 'v'.repeat(64) } }),
+    problems: [
+      `${WLX}: metadata.labels: key "${'p'.repeat(64)}"… (194 more characters): must be a key like app or example.com/app: an optional DNS prefix of at most 253 characters and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
+      `${WLX}: metadata.labels["${'p'.repeat(64)}"… (194 more characters)]: must be a label value: empty or up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
+    ],
+  },
+  {
+    name: 'annotations over 256 KiB in total',
+    value: WL({}, { name: 'web-1', annotations: { a: 'x'.repeat(200_000), b: 'y'.repeat(100_000) } }),
+    problems: [`${WLX}: metadata.annotations: must total at most 256 KiB, keys and values (these are 293.0 KiB): keep large data elsewhere`],
+  },
+  {
+    name: 'lists and strings have maximum sizes',
+    value: AP({ rules: [{ from: [{ source: { principals: Array.from({ length: 257 }, (_, i) => `p${i}`), namespaces: ['n'.repeat(2049)] } }] }] }),
+    problems: [
+      `${APX}: spec.rules[0].from[0].source.principals: must have at most 256 items`,
+      `${APX}: spec.rules[0].from[0].source.namespaces[0]: must be at most 2048 characters`,
     ],
   },
   {
@@ -773,7 +838,7 @@ spec: {node: lab-n1, addresses: [10.1.0.7], readiness: true}
   t.equal(returned, undefined, 'nothing returned');
   t.equal(err.code, 'NM_ERR_INVALID_RESOURCE');
   t.strictSame(err.problems, [
-    'policies.yaml doc 2 (AuthorizationPolicy shop/deny-db): spec.rules[0].to[0].operation.ports[1]: must match "^[0-9]+$"',
+    'policies.yaml doc 2 (AuthorizationPolicy shop/deny-db): spec.rules[0].to[0].operation.ports[1]: must be a port number (digits, as a string)',
     'policies.yaml doc 4 (Workload default/db-1): spec.readiness: unknown field (did you mean ready?)',
   ]);
   t.equal(err.message, err.problems.join('\n'));
@@ -918,4 +983,50 @@ t.test('Gateway API durations', async (t) => {
     ['1h1m1s1ms1h', undefined],
   ];
   for (const [text, ms] of cases) t.equal(parseDurationMs(text), ms, text);
+});
+
+t.test('schema files: every string, list and map has a maximum size', async (t) => {
+  const files = ['metadata.schema.json', ...KIND_NAMES.map((k) => KINDS[k].schema)];
+  // A pattern with no *, + or {n,} bounds the length by itself.
+  const boundedPattern = (p: unknown): boolean => typeof p === 'string' && !/[*+]|\{\d+,\}/.test(p.replace(/\\./g, ''));
+  for (const f of files) {
+    const unbounded: string[] = [];
+    const walk = (s: unknown, at: string): void => {
+      if (typeof s !== 'object' || s === null) return;
+      if (Array.isArray(s)) return s.forEach((x, i) => walk(x, `${at}/${i}`));
+      const o = s as Record<string, unknown>;
+      if (o.type === 'string' && o.maxLength === undefined && !boundedPattern(o.pattern)) unbounded.push(`${at} (string without maxLength)`);
+      if (o.type === 'array' && o.maxItems === undefined) unbounded.push(`${at} (array without maxItems)`);
+      if (typeof o.additionalProperties === 'object' && o.maxProperties === undefined) unbounded.push(`${at} (map without maxProperties)`);
+      for (const [k, v] of Object.entries(o)) if (k !== 'default' && k !== 'x-messages') walk(v, `${at}/${k}`);
+    };
+    walk(JSON.parse(fs.readFileSync(path.join(SCHEMA_DIR, f), 'utf8')), f);
+    t.strictSame(unbounded, [], `${f}: bounded`);
+  }
+});
+
+t.test('well-formed Unicode passes the shape check: surrogate pairs, any script', async (t) => {
+  const r = validateResource(doc(WL({}, { name: 'web-1', annotations: { note: 'ok \ud83d\ude00 日本語' } })));
+  t.strictSame(r.problems, []);
+  t.equal(r.resource?.metadata.annotations?.note, 'ok \ud83d\ude00 日本語');
+});
+
+t.test('parseDocuments: nesting and document count are checked on the tokens, before composing', async (t) => {
+  const deep = `a: 1\n---\nkind: Service\nspec: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`;
+  t.throws(() => parseDocuments(deep, 'deep.yaml'), {
+    code: 'NM_ERR_INVALID_RESOURCE',
+    message: 'deep.yaml doc 2: line 4: nested deeper than 32 levels, the limit (no nodemesh resource needs more than about 10: look for unbalanced brackets or a generated document)',
+  });
+  const block = Array.from({ length: 40 }, (_, i) => `${' '.repeat(i)}a:`).join('\n') + ' 1\n';
+  t.throws(() => parseDocuments(block, 'block.yaml'), { message: /^block\.yaml doc 1: line 33: nested deeper than 32 levels/ }, 'block nesting too');
+  const ok = Array.from({ length: 31 }, (_, i) => `${' '.repeat(i)}a:`).join('\n') + ' 1\n';
+  t.equal(parseDocuments(ok, 'ok.yaml').length, 1, '32 levels are fine');
+  // Aliases nest what the tokens did not.
+  const aliased = `x: &x ${'['.repeat(20)}${']'.repeat(20)}\ny: ${'['.repeat(20)}*x${']'.repeat(20)}\n`;
+  t.throws(() => parseDocuments(aliased, 'alias.yaml'), { message: /^alias\.yaml doc 1 \(kind\?\): y(\[0\]){31}: nested deeper than 32 levels/ });
+  t.throws(() => parseDocuments('---\n'.repeat(1001) + 'a: 1\n', 'many.yaml'), {
+    message: 'many.yaml: more than 1000 documents, the limit per command (split the file and apply the parts one by one)',
+  });
+  t.equal(parseDocuments('---\na: 1\n'.repeat(1000), 'max.yaml').length, 1000, '1000 documents are fine');
+  t.throws(() => parseDocuments('metadata: {name: "web\\ud800"}\n', 'lone.yaml'), { message: /^lone\.yaml doc 1 \(kind\? default\/"web\\ud800"\): metadata\.name: must be well-formed Unicode: lone surrogate \\ud800 at character 4/ });
 });
