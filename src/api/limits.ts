@@ -65,3 +65,11 @@ export function quote(input: unknown, max: number = LIMITS.maxQuotedChars): stri
 export function shown(input: string, max: number = LIMITS.maxQuotedChars): string {
   return input.length <= max && /^[\x21-\x7e]+$/.test(input) ? input : quote(input, max);
 }
+
+/** Free text kept from a peer (a reason, a version): well-formed and at most `max` characters. */
+export function clip(text: string, max: number): string {
+  const s = toWellFormed(text);
+  if (s.length <= max) return s;
+  const last = s.charCodeAt(max - 1);
+  return s.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max) + '…';
+}

@@ -4,6 +4,7 @@
  * `app=web,tier!=db,env in (a,b),env notin (c),release,!legacy`.
  */
 import { MeshError } from '../errors';
+import { quote } from './limits';
 
 export type LabelOperator = '=' | '!=' | 'exists' | '!exists' | 'in' | 'notin';
 
@@ -60,7 +61,7 @@ function tokenize(text: string, fail: (pos: number, what: string) => never): Tok
 export function parseLabelSelector(text: string): LabelRequirement[] {
   // Typed on the const so calls narrow as assertions.
   const fail: (pos: number, what: string) => never = (pos, what) => {
-    throw new MeshError('NM_ERR_INVALID_SELECTOR', `label selector ${JSON.stringify(text)}: ${what} at position ${pos + 1} (syntax: ${SYNTAX})`);
+    throw new MeshError('NM_ERR_INVALID_SELECTOR', `label selector ${quote(text)}: ${what} at position ${pos + 1} (syntax: ${SYNTAX})`);
   };
   const tokens = tokenize(text, fail);
   const end = text.length;
@@ -70,14 +71,14 @@ export function parseLabelSelector(text: string): LabelRequirement[] {
   const key = (): string => {
     const t = next();
     if (t?.kind !== 'word') fail(t?.pos ?? end, 'expected a label key');
-    if (!KEY_RE.test(t.text)) fail(t.pos, `invalid label key ${JSON.stringify(t.text)}`);
+    if (!KEY_RE.test(t.text)) fail(t.pos, `invalid label key ${quote(t.text)}`);
     return t.text;
   };
   const value = (): string => {
     const t = peek();
     if (t?.kind !== 'word') return ''; // kubectl accepts `key=` as "label present and empty"
     i++;
-    if (!VALUE_RE.test(t.text)) fail(t.pos, `invalid label value ${JSON.stringify(t.text)}`);
+    if (!VALUE_RE.test(t.text)) fail(t.pos, `invalid label value ${quote(t.text)}`);
     return t.text;
   };
 
@@ -104,7 +105,7 @@ export function parseLabelSelector(text: string): LabelRequirement[] {
         for (;;) {
           const t = next();
           if (t?.kind !== 'word') fail(t?.pos ?? end, `expected a value in the ${op.text} list`);
-          if (!VALUE_RE.test(t.text)) fail(t.pos, `invalid label value ${JSON.stringify(t.text)}`);
+          if (!VALUE_RE.test(t.text)) fail(t.pos, `invalid label value ${quote(t.text)}`);
           values.push(t.text);
           const sep = next();
           if (sep?.text === ')') break;
@@ -112,7 +113,7 @@ export function parseLabelSelector(text: string): LabelRequirement[] {
         }
         out.push({ key: k, op: op.text, values });
       } else {
-        fail(op.pos, `expected =, !=, in or notin after ${JSON.stringify(k)}`);
+        fail(op.pos, `expected =, !=, in or notin after ${quote(k)}`);
       }
     }
     const sep = next();

@@ -1,12 +1,15 @@
 /** The NodeConfig service: each node's config stream (node mTLS), the node list and revocation (admin). */
+import * as net from 'node:net';
+
 import * as grpc from '@grpc/grpc-js';
 
+import { clip, LIMITS, quote, shown } from '../../api/limits';
 import type * as pb from '../../api/proto';
 import type { CertificateAuthority } from '../ca';
 import type { ConfigHub, NodeChannel } from '../push';
 import { MeshError } from '../../errors';
 import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
-import { toStatus, unary, type HandlerContext } from './handler';
+import { endStream, stream, toStatus, unary, type HandlerContext } from './handler';
 import type { CertificateLedger } from './ledger';
 
 /** How long a node may take to say hello. */
@@ -21,14 +24,15 @@ export function nodeConfigService(
   publishRevocations: () => void,
 ): grpc.UntypedServiceImplementation {
   return {
-    Stream: (call: grpc.ServerDuplexStream<pb.NodeMessage, pb.ConfigMessage>) => {
+    Stream: stream<grpc.ServerDuplexStream<pb.NodeMessage, pb.ConfigMessage>>(ctx, 'NodeConfig.Stream', (call, guard) => {
       const peer = call.getPeer();
+      let refused = false;
       const fail = (err: unknown): void => {
-        const s = toStatus(err);
-        ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: grpc.status[s.code] });
-        ctx.log.warn({ peer, code: grpc.status[s.code], details: s.details }, 'node stream refused');
-        call.emit('error', Object.assign(new Error(s.details), { code: s.code, details: s.details }));
-        call.end();
+        if (refused) return;
+        refused = true;
+        const st = toStatus(err);
+        ctx.log.warn({ peer, code: grpc.status[st.code], details: st.details }, 'node stream refused');
+        endStream(ctx, 'NodeConfig.Stream', call, err);
       };
       let certNode: string;
       let serial: string;
@@ -55,40 +59,50 @@ export function nodeConfigService(
           call.end();
         },
       };
-      const helloTimer = setTimeout(() => fail(new AuthError(grpc.status.DEADLINE_EXCEEDED, 'no hello within 10 s')), HELLO_TIMEOUT_MS);
-      call.on('data', (m: pb.NodeMessage) => {
-        if (!node) {
-          if (m.msg !== 'hello' || !m.hello) return fail(new AuthError(grpc.status.INVALID_ARGUMENT, 'the first message must be a hello'));
-          clearTimeout(helloTimer);
-          if (m.hello.node !== certNode)
-            return fail(new AuthError(grpc.status.PERMISSION_DENIED, `hello names node ${m.hello.node}, but the certificate is node ${certNode}`));
-          // A revoke between the stream's start and its hello must not let it in.
-          try {
-            requireNode(callerOf(call, ca, ledger));
-          } catch (err) {
-            return fail(err);
+      const helloTimer = setTimeout(guard(() => fail(new AuthError(grpc.status.DEADLINE_EXCEEDED, 'no hello within 10 s'))), HELLO_TIMEOUT_MS);
+      call.on(
+        'data',
+        guard((m: pb.NodeMessage) => {
+          if (refused) return;
+          if (!node) {
+            if (m.msg !== 'hello' || !m.hello) return fail(new AuthError(grpc.status.INVALID_ARGUMENT, 'the first message must be a hello'));
+            clearTimeout(helloTimer);
+            if (m.hello.node !== certNode)
+              return fail(new AuthError(grpc.status.PERMISSION_DENIED, `hello names node ${shown(m.hello.node)}, but the certificate is node ${certNode}`));
+            const addresses = m.hello.addresses ?? [];
+            if (addresses.length > LIMITS.maxNodeAddresses || addresses.some((a) => net.isIP(a) === 0))
+              return fail(new AuthError(grpc.status.INVALID_ARGUMENT, `hello.addresses must be at most ${LIMITS.maxNodeAddresses} IP addresses`));
+            // A revoke between the stream's start and its hello must not let it in.
+            try {
+              requireNode(callerOf(call, ca, ledger));
+            } catch (err) {
+              return fail(err);
+            }
+            node = certNode;
+            const proxyVersion = clip(m.hello.proxyVersion, LIMITS.maxNodeTextChars);
+            ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
+            ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion }, 'node connected');
+            hub.connect(node, m.hello.version, proxyVersion, channel, addresses);
+            return;
           }
-          node = certNode;
-          ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
-          ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion: m.hello.proxyVersion }, 'node connected');
-          hub.connect(node, m.hello.version, m.hello.proxyVersion, channel, m.hello.addresses ?? []);
-          return;
-        }
-        switch (m.msg) {
-          case 'ack':
-            hub.ack(node, m.ack!.version);
-            break;
-          case 'nack':
-            ctx.log.warn({ node, version: m.nack!.version, reason: m.nack!.reason }, 'node refused a config version');
-            hub.nack(node, m.nack!.version, m.nack!.reason);
-            break;
-          case 'heartbeat':
-            hub.heartbeat(node);
-            break;
-          default:
-            break;
-        }
-      });
+          switch (m.msg) {
+            case 'ack':
+              hub.ack(node, m.ack!.version);
+              break;
+            case 'nack': {
+              const reason = clip(m.nack!.reason, LIMITS.maxNodeTextChars);
+              ctx.log.warn({ node, version: m.nack!.version, reason }, 'node refused a config version');
+              hub.nack(node, m.nack!.version, reason);
+              break;
+            }
+            case 'heartbeat':
+              hub.heartbeat(node);
+              break;
+            default:
+              break;
+          }
+        }),
+      );
       const done = (): void => {
         clearTimeout(helloTimer);
         closed = true;
@@ -97,13 +111,16 @@ export function nodeConfigService(
           ctx.log.info({ node, peer }, 'node disconnected');
         }
       };
-      call.on('end', () => {
-        done();
-        call.end();
-      });
-      call.on('cancelled', done);
-      call.on('error', done);
-    },
+      call.on(
+        'end',
+        guard(() => {
+          done();
+          call.end();
+        }),
+      );
+      call.on('cancelled', guard(done));
+      call.on('error', guard(done));
+    }),
 
     ListNodes: unary<Record<string, never>, { nodes: pb.NodeStatusMessage[] }>(ctx, 'NodeConfig.ListNodes', (call) => {
       requireAdmin(callerOf(call, ca, ledger));
@@ -141,7 +158,7 @@ export function nodeConfigService(
       requireAdmin(callerOf(call, ca, ledger));
       const { node } = call.request;
       const known = ledger.node(node) !== undefined || hub.nodes().some((n) => n.node === node);
-      if (!known) throw new MeshError('NM_ERR_NOT_FOUND', `node ${JSON.stringify(node)} never joined this controller (see \`nodemesh node list\`)`);
+      if (!known) throw new MeshError('NM_ERR_NOT_FOUND', `node ${quote(node)} never joined this controller (see \`nodemesh node list\`)`);
       const serials = ledger.revoke(node);
       // The list first: by the time the node hears it is cut off, its peers refuse it already.
       publishRevocations();

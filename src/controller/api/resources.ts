@@ -4,17 +4,34 @@ import * as grpc from '@grpc/grpc-js';
 import { findKind, KINDS, type Resource } from '../../api/kinds';
 import type * as pb from '../../api/proto';
 import { parseLabelSelector, requirementsMatch } from '../../api/selectors';
+import { clip, isWellFormed, LIMITS, quote, shown } from '../../api/limits';
 import { validateDocuments, type SourceDoc } from '../../api/validate';
 import { MeshError } from '../../errors';
 import type { CertificateAuthority } from '../ca';
 import { stableStringify, type Change, type Store } from '../store';
 import { callerOf, requireAdmin } from './auth';
-import { toStatus, unary, type HandlerContext } from './handler';
+import { endStream, stream, unary, type HandlerContext } from './handler';
 
 function kindOf(name: string): string {
   const k = findKind(name);
-  if (!k) throw new MeshError('NM_ERR_USAGE', `unknown kind "${name}": one of ${Object.values(KINDS).map((x) => x.plural).join(', ')}`);
+  if (!k) throw new MeshError('NM_ERR_USAGE', `unknown kind ${quote(name)}: one of ${Object.values(KINDS).map((x) => x.plural).join(', ')}`);
   return k.kind;
+}
+
+/** Longest name, namespace or resourceVersion a request may carry (a DNS-1123 subdomain). */
+const MAX_NAME_CHARS = 253;
+/** Longest label selector a List may carry. */
+const MAX_SELECTOR_CHARS = 4096;
+
+/** A name, namespace or selector from a request: well-formed and bounded, or a usage error naming the field. */
+function field(what: string, value: string, max = MAX_NAME_CHARS): string {
+  if (value.length > max) throw new MeshError('NM_ERR_USAGE', `${what} ${quote(value)} is longer than ${max} characters, the limit`);
+  if (!isWellFormed(value)) throw new MeshError('NM_ERR_USAGE', `${what} ${quote(value)} is not well-formed Unicode (a lone surrogate)`);
+  return value;
+}
+
+function countLimit(what: string, n: number): void {
+  if (n > LIMITS.maxDocuments) throw new MeshError('NM_ERR_TOO_LARGE', `${n} ${what} in one request, over the limit of ${LIMITS.maxDocuments}: send them in several requests`);
 }
 
 function sameIntent(a: Resource, b: Resource): boolean {
@@ -22,20 +39,26 @@ function sameIntent(a: Resource, b: Resource): boolean {
   return pick(a) === pick(b);
 }
 
+/** Events a Watch may have queued for a client that does not read before it is ended. */
+const MAX_WATCH_BACKLOG = 10_000;
+
 export function resourcesService(ctx: HandlerContext, store: Store, ca: CertificateAuthority): grpc.UntypedServiceImplementation {
   const admin = (call: { getAuthContext?: unknown; getPeer(): string }): void => requireAdmin(callerOf(call as never, ca));
 
   return {
     Apply: unary<pb.ApplyRequest, pb.ApplyResponse>(ctx, 'Resources.Apply', (call) => {
       admin(call);
+      countLimit('documents', call.request.documents.length);
       const docs: SourceDoc[] = call.request.documents.map((d) => {
+        const source = field('source', d.source, 1024) || 'request';
         let value: unknown;
         try {
           value = JSON.parse(d.json);
         } catch (err) {
-          throw new MeshError('NM_ERR_INVALID_RESOURCE', `${d.source} doc ${d.index}: not JSON: ${(err as Error).message}`);
+          // V8 quotes part of the input in its message.
+          throw new MeshError('NM_ERR_INVALID_RESOURCE', `${shown(source)} doc ${d.index || 1}: not JSON: ${clip((err as Error).message, 200)}`);
         }
-        return { source: d.source || 'request', index: d.index || 1, value };
+        return { source, index: d.index || 1, value };
       });
       const resources = validateDocuments(docs);
       if (call.request.dryRun) {
@@ -65,9 +88,10 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
     Get: unary<pb.GetRequest, pb.ObjectMessage>(ctx, 'Resources.Get', (call) => {
       admin(call);
       const kind = kindOf(call.request.kind);
-      const ns = KINDS[kind as keyof typeof KINDS].namespaced ? call.request.namespace || 'default' : undefined;
-      const r = store.get(kind, ns, call.request.name);
-      if (!r) throw new MeshError('NM_ERR_NOT_FOUND', `${kind.toLowerCase()} ${ns ? `${ns}/` : ''}${call.request.name} not found`);
+      const ns = KINDS[kind as keyof typeof KINDS].namespaced ? field('namespace', call.request.namespace) || 'default' : undefined;
+      const name = field('name', call.request.name);
+      const r = store.get(kind, ns, name);
+      if (!r) throw new MeshError('NM_ERR_NOT_FOUND', `${kind.toLowerCase()} ${ns ? `${shown(ns)}/` : ''}${shown(name)} not found`);
       return { json: JSON.stringify(r) };
     }),
 
@@ -75,8 +99,9 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
       admin(call);
       const kind = kindOf(call.request.kind);
       const namespaced = KINDS[kind as keyof typeof KINDS].namespaced;
-      const ns = !namespaced || call.request.allNamespaces ? undefined : call.request.namespace || 'default';
-      const selector = call.request.labelSelector ? parseLabelSelector(call.request.labelSelector) : undefined;
+      const ns = !namespaced || call.request.allNamespaces ? undefined : field('namespace', call.request.namespace) || 'default';
+      const text = field('labelSelector', call.request.labelSelector, MAX_SELECTOR_CHARS);
+      const selector = text ? parseLabelSelector(text) : undefined;
       const version = store.version;
       const items = store
         .list({ kind, namespace: ns })
@@ -87,62 +112,70 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
 
     Delete: unary<pb.DeleteRequest, pb.DeleteResponse>(ctx, 'Resources.Delete', (call) => {
       admin(call);
+      countLimit('delete targets', call.request.targets.length);
       const targets = call.request.targets.map((t) => {
         const kind = kindOf(t.kind);
         return {
           kind,
-          namespace: KINDS[kind as keyof typeof KINDS].namespaced ? t.namespace || 'default' : undefined,
-          name: t.name,
-          resourceVersion: t.resourceVersion || undefined,
+          namespace: KINDS[kind as keyof typeof KINDS].namespaced ? field('namespace', t.namespace) || 'default' : undefined,
+          name: field('name', t.name),
+          resourceVersion: field('resourceVersion', t.resourceVersion) || undefined,
         };
       });
       const deleted = store.delete(targets);
       return { deleted: deleted.map((r) => ({ json: JSON.stringify(r) })), version: store.version };
     }),
 
-    Watch: (call: grpc.ServerWritableStream<pb.WatchRequest, pb.WatchEvent>) => {
-      try {
-        admin(call);
-      } catch (err) {
-        const s = toStatus(err);
-        ctx.metrics.apiRequests.inc({ method: 'Resources.Watch', code: grpc.status[s.code] });
-        call.destroy(Object.assign(new Error(s.details), { code: s.code, details: s.details }));
-        return;
-      }
-      ctx.metrics.apiRequests.inc({ method: 'Resources.Watch', code: 'OK' });
+    Watch: stream<grpc.ServerWritableStream<pb.WatchRequest, pb.WatchEvent>>(ctx, 'Resources.Watch', (call, guard) => {
+      // The caller and the request are checked before anything streams: a refusal ends the call at once with its code.
+      admin(call);
       const kind = call.request.kind ? kindOf(call.request.kind) : undefined;
-      const ns = call.request.namespace || undefined;
+      const ns = field('namespace', call.request.namespace) || undefined;
+      ctx.metrics.apiRequests.inc({ method: 'Resources.Watch', code: 'OK' });
       const keep = (c: Change): boolean => (!kind || c.resource.kind === kind) && (!ns || c.resource.metadata.namespace === ns);
+      let ended = false;
       const send = (c: Change): void => {
-        if (keep(c)) call.write({ type: c.type, version: c.version, json: JSON.stringify(c.resource) });
+        if (ended || !keep(c)) return;
+        // A watcher that stops reading must not hold the controller's memory.
+        if (call.writableLength >= MAX_WATCH_BACKLOG) {
+          ended = true;
+          unsubscribe();
+          endStream(ctx, 'Resources.Watch', call, new MeshError('NM_ERR_TOO_LARGE', `this watcher fell ${MAX_WATCH_BACKLOG} events behind, the limit: read faster, or list again and watch from its version`));
+          return;
+        }
+        call.write({ type: c.type, version: c.version, json: JSON.stringify(c.resource) });
       };
       // Subscribe first, then replay: nothing committed in between is lost;
       // versions already replayed are skipped.
       let replayedUpTo = call.request.fromVersion;
       const pending: Change[] = [];
       let replaying = true;
-      const unsubscribe = store.subscribe((changes) => {
-        if (replaying) pending.push(...changes);
-        else for (const c of changes) if (c.version > replayedUpTo) send(c);
-      });
+      const unsubscribe = store.subscribe(
+        guard((changes: Change[]) => {
+          if (replaying) pending.push(...changes);
+          else for (const c of changes) if (c.version > replayedUpTo) send(c);
+        }),
+      );
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
-      if (call.request.fromVersion > 0) {
-        const past = store.changesSince(call.request.fromVersion);
-        if (past === 'compacted') {
-          unsubscribe();
-          call.destroy(Object.assign(new Error('from_version is older than the kept history: list again and watch from its version'), { code: grpc.status.OUT_OF_RANGE }));
-          return;
+      call.on('error', unsubscribe);
+      try {
+        if (call.request.fromVersion > 0) {
+          const past = store.changesSince(call.request.fromVersion);
+          if (past === 'compacted') throw new MeshError('NM_ERR_COMPACTED', 'from_version is older than the kept history: list again and watch from its version');
+          for (const c of past) {
+            send(c);
+            replayedUpTo = c.version;
+          }
+        } else {
+          replayedUpTo = store.version;
         }
-        for (const c of past) {
-          send(c);
-          replayedUpTo = c.version;
-        }
-      } else {
-        replayedUpTo = store.version;
+      } catch (err) {
+        unsubscribe();
+        throw err;
       }
       replaying = false;
       for (const c of pending) if (c.version > replayedUpTo) send(c);
-    },
+    }),
   };
 }
