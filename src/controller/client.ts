@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 
 import type { Resource } from '../api/kinds';
+import { formatBytes, LIMITS } from '../api/limits';
 import { services, type ApplyResponse, type ConfigMessage, type CreateTokenResponse, type Document, type NodeMessage, type NodeStatusMessage, type WatchEvent } from '../api/proto';
 import { MeshError } from '../errors';
 import { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials } from './controller';
@@ -70,13 +71,20 @@ export class ControllerClient {
   readonly address: string;
   readonly #clients: Record<'Resources' | 'NodeConfig' | 'Bootstrap' | 'Certificates', grpc.Client>;
   readonly #timeoutMs: number;
+  readonly #maxRequestBytes: number;
 
-  constructor(conn: Connection, opts: { timeoutMs?: number } = {}) {
+  constructor(conn: Connection, opts: { timeoutMs?: number; maxRequestBytes?: number } = {}) {
     this.address = conn.address;
     this.#timeoutMs = opts.timeoutMs ?? 15_000;
+    this.#maxRequestBytes = opts.maxRequestBytes ?? LIMITS.maxRequestBytes;
     const creds = grpc.credentials.createSsl(Buffer.from(conn.ca), conn.key ? Buffer.from(conn.key) : null, conn.cert ? Buffer.from(conn.cert) : null);
     const name = conn.serverName ?? SERVER_NAME;
-    const options: grpc.ChannelOptions = { 'grpc.ssl_target_name_override': name, 'grpc.default_authority': name };
+    const options: grpc.ChannelOptions = {
+      'grpc.ssl_target_name_override': name,
+      'grpc.default_authority': name,
+      'grpc.max_send_message_length': this.#maxRequestBytes,
+      'grpc.max_receive_message_length': LIMITS.maxResponseBytes,
+    };
     const svc = services();
     // One channel for all four services.
     const first = new svc.Resources(conn.address, creds, options);
@@ -89,14 +97,18 @@ export class ControllerClient {
     };
   }
 
-  static fromCredentials(file: string, opts: { timeoutMs?: number; address?: string } = {}): ControllerClient {
+  static fromCredentials(file: string, opts: { timeoutMs?: number; address?: string; maxRequestBytes?: number } = {}): ControllerClient {
     const c = loadCredentials(file);
     return new ControllerClient({ address: opts.address ?? c.controller, ca: c.ca, cert: c.cert, key: c.key, serverName: c.serverName }, opts);
   }
 
   #error(err: grpc.ServiceError): ClientError {
     const unreachable = err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED;
-    const msg = unreachable ? `cannot reach the controller at ${this.address}: ${err.details || err.message}` : err.details || err.message;
+    let msg = unreachable ? `cannot reach the controller at ${this.address}: ${err.details || err.message}` : err.details || err.message;
+    // grpc-js's own words for a message over a size limit, on either side.
+    if (err.code === grpc.status.RESOURCE_EXHAUSTED && /message larger than max/i.test(msg)) {
+      msg = `${msg}: the controller takes requests of at most its --max-request-bytes (default ${formatBytes(LIMITS.maxRequestBytes)}) and answers with at most ${formatBytes(LIMITS.maxResponseBytes)}; send less per request`;
+    }
     return new ClientError(unreachable ? 'NM_ERR_UNREACHABLE' : `NM_ERR_GRPC_${grpc.status[err.code]}`, msg, err.code, unreachable);
   }
 
@@ -115,6 +127,18 @@ export class ControllerClient {
   }
 
   apply(documents: Document[], dryRun = false): Promise<ApplyResponse> {
+    // Checked here so a big apply gets this error rather than grpc-js's; framing adds a few bytes per document.
+    const bytes = documents.reduce((n, d) => n + Buffer.byteLength(d.json) + Buffer.byteLength(d.source) + 16, 0);
+    if (bytes > this.#maxRequestBytes) {
+      return Promise.reject(
+        new ClientError(
+          'NM_ERR_TOO_LARGE',
+          `these ${documents.length} documents make a ${formatBytes(bytes)} request, over the ${formatBytes(this.#maxRequestBytes)} limit of a request to the controller: apply them in several parts`,
+          grpc.status.RESOURCE_EXHAUSTED,
+          false,
+        ),
+      );
+    }
     return this.#call('Resources', 'Apply', { documents, dryRun });
   }
 

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 
 import { API_VERSION } from '../api/kinds';
+import { LIMITS } from '../api/limits';
 import { services } from '../api/proto';
 import { MeshError } from '../errors';
 import { silentLogger, type Logger } from '../log';
@@ -49,6 +50,8 @@ export interface ControllerOptions {
   nodeCertLifetimeSeconds?: number;
   /** Bounds on 15010 and 15014 over LISTENER_DEFAULTS (flags, tests). */
   limits?: Partial<ListenerLimits>;
+  /** Largest request message accepted (default LIMITS.maxRequestBytes). */
+  maxRequestBytes?: number;
   log?: Logger;
 }
 
@@ -73,12 +76,18 @@ export function parseHostPort(s: string, flag: string): { host: string; port: nu
   return { host: m[1]!, port };
 }
 
+/** Message sizes set explicitly, so clients and server agree on them (grpc-js defaults differ by side). */
+function messageSizeOptions(maxRequestBytes = LIMITS.maxRequestBytes): grpc.ServerOptions {
+  return { 'grpc.max_receive_message_length': maxRequestBytes, 'grpc.max_send_message_length': LIMITS.maxResponseBytes };
+}
+
 export interface RunningController {
   port: number;
   metricsPort: number;
   credentialsPath: string;
   store: SqliteStore;
   hub: ConfigHub;
+  metrics: ControllerMetrics;
   close(): Promise<void>;
 }
 
@@ -152,6 +161,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       'grpc.max_connection_idle_ms': limits.idleTimeoutMs,
       'grpc.max_concurrent_streams': limits.maxConcurrentStreams,
       'grpc-node.max_session_memory': limits.maxSessionMemoryMb,
+      ...messageSizeOptions(opts.maxRequestBytes),
     });
     grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));
     grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca, ledger, publishRevocations));
@@ -218,6 +228,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       credentialsPath,
       store,
       hub,
+      metrics,
       close: async () => {
         clearInterval(heartbeat);
         hub.closeAll('controller shutting down');

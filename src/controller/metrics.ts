@@ -77,6 +77,12 @@ export class ControllerMetrics {
     labelNames: ['listener'] as const,
     registers: [this.registry],
   });
+  readonly unhandledErrors = new prom.Counter({
+    name: 'nodemesh_controller_unhandled_errors_total',
+    help: 'Errors no handler caught (controller bugs), by kind: rejection (logged, still serving) or exception (the process exits)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_controller_' });

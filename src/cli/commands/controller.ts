@@ -1,6 +1,8 @@
+import { LIMITS } from '../../api/limits';
 import { ClientError, ControllerClient, credentialsPath } from '../../controller/client';
 import { DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, startController } from '../../controller/controller';
 import { LISTENER_DEFAULTS, type ListenerLimits } from '../../controller/listen';
+import { installProcessPolicy } from '../../controller/process-policy';
 import { createLogger } from '../../log';
 import { defineCommand, EXIT, termination, UsageError, type Command } from '../command';
 import { TOKEN_DEFAULTS } from '../../controller/api/ledger';
@@ -149,6 +151,7 @@ export const controllerCommand = defineCommand({
     'workload-cert-lifetime': { type: 'string' },
     'node-cert-lifetime': { type: 'string', default: '24h' },
     ...limitOptions,
+    'max-request-bytes': { type: 'string', default: String(LIMITS.maxRequestBytes) },
   },
   optionHelp: {
     ...limitHelp,
@@ -162,6 +165,7 @@ export const controllerCommand = defineCommand({
     'ca-key': 'its private key (PEM)',
     'trust-domain': 'trust domain until a MeshConfig sets one (default cluster.local)',
     'log-level': 'trace, debug, info, warn, error',
+    'max-request-bytes': 'largest gRPC request accepted, in bytes (clients send at most the default unless told)',
   },
   subcommands: [token],
   async run(values, _p, io) {
@@ -169,6 +173,7 @@ export const controllerCommand = defineCommand({
     const nodeCertLifetime = parseDurationSeconds('node-cert-lifetime', values['node-cert-lifetime'] as string);
     if (nodeCertLifetime < 2) throw new UsageError(`nodemesh controller: --node-cert-lifetime must be at least 2s (nodes renew at half of it), not ${String(values['node-cert-lifetime'])}`);
     const limits = limitsFrom(values);
+    const maxRequestBytes = intFlag('nodemesh controller', 'max-request-bytes', values['max-request-bytes'], 64 * 1024, 1024 * 1024 * 1024);
     const log = createLogger({ level: values['log-level'] as string });
     const c = await startController({
       dataDir: values['data-dir'] as string,
@@ -181,12 +186,15 @@ export const controllerCommand = defineCommand({
       workloadCertLifetimeSeconds: values['workload-cert-lifetime'] ? parseDurationSeconds('workload-cert-lifetime', values['workload-cert-lifetime'] as string) : undefined,
       nodeCertLifetimeSeconds: nodeCertLifetime,
       limits,
+      maxRequestBytes,
       log,
     });
+    const uninstall = installProcessPolicy(log.child({ component: 'controller' }), c.metrics);
     io.out(`controller serving on port ${c.port} (metrics ${c.metricsPort}); admin credentials: ${c.credentialsPath}\n`);
     await termination();
     log.info('shutting down');
     await c.close();
+    uninstall();
     log.flush();
     return EXIT.ok;
   },

@@ -6,7 +6,8 @@ import YAML from 'yaml';
 
 import { displayName, findKind, KINDS, type Resource } from '../../api/kinds';
 import type { Document } from '../../api/proto';
-import { parseDocuments } from '../../api/validate';
+import { formatBytes, LIMITS } from '../../api/limits';
+import { parseDocuments, ResourceError } from '../../api/validate';
 import { defineCommand, EXIT, UsageError, type Io } from '../command';
 import { table, toJson } from '../output';
 import { withAdmin } from './controller';
@@ -14,8 +15,40 @@ import { withAdmin } from './controller';
 const credentialsOption = { credentials: { type: 'string' }, controller: { type: 'string' } } as const;
 const credentialsHelp = { credentials: 'admin credentials file', controller: 'controller address IP:PORT' };
 
-/** Reads -f FILE|DIR|- into documents (a directory: its .yaml, .yml and .json files, sorted). */
-export function readManifests(target: string, stdin: () => string = () => fs.readFileSync(0, 'utf8')): Document[] {
+/** Reads at most `max` bytes of standard input; more is an error, found before the rest is read. */
+function readStdinBounded(max: number): string {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const buf = Buffer.alloc(64 * 1024);
+  for (;;) {
+    let n: number;
+    try {
+      n = fs.readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+      if ((err as NodeJS.ErrnoException).code === 'EOF') break;
+      throw err;
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > max) throw tooLarge('stdin', `more than ${formatBytes(max)}`);
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function tooLarge(what: string, size: string): ResourceError {
+  return new ResourceError([
+    `${what}: ${size} of manifests, over the ${formatBytes(LIMITS.maxManifestBytes)} limit of one command (the largest request the controller takes by default): split them and apply the parts one by one`,
+  ]);
+}
+
+/**
+ * Reads -f FILE|DIR|- into documents (a directory: its .yaml, .yml and .json
+ * files, sorted). Sizes are checked before anything is read, so a huge file
+ * costs a stat, not its size in memory several times over.
+ */
+export function readManifests(target: string, stdin: () => string = () => readStdinBounded(LIMITS.maxManifestBytes)): Document[] {
   let files: { source: string; text: string }[];
   if (target === '-') {
     files = [{ source: 'stdin', text: stdin() }];
@@ -34,6 +67,8 @@ export function readManifests(target: string, stdin: () => string = () => fs.rea
           .map((f) => path.join(target, f))
       : [target];
     if (paths.length === 0) throw new UsageError(`-f ${target}: no .yaml, .yml or .json files there`);
+    const total = paths.reduce((n, p) => n + fs.statSync(p).size, 0);
+    if (total > LIMITS.maxManifestBytes) throw tooLarge(`-f ${target}`, formatBytes(total));
     files = paths.map((p) => ({ source: stat.isDirectory() ? path.join(path.basename(target), path.basename(p)) : path.basename(p), text: fs.readFileSync(p, 'utf8') }));
   }
   const docs: Document[] = [];
@@ -53,6 +88,7 @@ export const applyCommand = defineCommand({
     const targets = (values.filename as string[] | undefined) ?? [];
     if (targets.length === 0) throw new UsageError('nodemesh apply: -f FILE|DIR|- is required');
     const docs = targets.flatMap((t) => readManifests(t));
+    if (docs.length > LIMITS.maxDocuments) throw new ResourceError([`${docs.length} documents, over the limit of ${LIMITS.maxDocuments} per command: apply them in several parts`]);
     return withAdmin(values, io, async (c) => {
       const r = await c.apply(docs, values['dry-run'] as boolean);
       for (const x of r.results) io.out(`${displayName({ kind: x.kind, metadata: { name: x.name } })} ${x.action}${values['dry-run'] ? ' (dry run)' : ''}\n`);

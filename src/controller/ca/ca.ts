@@ -419,8 +419,8 @@ export class CertificateAuthority {
 
   /**
    * Signs a PKCS#10 CSR after checking its signature, its names against
-   * `kind`, and `allowedUris`. Only the public key and (optionally) the CN
-   * are taken from the CSR; every extension of the leaf is decided here.
+   * `kind`, and `allowedUris`. Only the public key and the checked SANs are
+   * taken from the CSR; the subject and every extension are decided here.
    */
   async signCsr(csrPem: string, opts: SignCsrOptions): Promise<IssuedCertificate> {
     if (typeof opts.kind !== 'function' && !(opts.kind in EKU_BY_KIND)) {
@@ -463,9 +463,10 @@ export class CertificateAuthority {
     const refusal = opts.allowedUris(uris);
     if (refusal !== null) throw new CaError('NM_ERR_CA_REFUSED', refusal);
 
-    const cn = csr.subjectName.getField('CN');
-    if (cn.length > 1) throw new CaError('NM_ERR_CA_BAD_CSR', 'ca: the CSR subject has more than one CN (send at most one)');
-    return this.#issue({ publicKey: csr.publicKey, commonName: cn[0], sans, lifetimeSeconds, kind });
+    // The subject is left empty (the SAN, marked critical, is the identity): a CN
+    // copied from the CSR would let a node put any text in a certificate the
+    // mesh vouches for, where tools that still read CNs would take it as a name.
+    return this.#issue({ publicKey: csr.publicKey, sans, lifetimeSeconds, kind });
   }
 
   /** A fresh key and serverAuth certificate for the controller's own TLS; each host becomes a DNS or IP SAN. */
