@@ -1,6 +1,8 @@
 /** The controller's gRPC API over real TLS on loopback: resources, auth, certificates, metrics. */
 import * as http from 'node:http';
 
+import * as grpc from '@grpc/grpc-js';
+
 import { t } from 'tap';
 
 import { CertificateAuthority, spiffeAdminId, spiffeWorkloadId } from '../../../src/controller/ca';
@@ -161,4 +163,85 @@ t.test('bootstrap tokens and workload certificates', async (t) => {
   t.match(text, /nodemesh_controller_certificates_refused_total\{kind="workload"\} 1/);
   t.match(text, /nodemesh_controller_api_requests_total\{method="Certificates.Sign",code="PERMISSION_DENIED"\} 1/);
   t.match(text, /nodemesh_controller_api_requests_total\{method="Resources.Apply",code="OK"\} 1/);
+});
+
+/** The status a stream ends with, or 'no status' if none came within `ms` (the old Watch left refused callers waiting). */
+function streamStatus(s: grpc.ClientReadableStream<unknown>, ms = 10_000): Promise<{ code: number; details: string } | 'no status'> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      s.cancel();
+      resolve('no status');
+    }, ms);
+    s.on('data', () => {});
+    s.on('error', (e: grpc.ServiceError) => {
+      clearTimeout(timer);
+      resolve({ code: e.code, details: e.details });
+    });
+  });
+}
+
+t.test('status details are safe: lone surrogates and long input come back escaped and cut, and the controller keeps serving', async (t) => {
+  const c = await testController(t);
+  const lone = { ...svc, metadata: { name: 'web\ud800', namespace: 'shop' } };
+  const e = await refused(c.admin.apply([doc(lone)]));
+  t.equal(e.code, 'NM_ERR_GRPC_INVALID_ARGUMENT');
+  t.equal(e.message, 'test.yaml doc 1 (Service shop/"web\\ud800"): metadata.name: must be well-formed Unicode: lone surrogate \\ud800 at character 4 (save the file as UTF-8; a \\uD800-\\uDFFF escape must be half of a pair)');
+  // protobuf carries strings as UTF-8: a lone surrogate in a request field arrives as U+FFFD, named in the answer.
+  t.match(await refused(c.admin.get('svc', 'shop', 'web\ud800')), { code: 'NM_ERR_GRPC_NOT_FOUND', message: 'service shop/"web\ufffd\ufffd\ufffd" not found' });
+
+  // An error that quotes long input is cut, not sent whole (it exceeded the client's metadata limit).
+  const long = await refused(c.admin.apply([{ source: 'x.yaml', index: 1, json: JSON.stringify({ ...svc, kind: 'K'.repeat(100_000) }) }]));
+  t.equal(long.code, 'NM_ERR_GRPC_INVALID_ARGUMENT');
+  t.match(long.message, /^x\.yaml doc 1 \("K{64}"… \(99936 more characters\) shop\/web\): kind: unknown kind "K{64}"… \(99936 more characters\) \(one of Workload/);
+  t.match(await refused(c.admin.apply([{ source: 's'.repeat(100_000), index: 1, json: '{' }])), { code: 'NM_ERR_GRPC_INVALID_ARGUMENT', message: /^source "s{64}"… \(99936 more characters\) is longer than 1024 characters, the limit$/ });
+  // Many problems: the status stops at 4 KiB and says so.
+  const many = await refused(c.admin.apply(Array.from({ length: 500 }, (_, i) => doc({ ...svc, metadata: { name: `web-${i}`, namespace: 'shop' }, spec: {} }, i + 1))));
+  t.equal(many.code, 'NM_ERR_GRPC_INVALID_ARGUMENT');
+  t.ok(Buffer.byteLength(encodeURI(many.message)) <= 4096, `cut to 4 KiB (${Buffer.byteLength(many.message)} bytes)`);
+  t.match(many.message, /^test\.yaml doc 1 \(Service shop\/web-0\): spec\.selector: required\n[^]*… \(\d+ more characters cut: a gRPC status carries at most 4096 bytes\)$/);
+
+  t.same((await c.admin.apply([doc(svc)])).results.map((r) => r.action), ['created'], 'normal applies still work');
+  t.equal((await c.admin.get('svc', 'shop', 'web')).metadata.name, 'web');
+});
+
+t.test('Watch checks the caller before streaming and ends at once with the right code', async (t) => {
+  const c = await testController(t);
+  const creds = loadCredentials(c.controller.credentialsPath);
+  const anon = new ControllerClient({ address: c.address, ca: creds.ca });
+  t.teardown(() => anon.close());
+  const node = await c.nodeClient('n1');
+  t.match(await streamStatus(anon.watch()), { code: grpc.status.UNAUTHENTICATED, details: /admin credential required \(no client certificate\)/ }, 'no certificate');
+  t.match(await streamStatus(node.watch()), { code: grpc.status.PERMISSION_DENIED, details: /is a node, not the admin/ }, 'a node certificate');
+  t.match(await streamStatus(c.admin.watch({ kind: 'frobs' })), { code: grpc.status.INVALID_ARGUMENT, details: /unknown kind "frobs"/ }, 'a bad kind');
+  t.match(await streamStatus(c.admin.watch({ namespace: 'n'.repeat(1000) })), { code: grpc.status.INVALID_ARGUMENT, details: /namespace "n{64}"… \(936 more characters\) is longer than 253 characters/ });
+  await c.admin.apply([doc(web())]);
+  for (let i = 0; i < 3; i++) await c.admin.apply([doc(web('n1', { app: `v${i}` }))]);
+  const r = await c.admin.list('workloads', { allNamespaces: true });
+  t.equal(r.items.length, 1, 'the controller still serves');
+  t.match(await streamStatus(c.admin.watch({ fromVersion: 1 }), 3000), 'no status', 'an admin watch streams and stays open');
+  const text = await metricsText(c.controller.metricsPort);
+  t.match(text, /nodemesh_controller_api_requests_total\{method="Resources.Watch",code="UNAUTHENTICATED"\} 1/);
+  t.match(text, /nodemesh_controller_api_requests_total\{method="Resources.Watch",code="PERMISSION_DENIED"\} 1/);
+});
+
+t.test('nesting and size limits: errors that name the limit, from the controller and from the client', async (t) => {
+  const c = await testController(t);
+  const deep = `{"apiVersion":"nodemesh.io/v1alpha1","kind":"Service","metadata":{"name":"web"},"spec":${'['.repeat(10_000)}${']'.repeat(10_000)}}`;
+  const e = await refused(c.admin.apply([{ source: 'deep.json', index: 1, json: deep }]));
+  t.equal(e.code, 'NM_ERR_GRPC_INVALID_ARGUMENT');
+  t.match(e.message, /^deep\.json doc 1 \(Service default\/web\): spec(\[0\]){31}: nested deeper than 32 levels, the limit/);
+
+  const big = { ...svc, metadata: { name: 'big', namespace: 'shop', annotations: { a: 'x'.repeat(5 * 1024 * 1024) } } };
+  const tooBig = await refused(c.admin.apply([doc(big)]));
+  t.match(tooBig, { code: 'NM_ERR_TOO_LARGE', message: /^these 1 documents make a 5\.0 MiB request, over the 4 MiB limit of a request to the controller: apply them in several parts$/ }, 'the client checks before sending');
+
+  // A client told a larger limit sends it; the controller's explicit limit refuses it.
+  const loose = ControllerClient.fromCredentials(c.controller.credentialsPath, { maxRequestBytes: 16 * 1024 * 1024 });
+  t.teardown(() => loose.close());
+  t.match(await refused(loose.apply([doc(big)])), { code: 'NM_ERR_GRPC_RESOURCE_EXHAUSTED', message: /message larger than max .*the controller takes requests of at most its --max-request-bytes \(default 4 MiB\)/ });
+  t.match(await refused(c.admin.apply(Array.from({ length: 1001 }, (_, i) => doc({ ...svc, metadata: { name: `w${i}` } }, i + 1)))), {
+    code: 'NM_ERR_GRPC_RESOURCE_EXHAUSTED',
+    message: '1001 documents in one request, over the limit of 1000: send them in several requests',
+  });
+  t.same((await c.admin.apply([doc(svc)])).results.map((r) => r.action), ['created'], 'normal applies still work');
 });
