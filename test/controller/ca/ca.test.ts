@@ -215,11 +215,11 @@ t.test('signCsr issues a workload certificate', async (t) => {
   // The CSR's subject is the requester's text: none of it reaches the certificate, the identity is the SAN alone.
   for (const cn of ['web.default', 'spiffe://cluster.local/ns/kube-system/sa/admin', 'x'.repeat(1000)]) {
     const withCn = await ca.signCsr((await generateKeyAndCsr(WEB, cn)).csrPem, { lifetimeSeconds: 60, allowedUris: ALLOW_ALL, kind: 'workload' });
-    t.equal(new X509Certificate(withCn.certPem).subject, undefined, `CSR CN ${cn.slice(0, 20)}: empty subject`);
+    t.notOk(new X509Certificate(withCn.certPem).subject, `CSR CN ${cn.slice(0, 20)}: empty subject`);
     t.equal(new x509.X509Certificate(withCn.certPem).getExtension(x509.SubjectAlternativeNameExtension)?.critical, true, 'and a critical SAN');
   }
   const nodeWithCn = await ca.signCsr((await generateKeyAndCsr(spiffeNodeId(TD, 'n1'), 'n2')).csrPem, { lifetimeSeconds: 60, allowedUris: ALLOW_ALL, kind: 'node' });
-  t.equal(new X509Certificate(nodeWithCn.certPem).subject, undefined, 'a node certificate ignores the CSR CN too');
+  t.notOk(new X509Certificate(nodeWithCn.certPem).subject, 'a node certificate ignores the CSR CN too');
 
   const node = await ca.signCsr((await generateKeyAndCsr(spiffeNodeId(TD, 'n1'))).csrPem, { lifetimeSeconds: 60, allowedUris: ALLOW_ALL, kind: 'node' });
   t.same(new X509Certificate(node.certPem).keyUsage, [EKU_CLIENT], 'node: clientAuth only');
