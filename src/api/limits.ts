@@ -19,6 +19,18 @@ export const LIMITS = Object.freeze({
   maxResponseBytes: 64 * MiB,
   /** Total size of one resource's annotations, as Kubernetes (TotalAnnotationSizeLimitB). */
   maxAnnotationsBytes: 256 * 1024,
+  /** A name, namespace or resourceVersion in a Get, List, Delete or Watch request (a DNS-1123 subdomain at most). */
+  maxRequestNameChars: 253,
+  /** A label selector in a List request. */
+  maxSelectorChars: 4096,
+  /** The source (file name) of a document in an Apply request. */
+  maxSourceChars: 1024,
+  /** Events queued for a Watch client that does not read; past this its watch ends (RESOURCE_EXHAUSTED). */
+  maxWatchBacklog: 10_000,
+  /** Addresses a node reports in its hello (its IPv4 and IPv6, perhaps a few more). */
+  maxNodeAddresses: 8,
+  /** Characters kept of what a node says about itself (its version, why it refused a config). */
+  maxNodeTextChars: 1024,
   /** Characters of user input an error message quotes before it cuts. */
   maxQuotedChars: 64,
   /** A gRPC status message as sent (percent-encoded), well under grpc's 8 KiB metadata limit. */

@@ -5,8 +5,8 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 
 import { displayName, findKind, KINDS, type Resource } from '../../api/kinds';
-import type { Document } from '../../api/proto';
 import { formatBytes, LIMITS } from '../../api/limits';
+import type { Document } from '../../api/proto';
 import { parseDocuments, ResourceError } from '../../api/validate';
 import { defineCommand, EXIT, UsageError, type Io } from '../command';
 import { table, toJson } from '../output';

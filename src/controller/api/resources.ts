@@ -2,9 +2,9 @@
 import * as grpc from '@grpc/grpc-js';
 
 import { findKind, KINDS, type Resource } from '../../api/kinds';
+import { clip, isWellFormed, LIMITS, quote, shown } from '../../api/limits';
 import type * as pb from '../../api/proto';
 import { parseLabelSelector, requirementsMatch } from '../../api/selectors';
-import { clip, isWellFormed, LIMITS, quote, shown } from '../../api/limits';
 import { validateDocuments, type SourceDoc } from '../../api/validate';
 import { MeshError } from '../../errors';
 import type { CertificateAuthority } from '../ca';
@@ -18,13 +18,8 @@ function kindOf(name: string): string {
   return k.kind;
 }
 
-/** Longest name, namespace or resourceVersion a request may carry (a DNS-1123 subdomain). */
-const MAX_NAME_CHARS = 253;
-/** Longest label selector a List may carry. */
-const MAX_SELECTOR_CHARS = 4096;
-
 /** A name, namespace or selector from a request: well-formed and bounded, or a usage error naming the field. */
-function field(what: string, value: string, max = MAX_NAME_CHARS): string {
+function field(what: string, value: string, max: number = LIMITS.maxRequestNameChars): string {
   if (value.length > max) throw new MeshError('NM_ERR_USAGE', `${what} ${quote(value)} is longer than ${max} characters, the limit`);
   if (!isWellFormed(value)) throw new MeshError('NM_ERR_USAGE', `${what} ${quote(value)} is not well-formed Unicode (a lone surrogate)`);
   return value;
@@ -39,9 +34,6 @@ function sameIntent(a: Resource, b: Resource): boolean {
   return pick(a) === pick(b);
 }
 
-/** Events a Watch may have queued for a client that does not read before it is ended. */
-const MAX_WATCH_BACKLOG = 10_000;
-
 export function resourcesService(ctx: HandlerContext, store: Store, ca: CertificateAuthority): grpc.UntypedServiceImplementation {
   const admin = (call: { getAuthContext?: unknown; getPeer(): string }): void => requireAdmin(callerOf(call as never, ca));
 
@@ -50,7 +42,7 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
       admin(call);
       countLimit('documents', call.request.documents.length);
       const docs: SourceDoc[] = call.request.documents.map((d) => {
-        const source = field('source', d.source, 1024) || 'request';
+        const source = field('source', d.source, LIMITS.maxSourceChars) || 'request';
         let value: unknown;
         try {
           value = JSON.parse(d.json);
@@ -100,7 +92,7 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
       const kind = kindOf(call.request.kind);
       const namespaced = KINDS[kind as keyof typeof KINDS].namespaced;
       const ns = !namespaced || call.request.allNamespaces ? undefined : field('namespace', call.request.namespace) || 'default';
-      const text = field('labelSelector', call.request.labelSelector, MAX_SELECTOR_CHARS);
+      const text = field('labelSelector', call.request.labelSelector, LIMITS.maxSelectorChars);
       const selector = text ? parseLabelSelector(text) : undefined;
       const version = store.version;
       const items = store
@@ -137,10 +129,10 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
       const send = (c: Change): void => {
         if (ended || !keep(c)) return;
         // A watcher that stops reading must not hold the controller's memory.
-        if (call.writableLength >= MAX_WATCH_BACKLOG) {
+        if (call.writableLength >= LIMITS.maxWatchBacklog) {
           ended = true;
           unsubscribe();
-          endStream(ctx, 'Resources.Watch', call, new MeshError('NM_ERR_TOO_LARGE', `this watcher fell ${MAX_WATCH_BACKLOG} events behind, the limit: read faster, or list again and watch from its version`));
+          endStream(ctx, 'Resources.Watch', call, new MeshError('NM_ERR_TOO_LARGE', `this watcher fell ${LIMITS.maxWatchBacklog} events behind, the limit: read faster, or list again and watch from its version`));
           return;
         }
         call.write({ type: c.type, version: c.version, json: JSON.stringify(c.resource) });
