@@ -126,10 +126,13 @@ export function resourcesService(ctx: HandlerContext, store: Store, ca: Certific
       ctx.metrics.apiRequests.inc({ method: 'Resources.Watch', code: 'OK' });
       const keep = (c: Change): boolean => (!kind || c.resource.kind === kind) && (!ns || c.resource.metadata.namespace === ns);
       let ended = false;
+      // The replay the client asked for is queued at once (the store's history bounds it);
+      // live changes may queue LIMITS.maxWatchBacklog more before a watcher that stops reading is ended.
+      let replayed = 0;
       const send = (c: Change): void => {
         if (ended || !keep(c)) return;
-        // A watcher that stops reading must not hold the controller's memory.
-        if (call.writableLength >= LIMITS.maxWatchBacklog) {
+        if (replaying) replayed++;
+        else if (call.writableLength >= replayed + LIMITS.maxWatchBacklog) {
           ended = true;
           unsubscribe();
           endStream(ctx, 'Resources.Watch', call, new MeshError('NM_ERR_TOO_LARGE', `this watcher fell ${LIMITS.maxWatchBacklog} events behind, the limit: read faster, or list again and watch from its version`));
