@@ -221,6 +221,9 @@ t.test('garbage on every RPC never ends the controller, and it keeps answering',
     ['Delete: 100,000 targets', rawAdmin, `${R}Delete`, Buffer.concat(Array.from({ length: 100_000 }, () => bytesField(1, bytesField(1, Buffer.from('svc')))))],
     ['Delete: invalid UTF-8 and huge names', rawAdmin, `${R}Delete`, bytesField(1, Buffer.concat([bytesField(1, INVALID_UTF8), bytesField(3, Buffer.alloc(MiB, 'w')), bytesField(4, Buffer.from('x'))]))],
     ['ListNodes: as a node, with junk fields', rawNode, `${N}ListNodes`, Buffer.concat([bytesField(7, INVALID_UTF8), varintField(9, 2 ** 40)])],
+    ['RevokeNode: a 1 MiB name with invalid UTF-8', rawAdmin, `${N}RevokeNode`, bytesField(1, Buffer.concat([INVALID_UTF8, Buffer.alloc(MiB, 'n')]))],
+    ['RevokeNode: a node that never joined', rawAdmin, `${N}RevokeNode`, bytesField(1, Buffer.from('n9'))],
+    ['RevokeNode: as a node', rawNode, `${N}RevokeNode`, bytesField(1, Buffer.from('n1'))],
     ['Join: a garbage token, node and CSR', rawAnon, `${B}Join`, Buffer.concat([bytesField(1, Buffer.from('..\ud800..')), bytesField(2, INVALID_UTF8), bytesField(3, Buffer.from('-----BEGIN CERTIFICATE REQUEST-----\n\u0000\n'))])],
     ['Join: a 3 MiB token', rawAnon, `${B}Join`, bytesField(1, Buffer.alloc(3 * MiB, '.'))],
     ['CreateToken: a 1 MiB node name, ttl 2^32-1', rawAdmin, `${B}CreateToken`, Buffer.concat([bytesField(1, Buffer.alloc(MiB, 'n')), varintField(2, 2 ** 32 - 1)])],
@@ -231,7 +234,7 @@ t.test('garbage on every RPC never ends the controller, and it keeps answering',
     ['an unknown method', rawAdmin, `${R}Nope`, Buffer.alloc(0)],
   ];
   // Random bytes as every message of every unary RPC.
-  for (const m of [`${R}Apply`, `${R}Get`, `${R}List`, `${R}Delete`, `${N}ListNodes`, `${B}Join`, `${B}CreateToken`, `${C}Sign`]) {
+  for (const m of [`${R}Apply`, `${R}Get`, `${R}List`, `${R}Delete`, `${N}ListNodes`, `${N}RevokeNode`, `${B}Join`, `${B}CreateToken`, `${C}Sign`]) {
     for (const size of [1, 7, 300, 70_000]) unaryCases.push([`${m}: ${size} random bytes`, m.startsWith(C) ? rawNode : rawAdmin, m, randomBytes(size)]);
   }
 
