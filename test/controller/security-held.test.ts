@@ -356,10 +356,8 @@ t.test('a node certificate, or a workload certificate, cannot use any admin API;
   t.equal(nodeWatch.events, 0, 'node certificate, Watch: no event delivered');
   const wlWatch = await watchOutcome(workloadClient, 5000);
   t.equal(wlWatch.events, 0, 'workload certificate, Watch: no event delivered');
-  // Until Watch ends a refusal at once (issue 9 item 7), the call runs to its deadline: the refusal holds, its status does not.
-  const todo = 'Watch refusals end at the deadline until issue 9 item 7 lands';
-  t.equal(grpc.status[nodeWatch.code], 'PERMISSION_DENIED', `node certificate, Watch: PERMISSION_DENIED (${nodeWatch.details})`, { todo });
-  t.equal(grpc.status[wlWatch.code], 'UNAUTHENTICATED', `workload certificate, Watch: UNAUTHENTICATED (${wlWatch.details})`, { todo });
+  t.equal(grpc.status[nodeWatch.code], 'PERMISSION_DENIED', `node certificate, Watch: PERMISSION_DENIED (${nodeWatch.details})`);
+  t.equal(grpc.status[wlWatch.code], 'UNAUTHENTICATED', `workload certificate, Watch: UNAUTHENTICATED (${wlWatch.details})`);
 
   t.equal(await snapshot(), before, 'nothing changed: same version, same objects');
   t.equal((await c.admin.list('workloads', { allNamespaces: true })).items.length, 3, 'the admin still reads everything (control)');
