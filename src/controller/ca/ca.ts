@@ -24,6 +24,7 @@ import { isIP } from 'node:net';
 import * as path from 'node:path';
 
 import { MeshError } from '../../errors';
+import { normalizeSerial } from './serial';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -504,7 +505,7 @@ export class CertificateAuthority {
     } catch (err) {
       throw new CaError('NM_ERR_CA_UNTRUSTED', `ca: the peer certificate cannot be parsed: ${messageOf(err)}`, { cause: err });
     }
-    const serial = cert.serialNumber.toLowerCase();
+    const serial = normalizeSerial(cert.serialNumber);
     if (cert.raw.equals(this.#rootNode.raw)) {
       throw new CaError('NM_ERR_CA_UNTRUSTED', 'ca: the peer presented the root CA certificate itself, not a leaf issued by it');
     }
@@ -643,7 +644,7 @@ export class CertificateAuthority {
       chainPem: certPem + this.rootPem,
       notBefore: cert.notBefore,
       notAfter: cert.notAfter,
-      serial: cert.serialNumber.toLowerCase(),
+      serial: normalizeSerial(cert.serialNumber),
       uris: leaf.sans.filter((s) => s.type === 'url').map((s) => s.value),
     };
   }

@@ -209,7 +209,7 @@ export class HbonePool {
     let serial = this.#serials.get(certPem);
     if (serial === undefined) {
       try {
-        serial = new X509Certificate(certPem).serialNumber.toLowerCase();
+        serial = normalizeSerial(new X509Certificate(certPem).serialNumber);
       } catch (err) {
         throw new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', `hbone: credentials.certPem is not a PEM certificate chain: ${errName(err)}`, { cause: err });
       }
