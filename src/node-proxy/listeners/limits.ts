@@ -172,16 +172,6 @@ export function fdBudget(l: ListenerLimits): { unauthenticated: number; total: n
   return { unauthenticated, total, parts };
 }
 
-/** The process's RLIMIT_NOFILE soft limit (Node raises it to the hard limit at start), from /proc; undefined where /proc does not say. */
-export function openFileLimit(limitsText: string): number | undefined {
-  const line = limitsText.split('\n').find((l) => l.startsWith('Max open files'));
-  const soft = line?.trim().split(/\s+/)[3];
-  if (soft === undefined) return undefined;
-  if (soft === 'unlimited') return Number.MAX_SAFE_INTEGER;
-  const n = Number(soft);
-  return Number.isInteger(n) && n > 0 ? n : undefined;
-}
-
 /** Why these limits cannot hold within `fdLimit` descriptors, or undefined when they can. */
 export function fdBudgetProblem(l: ListenerLimits, fdLimit: number): string | undefined {
   const b = fdBudget(l);
