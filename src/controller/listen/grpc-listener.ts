@@ -180,9 +180,12 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
     const peer = peerKey(raw.remoteAddress);
     // Connections first, then handshakes in flight: the order the reasons were always checked in.
     const a = table.admit(peer);
-    const refused = !a.admitted ? ADMISSION_REFUSAL[a.reason] : handshakes.start(raw, peer).admitted ? undefined : 'handshake_limit';
+    let refused: Refusal | undefined = a.admitted ? undefined : ADMISSION_REFUSAL[a.reason];
+    if (!refused && !handshakes.start(raw, peer).admitted) {
+      table.release(peer);
+      refused = 'handshake_limit';
+    }
     if (refused) {
-      if (a.admitted) table.release(peer);
       refusals.note('grpc', refused, address);
       raw.on('error', () => {});
       raw.destroy();
