@@ -16,12 +16,13 @@ import { LIMITS } from '../api/limits';
 import { services } from '../api/proto';
 import { MeshError } from '../errors';
 import { silentLogger, type Logger } from '../log';
+import { readOpenFileLimit } from '../net';
 import { CertificateAuthority, spiffeAdminId } from './ca';
 import { certificateServices } from './api/certificates';
 import { CertificateLedger, NODE_CERT_DEFAULTS } from './api/ledger';
 import { nodeConfigService } from './api/node-config';
 import { resourcesService } from './api/resources';
-import { connectionBudget, listenGrpc, parseListenerLimits, readNofileLimit, Refusals, type GrpcListener, type ListenerLimits } from './listen';
+import { connectionBudget, listenGrpc, parseListenerLimits, Refusals, type GrpcListener, type ListenerLimits } from './listen';
 import { ControllerMetrics, serveMetrics } from './metrics';
 import { ConfigHub } from './push';
 import { Registry } from './registry';
@@ -148,7 +149,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     const svc = services();
     const listenLog = log.child({ component: 'controller-listener' });
     const refusals = new Refusals(listenLog, metrics.listenerRejected, limits.refusalLogIntervalMs);
-    const nofile = readNofileLimit();
+    const nofile = readOpenFileLimit();
     const budget = connectionBudget(limits, nofile);
     if (budget.clamped)
       listenLog.warn(

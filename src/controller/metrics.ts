@@ -4,7 +4,8 @@ import type * as net from 'node:net';
 
 import * as prom from 'prom-client';
 
-import { AdmissionTable, peerKey, type ListenerLimits, type Refusal, type Refusals } from './listen';
+import { AdmissionTable, peerKey } from '../net';
+import { ADMISSION_REFUSAL, type ListenerLimits, type Refusal, type Refusals } from './listen';
 
 export class ControllerMetrics {
   readonly registry = new prom.Registry();
@@ -103,7 +104,7 @@ export async function serveMetrics(
   limits: ListenerLimits,
   refusals: Refusals,
 ): Promise<http.Server> {
-  const table = new AdmissionTable({ maxConnections: limits.metricsMaxConnections, maxConnectionsPerPeer: limits.metricsMaxConnectionsPerPeer });
+  const table = new AdmissionTable(limits.metricsMaxConnections, limits.metricsMaxConnectionsPerPeer);
   const server = http.createServer(
     {
       headersTimeout: limits.metricsHeadersTimeoutMs,
@@ -140,14 +141,14 @@ export async function serveMetrics(
     },
   );
   server.timeout = limits.metricsIdleTimeoutMs;
-  const report = (): void => metrics.listenerConnections.set({ listener: 'metrics' }, table.open);
+  const report = (): void => metrics.listenerConnections.set({ listener: 'metrics' }, table.size);
   // Before http's own listener: a refused socket never reaches the parser.
   server.prependListener('connection', (socket: net.Socket) => {
     const peer = peerKey(socket.remoteAddress);
-    const refused = table.admit(peer);
+    const a = table.admit(peer);
     socket.on('error', () => {});
-    if (refused) {
-      refusals.note('metrics', refused, socket.remoteAddress ?? 'unknown');
+    if (!a.admitted) {
+      refusals.note('metrics', ADMISSION_REFUSAL[a.reason], socket.remoteAddress ?? 'unknown');
       socket.destroy();
       return;
     }

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { MeshError } from '../errors';
+import { readOpenFileLimit } from '../net';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
 import { startAdmin } from './admin';
@@ -18,7 +19,7 @@ import { Datapath, type FlowRecord } from './datapath';
 import { FlowTable } from './flows';
 import { NodeSession, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
-import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, openFileLimit, type ListenerLimits } from './listeners';
+import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
@@ -57,14 +58,6 @@ export interface ProxyOptions {
 }
 
 export class ProxyError extends MeshError {}
-
-function readProcLimits(): string {
-  try {
-    return fs.readFileSync('/proc/self/limits', 'utf8');
-  } catch {
-    return '';
-  }
-}
 
 export class NodeProxy {
   readonly node: string;
@@ -124,7 +117,7 @@ export class NodeProxy {
     const o = this.#opts;
     const limits = o.limits ?? LISTENER_DEFAULTS;
     // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
-    const fdLimit = openFileLimit(readProcLimits());
+    const fdLimit = readOpenFileLimit();
     if (fdLimit !== undefined) {
       const problem = fdBudgetProblem(limits, fdLimit);
       if (problem) throw new ProxyError('NM_ERR_FD_BUDGET', `nodemesh proxy: ${problem}`);

@@ -3,29 +3,14 @@
  * a real controller process takes batches over gRPC until it is killed, then
  * a new one opens the same data dir.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 
 import { t } from 'tap';
 
 import { ControllerClient } from '../../src/controller/client';
-import { PACKAGE_ROOT } from '../../src/paths';
-import { doc, tempDir } from '../helpers/controller';
+import { controllerProcess, doc, tempDir } from '../helpers/controller';
 
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
 const BATCH = 5;
-
-function startChild(dataDir: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [BIN, 'controller', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('controller serving')) resolve(child);
-    });
-    child.once('exit', (code) => reject(new Error(`controller exited (${code}) before serving: ${out}`)));
-  });
-}
 
 const workload = (batch: number, j: number) => ({
   apiVersion: 'nodemesh.io/v1alpha1',
@@ -36,7 +21,7 @@ const workload = (batch: number, j: number) => ({
 
 t.test('kill -9 while applying', async (t) => {
   const dataDir = tempDir(t, 'nodemesh-crash-');
-  let child = await startChild(dataDir);
+  let child = await controllerProcess(dataDir);
   t.teardown(() => child.kill('SIGKILL'));
   const creds = path.join(dataDir, 'admin.json');
   let client = ControllerClient.fromCredentials(creds, { timeoutMs: 5000 });
@@ -59,7 +44,7 @@ t.test('kill -9 while applying', async (t) => {
   client.close();
   t.ok(acked.length > 5, `${acked.length} batches were acknowledged before the kill`);
 
-  child = await startChild(dataDir);
+  child = await controllerProcess(dataDir);
   client = ControllerClient.fromCredentials(creds, { timeoutMs: 5000 });
   t.teardown(() => client.close());
   // A client retries while a restarted controller comes up.

@@ -11,7 +11,6 @@ import * as x509 from '@peculiar/x509';
 import { spawnSync } from 'node:child_process';
 import { X509Certificate, webcrypto } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 
@@ -20,9 +19,12 @@ import { t } from 'tap';
 import type { Test } from 'tap';
 
 import { CertificateAuthority, spiffeAdminId, spiffeNodeId, spiffeWorkloadId } from '../../src/controller/ca';
-import { ClientError, ControllerClient, loadCredentials } from '../../src/controller/client';
+import { ControllerClient, loadCredentials } from '../../src/controller/client';
 import { HbonePool, HboneServer } from '../../src/node-proxy/tunnel';
-import { doc, tempDir, testController, type TestController } from '../helpers/controller';
+import { doc, httpGet, refused as refusedOrThrow, tempDir, testController, type TestController } from '../helpers/controller';
+
+/** Each case of a table reports on its own: a call that was served comes back as code 'SERVED'. */
+const refused = (p: Promise<unknown>) => refusedOrThrow(p, { orServed: true });
 
 const A = 'nodemesh.io/v1alpha1';
 const TD = 'cluster.local';
@@ -39,29 +41,8 @@ const workload = (name: string, namespace: string, node: string, sa: string, ip:
 });
 const svc = { apiVersion: A, kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }] } };
 
-/** The refusal of a call; a call that succeeded comes back as a ClientError with code 'SERVED', so each case of a table reports on its own. */
-async function refused(p: Promise<unknown>): Promise<ClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ClientError) return err;
-    throw err;
-  }
-  return new ClientError('SERVED', 'the call was served', grpc.status.OK, false);
-}
-
-function metricsText(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get(`http://127.0.0.1:${port}/metrics`, (res) => {
-      let b = '';
-      res.on('data', (d: Buffer) => (b += d.toString()));
-      res.on('end', () => resolve(b));
-    }).on('error', reject);
-  });
-}
-
 async function issuedCount(c: TestController, kind: string): Promise<number> {
-  const m = new RegExp(`nodemesh_controller_certificates_issued_total\\{kind="${kind}"\\} (\\d+)`).exec(await metricsText(c.controller.metricsPort));
+  const m = new RegExp(`nodemesh_controller_certificates_issued_total\\{kind="${kind}"\\} (\\d+)`).exec((await httpGet(c.controller.metricsPort, '/metrics')).body);
   return m ? Number(m[1]) : 0;
 }
 
@@ -361,7 +342,7 @@ t.test('a node certificate, or a workload certificate, cannot use any admin API;
 
   t.equal(await snapshot(), before, 'nothing changed: same version, same objects');
   t.equal((await c.admin.list('workloads', { allNamespaces: true })).items.length, 3, 'the admin still reads everything (control)');
-  const text = await metricsText(c.controller.metricsPort);
+  const text = (await httpGet(c.controller.metricsPort, '/metrics')).body;
   for (const m of ['Resources.Apply', 'Resources.Get', 'Resources.List', 'Resources.Delete', 'Resources.Watch', 'Bootstrap.CreateToken', 'NodeConfig.ListNodes'])
     t.match(text, new RegExp(`nodemesh_controller_api_requests_total\\{method="${m.replace('.', '\\.')}",code="PERMISSION_DENIED"\\} [1-9]`), `${m} refusals are counted`);
 });

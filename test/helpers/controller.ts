@@ -1,17 +1,20 @@
-/** A real controller for a test: temp data dir, loopback ports, captured logs. */
+/** A real controller for a test: temp data dir, loopback ports, captured logs; or a real controller process. */
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import type { Test } from 'tap';
 
 import { spiffeNodeId } from '../../src/controller/ca';
-import { ControllerClient, loadCredentials } from '../../src/controller/client';
+import { ClientError, ControllerClient, loadCredentials } from '../../src/controller/client';
 import { startController, type ControllerOptions, type RunningController } from '../../src/controller/controller';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
+import { PACKAGE_ROOT } from '../../src/paths';
 
 export interface TestController {
   controller: RunningController;
@@ -63,6 +66,39 @@ export async function testController(t: Test, dataDir = tempDir(t), extra: Pick<
       return c;
     },
   };
+}
+
+/**
+ * `nodemesh controller` as its own process on loopback ports, resolved once it
+ * serves; the caller kills it (a kill -9 is what these tests are about).
+ */
+export function controllerProcess(dataDir: string): Promise<ChildProcess> {
+  const bin = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
+  const child = spawn(process.execPath, [bin, 'controller', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('controller serving')) resolve(child);
+    });
+    child.once('exit', (code) => reject(new Error(`controller exited (${code}) before serving: ${out}`)));
+  });
+}
+
+/**
+ * The error a call was refused with. A call that was served fails the test,
+ * or with `orServed` comes back as a ClientError with code 'SERVED', so each
+ * case of a table reports on its own.
+ */
+export async function refused(p: Promise<unknown>, opts: { orServed?: boolean } = {}): Promise<ClientError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof ClientError) return err;
+    throw err;
+  }
+  if (opts.orServed) return new ClientError('SERVED', 'the call was served', grpc.status.OK, false);
+  throw new Error('expected the call to be refused');
 }
 
 /** A resource document as the API takes it. */

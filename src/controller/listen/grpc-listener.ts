@@ -20,7 +20,8 @@ import * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
 import type { Logger } from '../../log';
-import { AdmissionTable, peerKey, RateBudget, type Refusal } from './admission';
+import { AdmissionTable, HandshakeTable, peerKey, RateBudget } from '../../net';
+import { ADMISSION_REFUSAL, type Refusal } from './admission';
 import type { ListenerLimits } from './limits';
 import type { Refusals } from './refusals';
 
@@ -74,12 +75,18 @@ function onStreamCreated(message: unknown): void {
 
 export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListener> {
   const { limits, refusals, gauges } = opts;
-  const table = new AdmissionTable({ maxConnections: opts.maxConnections, maxConnectionsPerPeer: limits.maxConnectionsPerPeer, maxHandshakes: limits.maxHandshakes, maxHandshakesPerPeer: limits.maxHandshakesPerPeer });
+  const table = new AdmissionTable(opts.maxConnections, limits.maxConnectionsPerPeer);
   const conns = new Set<Conn>();
   const byTuple = new Map<string, Conn>();
+  const handshakes = new HandshakeTable(limits, (raw) => {
+    const c = byTuple.get(tupleKey(raw));
+    if (c) c.timedOut = true;
+    refusals.note('grpc', 'handshake_timeout', c?.address ?? raw.remoteAddress ?? 'unknown');
+    raw.destroy();
+  });
   const report = (): void => {
-    gauges.connections.set({ listener: 'grpc' }, table.open);
-    gauges.handshakes.set({ listener: 'grpc' }, table.handshaking);
+    gauges.connections.set({ listener: 'grpc' }, table.size);
+    gauges.handshakes.set({ listener: 'grpc' }, handshakes.inFlight);
   };
   const injector = opts.server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
 
@@ -99,7 +106,7 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
   const handshakeEnded = (c: Conn): void => {
     if (!c.handshaking) return;
     c.handshaking = false;
-    table.handshakeDone(c.peer);
+    handshakes.done(c.raw);
     report();
   };
 
@@ -171,7 +178,13 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
   const netServer = net.createServer({ pauseOnConnect: false }, (raw) => {
     const address = raw.remoteAddress ?? 'unknown';
     const peer = peerKey(raw.remoteAddress);
-    const refused = table.admit(peer);
+    // Connections first, then handshakes in flight: the order the reasons were always checked in.
+    const a = table.admit(peer);
+    let refused: Refusal | undefined = a.admitted ? undefined : ADMISSION_REFUSAL[a.reason];
+    if (!refused && !handshakes.start(raw, peer).admitted) {
+      table.release(peer);
+      refused = 'handshake_limit';
+    }
     if (refused) {
       refusals.note('grpc', refused, address);
       raw.on('error', () => {});
@@ -183,16 +196,8 @@ export async function listenGrpc(opts: GrpcListenerOptions): Promise<GrpcListene
     const key = tupleKey(raw);
     byTuple.set(key, c);
     report();
-    const timer = setTimeout(() => {
-      if (!c.handshaking) return;
-      c.timedOut = true;
-      refusals.note('grpc', 'handshake_timeout', address);
-      raw.destroy();
-    }, limits.handshakeTimeoutMs);
-    timer.unref();
     raw.on('error', () => {});
     raw.once('close', () => {
-      clearTimeout(timer);
       handshakeEnded(c);
       c.tls?.destroy();
       conns.delete(c);

@@ -4,8 +4,6 @@
  * certificate yet, so TLS asks for one but does not require it): every
  * resource a connection can hold before it proves anything is bounded here.
  */
-import * as fs from 'node:fs';
-
 import { MeshError } from '../../errors';
 
 export interface ListenerLimits {
@@ -110,20 +108,11 @@ export function parseListenerLimits(raw: Partial<Record<string, unknown>> = {}):
  * limit: the configured bound, or what is left under the soft RLIMIT_NOFILE
  * after 15014's connections and the reserve, whichever is lower. Never so
  * many that accept() fails with EMFILE and the store cannot open a file.
+ * `nofile` is readOpenFileLimit() (../../net).
  */
 export function connectionBudget(limits: ListenerLimits, nofile: number | undefined): { maxConnections: number; clamped: boolean } {
   if (nofile === undefined) return { maxConnections: limits.maxConnections, clamped: false };
   const room = nofile - FD_RESERVE - limits.metricsMaxConnections;
   const max = Math.max(1, Math.min(limits.maxConnections, room));
   return { maxConnections: max, clamped: max < limits.maxConnections };
-}
-
-/** The soft RLIMIT_NOFILE of this process (Linux /proc), or undefined where it cannot be read or is unlimited. */
-export function readNofileLimit(): number | undefined {
-  try {
-    const m = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
-    return m && m[1] !== 'unlimited' ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
 }

@@ -4,13 +4,12 @@
  * flood): the line carries how many were folded into it.
  */
 import type { Logger } from '../../log';
+import { RefusalLog, type RefusalCounter as Counter } from '../../net';
 import type { Refusal } from './admission';
 
 export type ListenerName = 'grpc' | 'metrics';
 
-export interface RefusalCounter {
-  inc(labels: { listener: ListenerName; reason: Refusal }): void;
-}
+export type RefusalCounter = Counter<ListenerName, Refusal>;
 
 const MESSAGES: Record<Refusal, string> = {
   total_limit: 'connection refused: the listener holds its maximum of connections (--max-connections)',
@@ -28,28 +27,14 @@ const MESSAGES: Record<Refusal, string> = {
 };
 
 export class Refusals {
-  readonly #log: Logger;
-  readonly #counter: RefusalCounter;
-  readonly #intervalMs: number;
-  readonly #last = new Map<string, { at: number; folded: number }>();
+  readonly #log: RefusalLog<ListenerName, Refusal>;
 
   constructor(log: Logger, counter: RefusalCounter, intervalMs: number) {
-    this.#log = log;
-    this.#counter = counter;
-    this.#intervalMs = intervalMs;
+    this.#log = new RefusalLog({ counter, log, linesPerInterval: 1, intervalMs });
   }
 
   /** Counts one refusal and logs it unless one like it was logged within the interval. */
   note(listener: ListenerName, reason: Refusal, peer: string, detail?: string): void {
-    this.#counter.inc({ listener, reason });
-    const key = `${listener}/${reason}`;
-    const now = Date.now();
-    const last = this.#last.get(key);
-    if (last && now - last.at < this.#intervalMs) {
-      last.folded++;
-      return;
-    }
-    this.#last.set(key, { at: now, folded: 0 });
-    this.#log.warn({ listener, reason, peer, ...(detail ? { detail } : {}), foldedSinceLastLine: last?.folded ?? 0 }, MESSAGES[reason]);
+    this.#log.note(listener, reason, (log, folded) => log.warn({ listener, reason, peer, ...(detail ? { detail } : {}), foldedSinceLastLine: folded }, MESSAGES[reason]));
   }
 }

@@ -9,7 +9,7 @@
 import type * as net from 'node:net';
 
 import type { Logger } from '../../log';
-import { AdmissionTable, LineBudget } from './admission';
+import { AdmissionTable, HandshakeTable, peerKey, RefusalLog } from '../../net';
 import { LISTENER_DEFAULTS, type RejectLogLimits, type TcpLimits, type TunnelLimits } from './limits';
 
 /** The metric handles the reporter feeds (prom-client counters and a gauge in ProxyMetrics). */
@@ -45,16 +45,17 @@ export type RejectReason =
 
 export class ListenerReporter {
   readonly #metrics: ListenerMetrics | undefined;
-  readonly #log: Logger | undefined;
-  readonly #lines: LineBudget;
-  /** Counts by `listener reason`, for status and tests. */
-  readonly counts = new Map<string, number>();
+  readonly #refusals: RefusalLog<string, RejectReason>;
 
   constructor(opts: { metrics?: ListenerMetrics; log?: Logger; limits?: RejectLogLimits } = {}) {
     this.#metrics = opts.metrics;
-    this.#log = opts.log;
     const l = opts.limits ?? LISTENER_DEFAULTS.rejectLog;
-    this.#lines = new LineBudget(l.linesPerInterval, l.intervalMs);
+    this.#refusals = new RefusalLog({ counter: opts.metrics?.listenerRejected, log: opts.log, linesPerInterval: l.linesPerInterval, intervalMs: l.intervalMs });
+  }
+
+  /** Counts by `listener reason`, for status and tests. */
+  get counts(): ReadonlyMap<string, number> {
+    return this.#refusals.counts;
   }
 
   accepted(listener: string): void {
@@ -68,17 +69,13 @@ export class ListenerReporter {
 
   /** Counted always; logged within the line budget, with how many lines were dropped before it. */
   reject(listener: string, reason: RejectReason, fields: { remote?: string; detail?: string } = {}): void {
-    const key = `${listener} ${reason}`;
-    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
-    this.#metrics?.listenerRejected.inc({ listener, reason });
-    if (!this.#log) return;
-    const { write, dropped } = this.#lines.take(key, Date.now());
-    if (!write) return;
-    this.#log.warn({ event: 'security', listener, reason, remote: fields.remote, detail: fields.detail, ...(dropped ? { suppressed: dropped } : {}) }, 'listener refused or closed a connection');
+    this.#refusals.note(listener, reason, (log, dropped) =>
+      log.warn({ event: 'security', listener, reason, remote: fields.remote, detail: fields.detail, ...(dropped ? { suppressed: dropped } : {}) }, 'listener refused or closed a connection'),
+    );
   }
 }
 
-/** The peer key of an accepted socket: its address, IPv4-mapped IPv6 folded to IPv4. */
+/** The address of an accepted socket as logs show it, IPv4-mapped IPv6 folded to IPv4 (admission counts by peerKey). */
 export function peerAddress(socket: net.Socket): string {
   const a = socket.remoteAddress ?? '';
   return a.startsWith('::ffff:') ? a.slice(7) : a;
@@ -105,7 +102,7 @@ export class ListenerGuard {
    * Admits an accepted socket under `peer`, or destroys it and reports why.
    * An admitted socket's slot is given back when it closes.
    */
-  admit(socket: net.Socket, peer = peerAddress(socket)): boolean {
+  admit(socket: net.Socket, peer = peerKey(socket.remoteAddress)): boolean {
     const a = this.#table.admit(peer);
     if (!a.admitted) {
       this.cut(socket, a.reason, { remote: peer });
@@ -135,49 +132,31 @@ export class ListenerGuard {
   }
 }
 
-/**
- * TLS handshakes in flight: bounded in total and per address, each with a
- * deadline after which the raw socket is destroyed (node:tls only reports
- * its own handshakeTimeout; the socket stays open).
- */
+/** TLS handshakes in flight on a listener (../../net HandshakeTable), refused and cut under this listener's reasons. */
 export class HandshakeGuard {
-  readonly #table: AdmissionTable;
-  readonly #timeoutMs: number;
+  readonly #table: HandshakeTable;
   readonly #guard: ListenerGuard;
-  readonly #inFlight = new Map<net.Socket, { peer: string; timer: NodeJS.Timeout }>();
 
   constructor(limits: Pick<TunnelLimits, 'maxHandshakes' | 'maxHandshakesPerPeer' | 'handshakeTimeoutMs'>, guard: ListenerGuard) {
-    this.#table = new AdmissionTable(limits.maxHandshakes, limits.maxHandshakesPerPeer);
-    this.#timeoutMs = limits.handshakeTimeoutMs;
     this.#guard = guard;
+    this.#table = new HandshakeTable(limits, (raw, peer) => {
+      this.#guard.cut(raw, 'handshake-timeout', { remote: peer, detail: `no TLS handshake within ${limits.handshakeTimeoutMs} ms` });
+    });
   }
 
   get inFlight(): number {
-    return this.#table.size;
+    return this.#table.inFlight;
   }
 
   /** Starts the clock on a raw socket's handshake; false: refused (too many in flight) and destroyed. */
-  start(raw: net.Socket, peer = peerAddress(raw)): boolean {
-    const a = this.#table.admit(peer);
-    if (!a.admitted) {
-      this.#guard.cut(raw, a.reason === 'total' ? 'handshakes' : 'handshakes-per-peer', { remote: peer });
-      return false;
-    }
-    const timer = setTimeout(() => {
-      this.#guard.cut(raw, 'handshake-timeout', { remote: peer, detail: `no TLS handshake within ${this.#timeoutMs} ms` });
-    }, this.#timeoutMs);
-    timer.unref();
-    this.#inFlight.set(raw, { peer, timer });
-    raw.once('close', () => this.done(raw));
-    return true;
+  start(raw: net.Socket, peer = peerKey(raw.remoteAddress)): boolean {
+    const a = this.#table.start(raw, peer);
+    if (!a.admitted) this.#guard.cut(raw, a.reason === 'total' ? 'handshakes' : 'handshakes-per-peer', { remote: peer });
+    return a.admitted;
   }
 
   /** The handshake finished (or the socket went): its slot is free. Safe twice. */
   done(raw: net.Socket): void {
-    const h = this.#inFlight.get(raw);
-    if (!h) return;
-    this.#inFlight.delete(raw);
-    clearTimeout(h.timer);
-    this.#table.release(h.peer);
+    this.#table.done(raw);
   }
 }

@@ -12,7 +12,7 @@
  */
 import * as http2 from 'node:http2';
 
-import { RateWindow } from './admission';
+import { RateBudget } from '../../net';
 import type { ListenerGuard } from './guard';
 import type { H2Limits } from './limits';
 
@@ -51,9 +51,10 @@ export function h2SessionOptions(l: H2Limits, extra: http2.Settings = {}): http2
  * (GOAWAY ENHANCE_YOUR_CALM, then destroy after the grace).
  */
 export function guardSession(session: http2.ServerHttp2Session, l: H2Limits, guard: ListenerGuard, remote: string | undefined): (reason: 'h2-resets' | 'h2-pings' | 'h2-settings', detail: string) => void {
-  const resets = new RateWindow(l.maxResetsPerSecond);
-  const pings = new RateWindow(l.maxPingsPerSecond);
-  const settings = new RateWindow(l.maxSettingsPerSecond);
+  // A budget of one second's worth, refilled at the same rate: refused only past N in some second.
+  const resets = new RateBudget(l.maxResetsPerSecond, l.maxResetsPerSecond);
+  const pings = new RateBudget(l.maxPingsPerSecond, l.maxPingsPerSecond);
+  const settings = new RateBudget(l.maxSettingsPerSecond, l.maxSettingsPerSecond);
   let ended = false;
   let grace: NodeJS.Timeout | undefined;
 
@@ -81,14 +82,14 @@ export function guardSession(session: http2.ServerHttp2Session, l: H2Limits, gua
       // Reset before it was answered, or soon after it opened (the server's own resets count too: MadeYouReset).
       const now = Date.now();
       const premature = !stream.headersSent || now - opened < PREMATURE_MS;
-      if (premature && !resets.hit(now)) end('h2-resets', `more than ${l.maxResetsPerSecond} streams reset before an answer or within a second, in one second`);
+      if (premature && !resets.take(now)) end('h2-resets', `more than ${l.maxResetsPerSecond} streams reset before an answer or within a second, in one second`);
     });
   });
   session.on('ping', () => {
-    if (!pings.hit(Date.now())) end('h2-pings', `more than ${l.maxPingsPerSecond} PING frames in one second`);
+    if (!pings.take()) end('h2-pings', `more than ${l.maxPingsPerSecond} PING frames in one second`);
   });
   session.on('remoteSettings', () => {
-    if (!settings.hit(Date.now())) end('h2-settings', `more than ${l.maxSettingsPerSecond} SETTINGS frames in one second`);
+    if (!settings.take()) end('h2-settings', `more than ${l.maxSettingsPerSecond} SETTINGS frames in one second`);
   });
   session.on('error', (err: NodeJS.ErrnoException) => {
     guard.reject('h2-error', { remote, detail: err.code ?? err.message });

@@ -1,4 +1,3 @@
-export { AdmissionTable, LineBudget, RateWindow, type Admission } from './admission';
 export { HandshakeGuard, ListenerGuard, ListenerReporter, peerAddress, type ListenerMetrics, type RejectReason } from './guard';
 export { guardSession, h2SessionOptions, headerListSize } from './h2';
 export { createHttpServer } from './http';
@@ -7,7 +6,6 @@ export {
   fdBudgetProblem,
   LISTENER_DEFAULTS,
   listenerLimits,
-  openFileLimit,
   type H2Limits,
   type HttpLimits,
   type ListenerLimits,

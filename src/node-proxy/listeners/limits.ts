@@ -15,7 +15,7 @@
 export interface TcpLimits {
   /** Connections open at once on this listener. */
   maxConnections: number;
-  /** Connections open at once from one peer (address, or source pod on 15001). */
+  /** Connections open at once from one peer (an IPv4 address or IPv6 /64, see peerKey; the source pod on 15001). */
   maxConnectionsPerPeer: number;
 }
 
@@ -24,7 +24,7 @@ export interface TunnelLimits extends TcpLimits {
   handshakeTimeoutMs: number;
   /** TLS handshakes in flight at once (unauthenticated peers: these are all they can hold). */
   maxHandshakes: number;
-  /** TLS handshakes in flight at once from one address. */
+  /** TLS handshakes in flight at once from one address (IPv6: one /64). */
   maxHandshakesPerPeer: number;
   /** Tunnel streams (each holds one connection to a pod) open at once, over every session. */
   maxStreams: number;
@@ -170,16 +170,6 @@ export function fdBudget(l: ListenerLimits): { unauthenticated: number; total: n
   const unauthenticated = parts.outbound + parts.tunnelHandshakes + parts.metricsAndHealth;
   const total = Object.values(parts).reduce((a, b) => a + b, 0);
   return { unauthenticated, total, parts };
-}
-
-/** The process's RLIMIT_NOFILE soft limit (Node raises it to the hard limit at start), from /proc; undefined where /proc does not say. */
-export function openFileLimit(limitsText: string): number | undefined {
-  const line = limitsText.split('\n').find((l) => l.startsWith('Max open files'));
-  const soft = line?.trim().split(/\s+/)[3];
-  if (soft === undefined) return undefined;
-  if (soft === 'unlimited') return Number.MAX_SAFE_INTEGER;
-  const n = Number(soft);
-  return Number.isInteger(n) && n > 0 ? n : undefined;
 }
 
 /** Why these limits cannot hold within `fdLimit` descriptors, or undefined when they can. */

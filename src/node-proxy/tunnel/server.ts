@@ -30,6 +30,7 @@ import * as tls from 'node:tls';
 
 import { normalizeSerial, parseSpiffeId } from '../../controller/ca';
 import { MeshError } from '../../errors';
+import { peerKey } from '../../net';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
 import { certificateUris, sniToIdentity } from './sni';
 
@@ -241,9 +242,9 @@ export class HboneServer {
       SNICallback: (servername, cb) => this.#sni(servername, cb),
     });
     this.#tls.on('connection', (raw: net.Socket) => {
-      const peer = peerAddress(raw);
+      const peer = peerKey(raw.remoteAddress);
       if (!this.#guard.admit(raw, peer) || !this.#handshakes.start(raw, peer)) return;
-      this.#peers.set(raw, peer);
+      this.#peers.set(raw, peerAddress(raw));
       this.#sockets.add(raw);
       raw.once('close', () => this.#sockets.delete(raw));
     });

@@ -11,22 +11,12 @@ import { t } from 'tap';
 
 import type { ConfigMessage, NodeMessage } from '../../../src/api/proto';
 import { normalizeSerial, spiffeNodeId, spiffeWorkloadId } from '../../../src/controller/ca';
-import { ClientError, ControllerClient, loadCredentials } from '../../../src/controller/client';
+import { ControllerClient, loadCredentials } from '../../../src/controller/client';
 import { main } from '../../../src/cli/main';
 import { LEDGER_DEFAULTS } from '../../../src/controller/api/ledger';
 import { generateKeyAndCsr } from '../../../src/node-proxy/identity';
-import { doc, testController } from '../../helpers/controller';
+import { doc, refused, testController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
-
-async function refused(p: Promise<unknown>): Promise<ClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ClientError) return err;
-    throw err;
-  }
-  throw new Error('expected the call to be refused');
-}
 
 /** A node's config stream, recording what arrives and how it ends. */
 function openStream(client: ControllerClient, node: string): { items: Map<string, string>; ended: Promise<grpc.ServiceError | 'clean'>; call: grpc.ClientDuplexStream<NodeMessage, ConfigMessage> } {

@@ -3,7 +3,6 @@
  * of uses otherwise, expiring, hashed at rest, taken atomically (concurrent
  * joins, a kill -9), and old stores upgraded.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,20 +11,9 @@ import Database from 'better-sqlite3';
 import { t } from 'tap';
 
 import { spiffeNodeId } from '../../../src/controller/ca';
-import { ClientError, ControllerClient, loadCredentials } from '../../../src/controller/client';
+import { ControllerClient, loadCredentials } from '../../../src/controller/client';
 import { generateKeyAndCsr } from '../../../src/node-proxy/identity';
-import { PACKAGE_ROOT } from '../../../src/paths';
-import { tempDir, testController } from '../../helpers/controller';
-
-async function refused(p: Promise<unknown>): Promise<ClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ClientError) return err;
-    throw err;
-  }
-  throw new Error('expected the call to be refused');
-}
+import { controllerProcess, refused, tempDir, testController } from '../../helpers/controller';
 
 /** A join as a fresh node would do it: its own channel, no client certificate, a new key. */
 async function join(address: string, ca: string, token: string, node: string): Promise<{ certificateChainPem: string }> {
@@ -114,23 +102,9 @@ t.test('tokens are stored hashed: a copy of the database gives no usable token',
   t.match((await join(c.address, ca, token, 'n1')).certificateChainPem, /BEGIN CERTIFICATE/, 'the real token still joins');
 });
 
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
-
-function startChild(dataDir: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [BIN, 'controller', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('controller serving')) resolve(child);
-    });
-    child.once('exit', (code) => reject(new Error(`controller exited (${code}) before serving: ${out}`)));
-  });
-}
-
 t.test('kill -9 right after a join does not bring the used token back', async (t) => {
   const dataDir = tempDir(t, 'nodemesh-token-crash-');
-  let child = await startChild(dataDir);
+  let child = await controllerProcess(dataDir);
   t.teardown(() => child.kill('SIGKILL'));
   const credsFile = path.join(dataDir, 'admin.json');
   let admin = ControllerClient.fromCredentials(credsFile);
@@ -140,7 +114,7 @@ t.test('kill -9 right after a join does not bring the used token back', async (t
   admin.close();
   child.kill('SIGKILL');
   await new Promise((r) => child.once('exit', r));
-  child = await startChild(dataDir);
+  child = await controllerProcess(dataDir);
   const after = loadCredentials(credsFile);
   t.match(await refused(join(after.controller, after.ca, token, 'n1')), { code: 'NM_ERR_GRPC_UNAUTHENTICATED', message: /already used/ });
   admin = ControllerClient.fromCredentials(credsFile);
