@@ -7,9 +7,11 @@ import * as net from 'node:net';
 export type Admission = { admitted: true } | { admitted: false; reason: 'total' | 'per-peer' };
 
 /**
- * The unit one peer is counted in: an IPv4 address (IPv4-mapped IPv6 too),
- * or an IPv6 /64, since one host is commonly given a whole /64 and could
- * otherwise pick a fresh address per connection.
+ * The unit one peer is counted in: one address, IPv4-mapped IPv6 as its IPv4
+ * form, IPv6 in one spelling. Not a whole IPv6 /64: the nodes of a cluster
+ * commonly share one subnet, so a /64 share would cap every node's tunnels to
+ * a peer, and the controller's node streams, at one per-peer bound. A host
+ * that takes many addresses is held by the listener's total bounds instead.
  */
 export function peerKey(address: string | undefined): string {
   if (!address) return 'unknown';
@@ -20,7 +22,7 @@ export function peerKey(address: string | undefined): string {
   const left = head ? head.split(':') : [];
   const right = tail ? tail.split(':') : [];
   const full = address.includes('::') ? [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right] : left;
-  return `${full.slice(0, 4).map((h) => h.replace(/^0+(?=.)/, '').toLowerCase()).join(':')}::/64`;
+  return full.map((h) => h.replace(/^0+(?=.)/, '').toLowerCase()).join(':');
 }
 
 export class AdmissionTable {

@@ -3,14 +3,15 @@ import { t } from 'tap';
 
 import { AdmissionTable, peerKey } from '../../src/net';
 
-t.test('peerKey: an IPv4 address, IPv4-mapped as IPv4, IPv6 by /64', async (t) => {
+t.test('peerKey: one address, IPv4-mapped as IPv4, IPv6 in one spelling', async (t) => {
   const cases: [string | undefined, string][] = [
     ['198.18.0.1', '198.18.0.1'],
     ['::ffff:198.18.0.1', '198.18.0.1'],
-    ['2001:2::1', '2001:2:0:0::/64'],
-    ['2001:2:0:0:ffff::9', '2001:2:0:0::/64'],
-    ['2001:0002:0000:0001:0:0:0:1', '2001:2:0:1::/64'],
-    ['::1', '0:0:0:0::/64'],
+    ['2001:2::1', '2001:2:0:0:0:0:0:1'],
+    ['2001:0002:0000:0000:0000:0000:0000:0001', '2001:2:0:0:0:0:0:1'],
+    ['2001:2::2', '2001:2:0:0:0:0:0:2'],
+    ['2001:2:0:0:FFFF::9', '2001:2:0:0:ffff:0:0:9'],
+    ['::1', '0:0:0:0:0:0:0:1'],
     [undefined, 'unknown'],
   ];
   for (const [addr, key] of cases) t.equal(peerKey(addr), key, String(addr));

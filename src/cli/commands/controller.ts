@@ -31,7 +31,7 @@ function parseCount(flag: string, s: string): number {
 /** The listener flags an operator tunes, each onto its limit. */
 const LIMIT_FLAGS = {
   'max-connections': { limit: 'maxConnections', parse: parseCount, help: 'open gRPC connections in total (also capped by the file descriptor limit)' },
-  'max-connections-per-peer': { limit: 'maxConnectionsPerPeer', parse: parseCount, help: 'open gRPC connections from one IPv4 address or IPv6 /64 (raise it when nodes share a NAT address)' },
+  'max-connections-per-peer': { limit: 'maxConnectionsPerPeer', parse: parseCount, help: 'open gRPC connections from one IPv4 address (raise it when nodes share a NAT address)' },
   'max-handshakes': { limit: 'maxHandshakes', parse: parseCount, help: 'TLS handshakes in progress at once' },
   'max-handshakes-per-peer': { limit: 'maxHandshakesPerPeer', parse: parseCount, help: 'TLS handshakes in progress from one peer' },
   'handshake-timeout': { limit: 'handshakeTimeoutMs', parse: parseDurationMs, help: 'time a connection has to finish TLS' },

@@ -14,7 +14,7 @@ export interface ListenerLimits {
   maxHandshakesPerPeer: number;
   /** Open connections to 15010 (clamped to what RLIMIT_NOFILE leaves, see connectionBudget). */
   maxConnections: number;
-  /** Open connections to 15010 from one peer (one IPv4 address, one IPv6 /64). */
+  /** Open connections to 15010 from one peer (one address). */
   maxConnectionsPerPeer: number;
   /** A session with no call in progress for this long is closed (also one that never sends a call). */
   idleTimeoutMs: number;

@@ -19,16 +19,16 @@ interface FlagSpec {
 export const LISTENER_FLAGS: Readonly<Record<string, FlagSpec>> = Object.freeze({
   'tunnel-handshake-timeout': { section: 'tunnel', key: 'handshakeTimeoutMs', kind: 'duration', help: 'cut a 15008 connection whose TLS handshake is not done by then' },
   'max-tunnel-connections': { section: 'tunnel', key: 'maxConnections', kind: 'count', help: 'tunnel (15008) connections open at once' },
-  'max-tunnel-connections-per-peer': { section: 'tunnel', key: 'maxConnectionsPerPeer', kind: 'count', help: 'tunnel connections open at once from one address (IPv6: one /64)' },
+  'max-tunnel-connections-per-peer': { section: 'tunnel', key: 'maxConnectionsPerPeer', kind: 'count', help: 'tunnel connections open at once from one address' },
   'max-tunnel-handshakes': { section: 'tunnel', key: 'maxHandshakes', kind: 'count', help: 'TLS handshakes in flight on 15008' },
-  'max-tunnel-handshakes-per-peer': { section: 'tunnel', key: 'maxHandshakesPerPeer', kind: 'count', help: 'TLS handshakes in flight on 15008 from one address (IPv6: one /64)' },
+  'max-tunnel-handshakes-per-peer': { section: 'tunnel', key: 'maxHandshakesPerPeer', kind: 'count', help: 'TLS handshakes in flight on 15008 from one address' },
   'max-tunnel-streams': { section: 'tunnel', key: 'maxStreams', kind: 'count', help: 'tunnel streams (connections to pods) open at once, over every session' },
   'h2-max-concurrent-streams': { section: 'h2', key: 'maxConcurrentStreams', kind: 'count', help: 'HTTP/2 streams per tunnel session' },
   'h2-max-resets-per-second': { section: 'h2', key: 'maxResetsPerSecond', kind: 'count', help: 'streams reset before answering, per session per second, before GOAWAY' },
   'max-outbound-connections': { section: 'outbound', key: 'maxConnections', kind: 'count', help: 'pod connections (15001) open at once' },
   'max-outbound-connections-per-pod': { section: 'outbound', key: 'maxConnectionsPerPeer', kind: 'count', help: 'connections open at once from one pod' },
   'max-http-connections': { section: 'http', key: 'maxConnections', kind: 'count', help: 'connections to metrics (15020) and to health (15021), each' },
-  'max-http-connections-per-peer': { section: 'http', key: 'maxConnectionsPerPeer', kind: 'count', help: 'connections to 15020 or 15021 from one address (IPv6: one /64)' },
+  'max-http-connections-per-peer': { section: 'http', key: 'maxConnectionsPerPeer', kind: 'count', help: 'connections to 15020 or 15021 from one address' },
   'http-request-timeout': { section: 'http', key: 'requestTimeoutMs', kind: 'duration', help: 'a whole request to 15020/15021 within this' },
 });
 

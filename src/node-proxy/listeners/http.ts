@@ -4,7 +4,7 @@
  * bounds: request head and whole request deadlines (checked every
  * connectionsCheckingInterval, so that is kept well below them), keep-alive
  * and idle timeouts, header count and size, and admission through a
- * ListenerGuard (total and per peer: an IPv4 address or IPv6 /64).
+ * ListenerGuard (total and per peer address).
  */
 import * as http from 'node:http';
 import type * as net from 'node:net';

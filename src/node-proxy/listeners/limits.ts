@@ -15,7 +15,7 @@
 export interface TcpLimits {
   /** Connections open at once on this listener. */
   maxConnections: number;
-  /** Connections open at once from one peer (an IPv4 address or IPv6 /64, see peerKey; the source pod on 15001). */
+  /** Connections open at once from one peer (one address, see peerKey; the source pod on 15001). */
   maxConnectionsPerPeer: number;
 }
 
@@ -24,7 +24,7 @@ export interface TunnelLimits extends TcpLimits {
   handshakeTimeoutMs: number;
   /** TLS handshakes in flight at once (unauthenticated peers: these are all they can hold). */
   maxHandshakes: number;
-  /** TLS handshakes in flight at once from one address (IPv6: one /64). */
+  /** TLS handshakes in flight at once from one address. */
   maxHandshakesPerPeer: number;
   /** Tunnel streams (each holds one connection to a pod) open at once, over every session. */
   maxStreams: number;
