@@ -100,7 +100,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const metrics = await runIn(lab, 'n2', [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>console.log(t))"]);
     for (const line of metrics.split('\n').filter((l) => /^nodemesh_tcp_(connections_opened|denied)_total\{/.test(l))) out(`  ${line}`);
     out('');
-    out('Also there: PeerAuthentication STRICT, nodemesh explain. L7 routing comes next (see ../shared/DESIGN.md).');
+    out('Also there: PeerAuthentication STRICT, nodemesh explain, nodemesh node revoke (SECURITY.md: who can reach what). L7 routing comes next.');
   } finally {
     admin.close();
     out('');

@@ -28,6 +28,7 @@ bpfTest(t, 'the demo runs end to end', async (t) => {
   t.match(section(6), /nodemesh_tcp_denied_total\{[^}]*source_workload="n2-p2"[^}]*policy="default\/deny-n2-p2"\} 1/);
   t.match(r.stdout, /== 7\. teardown[\s\S]*removed \d+ objects\n/);
   t.notMatch(r.stdout, /errors:/);
+  t.notMatch(r.stdout, /\.\.\/shared/, 'points only at what the repository has');
   t.notOk(fs.existsSync(`/run/nodemesh/labs/${name}.json`), 'the demo lab is gone');
   t.notOk(fs.existsSync(`/sys/fs/bpf/nodemesh/${name}-n1`), 'its pins are gone');
 });
