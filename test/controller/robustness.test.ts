@@ -82,42 +82,35 @@ function rawUnary(client: grpc.Client, method: string, body: Buffer): Promise<Ou
   });
 }
 
-/** Opens a server stream, waits for its status (or `ms`), then cancels it. */
-function rawServerStream(client: grpc.Client, method: string, body: Buffer, ms: number): Promise<Outcome | 'open'> {
+/** Resolves with a call's status, or 'open' (and cancels it) when none came within `ms`. */
+function outcomeOf(s: grpc.ClientReadableStream<Buffer> | grpc.ClientDuplexStream<Buffer, Buffer>, ms: number): Promise<Outcome | 'open'> {
   return new Promise((resolve) => {
-    const s = client.makeServerStreamRequest(method, identity, identity, body, new grpc.Metadata(), {});
     const timer = setTimeout(() => {
       s.cancel();
       resolve('open');
     }, ms);
-    s.on('data', () => {});
-    s.on('error', (err: grpc.ServiceError) => {
+    const settle = (o: Outcome): void => {
       clearTimeout(timer);
-      resolve({ code: err.code, details: err.details });
-    });
+      resolve(o);
+    };
+    s.on('data', () => {});
+    s.on('error', (err: grpc.ServiceError) => settle({ code: err.code, details: err.details }));
+    s.on('status', (st: grpc.StatusObject) => settle({ code: st.code, details: st.details }));
   });
+}
+
+/** Opens a server stream, waits for its status (or `ms`), then cancels it. */
+function rawServerStream(client: grpc.Client, method: string, body: Buffer, ms: number): Promise<Outcome | 'open'> {
+  return outcomeOf(client.makeServerStreamRequest(method, identity, identity, body, new grpc.Metadata(), {}), ms);
 }
 
 /** Writes `messages` on a bidirectional stream, then waits for its status (or `ms`) and cancels it. */
 function rawBidi(client: grpc.Client, method: string, messages: Buffer[], ms: number, end = true): Promise<Outcome | 'open'> {
-  return new Promise((resolve) => {
-    const s = client.makeBidiStreamRequest(method, identity, identity, new grpc.Metadata(), {});
-    const timer = setTimeout(() => {
-      s.cancel();
-      resolve('open');
-    }, ms);
-    s.on('data', () => {});
-    s.on('error', (err: grpc.ServiceError) => {
-      clearTimeout(timer);
-      resolve({ code: err.code, details: err.details });
-    });
-    s.on('status', (st: grpc.StatusObject) => {
-      clearTimeout(timer);
-      resolve({ code: st.code, details: st.details });
-    });
-    for (const m of messages) s.write(m);
-    if (end) s.end();
-  });
+  const s = client.makeBidiStreamRequest(method, identity, identity, new grpc.Metadata(), {});
+  const outcome = outcomeOf(s, ms);
+  for (const m of messages) s.write(m);
+  if (end) s.end();
+  return outcome;
 }
 
 /** One gRPC request over raw HTTP/2 with a body we frame ourselves; resolves with grpc-status, or the HTTP status. */

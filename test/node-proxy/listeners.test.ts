@@ -31,6 +31,7 @@ import { compilePolicies } from '../../src/node-proxy/policy';
 import { ConfigState, MeshView, type WorkloadView } from '../../src/node-proxy/state';
 import { HbonePool, HboneServer, identityToSni } from '../../src/node-proxy/tunnel';
 import { PACKAGE_ROOT } from '../../src/paths';
+import { echoTarget } from '../helpers/net';
 import { waitFor } from '../helpers/wait';
 
 const TD = 'cluster.local';
@@ -62,21 +63,6 @@ t.before(async () => {
 // ---------------------------------------------------------------------------
 // helpers
 
-async function echoTarget(t: Test): Promise<{ host: string; port: number }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
-    s.once('close', () => sockets.delete(s));
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => r());
-  }));
-  return { host: '127.0.0.1', port: (server.address() as net.AddressInfo).port };
-}
 
 async function tunnelServer(t: Test, over: ListenerOverrides = {}): Promise<{ server: HboneServer; port: number; metrics: ProxyMetrics; reporter: ListenerReporter }> {
   const metrics = new ProxyMetrics();

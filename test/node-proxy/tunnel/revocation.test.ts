@@ -9,7 +9,6 @@ import 'reflect-metadata';
 
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as stream from 'node:stream';
@@ -19,6 +18,7 @@ import { t, type Test } from 'tap';
 import { CertificateAuthority, normalizeSerial, spiffeWorkloadId } from '../../../src/controller/ca';
 import { generateKeyAndCsr } from '../../../src/node-proxy/identity';
 import { HbonePool, HboneServer, TunnelError, type TunnelDial } from '../../../src/node-proxy/tunnel';
+import { echoTarget } from '../../helpers/net';
 import { waitFor } from '../../helpers/wait';
 
 const TD = 'cluster.local';
@@ -45,21 +45,6 @@ t.before(async () => {
   ca = await CertificateAuthority.loadOrCreate(dir, { trustDomain: TD });
 });
 
-async function echoTarget(t: Test): Promise<{ host: string; port: number }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
-    s.on('error', () => {});
-    s.once('close', () => sockets.delete(s));
-    s.pipe(s);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => resolve());
-  }));
-  return { host: '127.0.0.1', port: (server.address() as net.AddressInfo).port };
-}
 
 /** One round trip through an open tunnel stream. */
 function roundTrip(s: stream.Duplex, text: string): Promise<string> {
