@@ -188,7 +188,7 @@ bpfTest(t, 'mutual TLS between nodes', async (t) => {
     const before = (await status(n2!.name)).workloadCertificates.find((c) => c.identity.endsWith('/sa/n2-p2'))!.renewals;
     const held = await client(lab, 'n2-p2', ['hold', n1p1.ip, 8080, 12_000]);
     t.same(held.failed, null, 'the stream never broke');
-    t.ok((held.roundTrips as number) > 100, `${String(held.roundTrips)} round trips over 12 s`);
+    t.ok((held.roundTrips as number) > 60, `${String(held.roundTrips)} round trips over 12 s (slowest ${String(held.slowestMs)} ms)`);
     const after = (await status(n2!.name)).workloadCertificates.find((c) => c.identity.endsWith('/sa/n2-p2'))!.renewals;
     t.ok(after >= before + 2, `n2-p2's certificate was renewed ${after - before} times meanwhile (10 s lifetime)`);
     t.same((await client(lab, 'n2-p2', ['whoami', n1p1.ip, 8081, 1])).answers, ['n1-p1'], 'new tunnels use the new certificate');

@@ -96,8 +96,9 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
   });
 
   await t.test('a DENY applies within a second to new connections; established ones live on', async (t) => {
-    const held = client(lab, 'n1-p2', ['hold', VIP, 80, 3000]);
-    await new Promise((r) => setTimeout(r, 300));
+    const held = client(lab, 'n1-p2', ['hold', VIP, 80, 4000]);
+    // The held connection is open (the proxy shows it live) before the policy arrives.
+    t.ok(await waitFor(async () => (await flows(n1!.name, '&from=n1-p2&live=true')).some((f) => f.destination.originalAddress.endsWith(':80')), 5000), 'the long-lived connection is open');
     const applied = Date.now();
     await admin.apply([
       doc({
