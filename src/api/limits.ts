@@ -29,6 +29,12 @@ export const LIMITS = Object.freeze({
   maxWatchBacklog: 10_000,
   /** Addresses a node reports in its hello (its IPv4 and IPv6, perhaps a few more). */
   maxNodeAddresses: 8,
+  /**
+   * Items a node holds (every Workload and Service of the cluster, its policies): five
+   * times the 50,000 workloads and 5,000 services nodemesh is built for. A larger snapshot
+   * is refused at its first part (`nodemesh proxy --max-config-items`).
+   */
+  maxNodeConfigItems: 250_000,
   /** Characters kept of what a node says about itself (its version, why it refused a config). */
   maxNodeTextChars: 1024,
   /** Characters of user input an error message quotes before it cuts. */

@@ -111,6 +111,7 @@ export interface Hello {
   version: number;
   proxyVersion: string;
   addresses: string[];
+  maxMessageBytes?: number;
 }
 export interface NodeMessage {
   msg?: 'hello' | 'ack' | 'nack' | 'heartbeat';
@@ -119,19 +120,41 @@ export interface NodeMessage {
   nack?: { version: number; reason: string };
   heartbeat?: { unixMs: number };
 }
+export interface WorkloadItem {
+  node: string;
+  serviceAccount: string;
+  addresses: string[];
+  labels: Record<string, string>;
+  ready: boolean;
+  netns: string;
+  resourceVersion: string;
+}
+export interface ServiceItem {
+  json: string;
+  endpoints: string[];
+}
+/** One piece of a node's config: exactly one of json, workload, service (`body` names it when decoded). */
 export interface Item {
   key: string;
-  json: string;
+  body?: 'json' | 'workload' | 'service';
+  json?: string;
+  workload?: WorkloadItem;
+  service?: ServiceItem;
 }
 export interface Snapshot {
   version: number;
   items: Item[];
+  more?: boolean;
+  part?: number;
+  totalItems?: number;
 }
 export interface Delta {
   version: number;
   fromVersion: number;
   upserts: Item[];
   removals: string[];
+  more?: boolean;
+  part?: number;
 }
 export interface ConfigMessage {
   msg?: 'snapshot' | 'delta' | 'heartbeat';

@@ -72,18 +72,21 @@ export class ControllerClient {
   readonly #clients: Record<'Resources' | 'NodeConfig' | 'Bootstrap' | 'Certificates', grpc.Client>;
   readonly #timeoutMs: number;
   readonly #maxRequestBytes: number;
+  /** The largest message this client takes from the controller (its grpc.max_receive_message_length). */
+  readonly maxResponseBytes: number;
 
-  constructor(conn: Connection, opts: { timeoutMs?: number; maxRequestBytes?: number } = {}) {
+  constructor(conn: Connection, opts: { timeoutMs?: number; maxRequestBytes?: number; maxResponseBytes?: number } = {}) {
     this.address = conn.address;
     this.#timeoutMs = opts.timeoutMs ?? 15_000;
     this.#maxRequestBytes = opts.maxRequestBytes ?? LIMITS.maxRequestBytes;
+    this.maxResponseBytes = opts.maxResponseBytes ?? LIMITS.maxResponseBytes;
     const creds = grpc.credentials.createSsl(Buffer.from(conn.ca), conn.key ? Buffer.from(conn.key) : null, conn.cert ? Buffer.from(conn.cert) : null);
     const name = conn.serverName ?? SERVER_NAME;
     const options: grpc.ChannelOptions = {
       'grpc.ssl_target_name_override': name,
       'grpc.default_authority': name,
       'grpc.max_send_message_length': this.#maxRequestBytes,
-      'grpc.max_receive_message_length': LIMITS.maxResponseBytes,
+      'grpc.max_receive_message_length': this.maxResponseBytes,
     };
     const svc = services();
     // One channel for all four services.

@@ -20,7 +20,7 @@ import { readOpenFileLimit } from '../net';
 import { CertificateAuthority, spiffeAdminId } from './ca';
 import { certificateServices } from './api/certificates';
 import { CertificateLedger, NODE_CERT_DEFAULTS } from './api/ledger';
-import { nodeConfigService } from './api/node-config';
+import { nodeConfigDefinition, nodeConfigService } from './api/node-config';
 import { resourcesService } from './api/resources';
 import { connectionBudget, listenGrpc, parseListenerLimits, Refusals, type GrpcListener, type ListenerLimits } from './listen';
 import { ControllerMetrics, serveMetrics } from './metrics';
@@ -122,6 +122,14 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
         acked: (_node, _v, seconds) => metrics.pushSeconds.observe(seconds),
         nacked: (node) => metrics.nacks.inc({ node }),
         connected: (n) => metrics.connectedNodes.set(n),
+        resynced: (node, queued) => {
+          metrics.configResyncs.inc();
+          log.warn({ node, queued }, 'node fell behind its config stream by more than a snapshot: sending it a fresh snapshot');
+        },
+        refused: (node, reason) => {
+          metrics.configRefused.inc();
+          log.error({ node, reason }, 'cannot send the node its config');
+        },
       },
       store.version,
     );
@@ -165,7 +173,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
       ...messageSizeOptions(opts.maxRequestBytes),
     });
     grpcServer.addService(svc.Resources.service, resourcesService(ctx, store, ca));
-    grpcServer.addService(svc.NodeConfig.service, nodeConfigService(ctx, hub, ca, ledger, publishRevocations));
+    grpcServer.addService(nodeConfigDefinition(), nodeConfigService(ctx, hub, ca, ledger, publishRevocations));
     grpcServer.addService(svc.Bootstrap.service, certs.bootstrap);
     grpcServer.addService(svc.Certificates.service, certs.certificates);
 

@@ -37,6 +37,22 @@ export class ControllerMetrics {
     labelNames: ['node'] as const,
     registers: [this.registry],
   });
+  readonly configBytesSent = new prom.Counter({
+    name: 'nodemesh_controller_config_sent_bytes_total',
+    help: 'Bytes of config stream messages sent to nodes, by type (snapshot, delta), as serialized',
+    labelNames: ['type'] as const,
+    registers: [this.registry],
+  });
+  readonly configResyncs = new prom.Counter({
+    name: 'nodemesh_controller_config_resyncs_total',
+    help: 'Times a node fell so far behind that its queued deltas were replaced by a fresh snapshot',
+    registers: [this.registry],
+  });
+  readonly configRefused = new prom.Counter({
+    name: 'nodemesh_controller_config_refused_total',
+    help: "Node streams ended because an item of the node's config does not fit the node's message limit",
+    registers: [this.registry],
+  });
   readonly certificatesIssued = new prom.Counter({
     name: 'nodemesh_controller_certificates_issued_total',
     help: 'Certificates signed, by kind (workload, node)',

@@ -249,7 +249,8 @@ export class NodeProxy {
 
   /** Refuses a version this proxy cannot apply; the previous config then stays. */
   #validate(staged: Staged): string | null {
-    for (const [key, raw] of staged.items) {
+    // Only what the version sets can be new: the rest was checked when it came.
+    for (const [key, raw] of staged.upserts) {
       if (key.startsWith('Workload/')) {
         const w = raw as { spec: { node: string; netns?: string } };
         if (w.spec.node === this.node && w.spec.netns && !fs.existsSync(w.spec.netns))
@@ -257,7 +258,7 @@ export class NodeProxy {
       }
     }
     try {
-      compilePolicies([...staged.items].filter(([k]) => k.startsWith('AuthorizationPolicy/')).map(([, v]) => v as never));
+      compilePolicies([...staged.entriesOf('AuthorizationPolicy')].map(([, v]) => v as never));
     } catch (err) {
       return `authorization policies: ${(err as Error).message}`;
     }
@@ -276,10 +277,10 @@ export class NodeProxy {
     if (cut) this.#log.warn({ event: 'security', cut, revoked: view.revokedSerials.size }, 'tunnels of revoked certificates closed');
     this.#metrics.configVersion.set(view.version);
     // A certificate for each identity of this node's workloads, for tunnels both ways.
-    const identities = new Set(view.workloads.filter((w) => w.local && w.identity).map((w) => w.identity));
+    const identities = new Set(view.localWorkloads.filter((w) => w.identity).map((w) => w.identity));
     for (const id of identities) this.#certs.want(id);
     for (const id of this.#certs.wanted()) if (!identities.has(id)) this.#certs.drop(id);
-    const want = new Map(view.workloads.filter((w) => w.local && w.netns).map((w) => [w.key, w]));
+    const want = new Map(view.localWorkloads.filter((w) => w.netns).map((w) => [w.key, w]));
     for (const [key, cookie] of this.#enrolled) {
       if (want.has(key)) continue;
       this.#datapath.unenrollCookie(cookie);

@@ -24,7 +24,7 @@ export interface TestController {
   /** Log lines (parsed JSON) the controller wrote. */
   logs: Record<string, unknown>[];
   /** A client holding node `node`'s certificate (joined with a fresh token). */
-  nodeClient(node: string): Promise<ControllerClient>;
+  nodeClient(node: string, opts?: { maxResponseBytes?: number }): Promise<ControllerClient>;
 }
 
 export function tempDir(t: Test, prefix = 'nodemesh-ctl-'): string {
@@ -55,13 +55,13 @@ export async function testController(t: Test, dataDir = tempDir(t), extra: Pick<
     address: creds.controller,
     admin,
     logs,
-    async nodeClient(node: string): Promise<ControllerClient> {
+    async nodeClient(node: string, opts: { maxResponseBytes?: number } = {}): Promise<ControllerClient> {
       const { token } = await admin.createToken(node);
       const anon = new ControllerClient({ address: creds.controller, ca: creds.ca });
       clients.push(anon);
       const { keyPem, csrPem } = await generateKeyAndCsr(spiffeNodeId('cluster.local', node));
       const cert = await anon.join(token, node, csrPem);
-      const c = new ControllerClient({ address: creds.controller, ca: cert.trustBundlePem, cert: cert.certificateChainPem, key: keyPem });
+      const c = new ControllerClient({ address: creds.controller, ca: cert.trustBundlePem, cert: cert.certificateChainPem, key: keyPem }, opts);
       clients.push(c);
       return c;
     },

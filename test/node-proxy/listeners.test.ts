@@ -464,10 +464,11 @@ t.test('one pod holding many outbound connections hits its own bound; another po
   // Everything after it is the real listener; the destination is a workload on another node, reached through a tunnel
   // that this test answers with an in-memory echo.
   const state = new ConfigState();
-  const far = { kind: 'Workload', metadata: { name: 'far', namespace: 'default' }, spec: { node: 'n2', serviceAccount: 'far', addresses: ['198.18.99.1'] }, status: { identity: spiffeWorkloadId(TD, 'default', 'far'), nodeAddresses: ['198.18.0.2'] } };
-  state.apply({ snapshot: { version: 1, items: [{ key: 'Workload/default/far', json: JSON.stringify(far) }] } } as never);
+  const far = { kind: 'Workload', metadata: { name: 'far', namespace: 'default' }, spec: { node: 'n2', serviceAccount: 'far', addresses: ['198.18.99.1'] } };
+  const n2 = { kind: 'Node', metadata: { name: 'n2' }, addresses: ['198.18.0.2'] };
+  state.apply({ snapshot: { version: 1, items: [{ key: 'Workload/default/far', json: JSON.stringify(far) }, { key: 'Node//n2', json: JSON.stringify(n2) }] } } as never);
   const view = MeshView.build(state, 'n1');
-  const pod = (name: string): WorkloadView => ({ key: `Workload/default/${name}`, name, namespace: 'default', labels: {}, node: 'n1', addresses: [], identity: spiffeWorkloadId(TD, 'default', name), serviceAccount: name, ready: true, local: true });
+  const pod = (name: string): WorkloadView => ({ key: `Workload/default/${name}`, name, workload: name, namespace: 'default', labels: {}, node: 'n1', addresses: [], identity: spiffeWorkloadId(TD, 'default', name), serviceAccount: name, ready: true, local: true, nodeAddresses: [] });
   const metrics = new ProxyMetrics();
   const server = new OutboundServer({
     node: 'n1',

@@ -4,13 +4,33 @@ import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 
 import { clip, LIMITS, quote, shown } from '../../api/limits';
+import { services } from '../../api/proto';
 import type * as pb from '../../api/proto';
 import type { CertificateAuthority } from '../ca';
 import type { ConfigHub, NodeChannel } from '../push';
 import { MeshError } from '../../errors';
 import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
-import { endStream, stream, toStatus, unary, type HandlerContext } from './handler';
+import { endStream, safeDetails, stream, toStatus, unary, type HandlerContext } from './handler';
 import type { CertificateLedger } from './ledger';
+
+/** The ConfigMessage encoder of NodeConfig.Stream, as loaded from the .proto. */
+let encode: ((m: pb.ConfigMessage) => Buffer) | undefined;
+function serializeConfigMessage(m: pb.ConfigMessage): Buffer {
+  encode ??= (services().NodeConfig.service as unknown as { Stream: { responseSerialize: (m: pb.ConfigMessage) => Buffer } }).Stream.responseSerialize;
+  return encode(m);
+}
+
+/**
+ * NodeConfig's service definition with a response serializer that passes an
+ * already serialized message through: the stream serializes each message
+ * itself, to count its bytes (and, later, to reuse them).
+ */
+export function nodeConfigDefinition(): grpc.ServiceDefinition {
+  const def = services().NodeConfig.service;
+  const stream = def.Stream!;
+  const inner = stream.responseSerialize;
+  return { ...def, Stream: { ...stream, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : inner(v)) } };
+}
 
 /** How long a node may take to say hello. */
 const HELLO_TIMEOUT_MS = 10_000;
@@ -45,17 +65,29 @@ export function nodeConfigService(
       }
       let node: string | undefined;
       let closed = false;
+      let maxMessageBytes = 0;
       const channel: NodeChannel = {
         peer,
         serial,
-        send: (msg) => {
-          if (!closed) call.write(msg);
+        get maxMessageBytes() {
+          return maxMessageBytes;
         },
-        close: (reason, denied) => {
+        send: (msg, flushed) => {
+          if (closed) return;
+          // Serialized here, so what is counted is what goes on the wire (the
+          // service's serializer passes a Buffer through: see configMessageSerializer).
+          const bytes = serializeConfigMessage(msg);
+          if (msg.snapshot || msg.delta) ctx.metrics.configBytesSent.inc({ type: msg.snapshot ? 'snapshot' : 'delta' }, bytes.length);
+          call.write(bytes as never, flushed);
+        },
+        close: (reason, status) => {
           if (closed) return;
           closed = true;
           ctx.log.info({ node, peer, reason }, 'node stream closed by the controller');
-          if (denied) call.emit('error', Object.assign(new Error(reason), { code: grpc.status.PERMISSION_DENIED, details: reason }));
+          if (status) {
+            const code = status === 'denied' ? grpc.status.PERMISSION_DENIED : grpc.status.RESOURCE_EXHAUSTED;
+            call.emit('error', Object.assign(new Error(reason), { code, details: safeDetails(reason) }));
+          }
           call.end();
         },
       };
@@ -79,6 +111,7 @@ export function nodeConfigService(
               return fail(err);
             }
             node = certNode;
+            maxMessageBytes = Math.min(m.hello.maxMessageBytes ?? 0, LIMITS.maxResponseBytes);
             const proxyVersion = clip(m.hello.proxyVersion, LIMITS.maxNodeTextChars);
             ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
             ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion }, 'node connected');

@@ -5,19 +5,34 @@
  * registry says which items changed; every connected node whose slice they
  * touch gets one delta. Nodes ACK or NACK each version.
  *
+ * Every snapshot and delta goes out in parts of at most `partBytes` (and well
+ * under the node's own receive limit), at most `MAX_IN_FLIGHT` parts per node
+ * written and not yet flushed: a slow or stuck node holds a bounded amount of
+ * the controller's memory, and one that falls too far behind gets a fresh
+ * snapshot instead of an ever longer queue. An item too large for the node's
+ * limit cannot be sent at all: its stream ends with RESOURCE_EXHAUSTED naming
+ * the item, the node's status says so, and the node backs off.
+ *
  * Transport-free: a session talks through a NodeChannel (the gRPC stream in
  * api/, a fake in tests of this file's logic).
  */
+import { formatBytes, MiB } from '../../api/limits';
 import type { ConfigMessage, Item, NodeStatusMessage } from '../../api/proto';
-import { wants, type Registry } from '../registry';
+import { isScopedKey, wants, type ItemState, type Registry } from '../registry';
 
 export interface NodeChannel {
   readonly peer: string;
   /** Serial of the certificate the stream authenticated with. */
   readonly serial?: string;
-  send(msg: ConfigMessage): void;
-  /** `denied`: end it as PERMISSION_DENIED (the node lost its right to a config), not as a clean end. */
-  close(reason: string, denied?: boolean): void;
+  /** The largest message the node takes (its hello's max_message_bytes). */
+  readonly maxMessageBytes?: number;
+  /** Writes one message; `flushed` runs once it has left (the next part waits for it). */
+  send(msg: ConfigMessage, flushed?: () => void): void;
+  /**
+   * Ends the stream. `denied`: as PERMISSION_DENIED (the node lost its right to a config);
+   * `exhausted`: as RESOURCE_EXHAUSTED (its config cannot be sent within its limits).
+   */
+  close(reason: string, status?: 'denied' | 'exhausted'): void;
 }
 
 export interface PushEvents {
@@ -25,12 +40,46 @@ export interface PushEvents {
   acked?(node: string, version: number, seconds: number): void;
   nacked?(node: string, version: number, reason: string): void;
   connected?(count: number): void;
+  /** One part went out: its type and (an upper bound of) its size. */
+  sent?(type: 'snapshot' | 'delta', bytes: number): void;
+  /** A node's queue grew past its bound: it gets a fresh snapshot instead. */
+  resynced?(node: string, queuedItems: number): void;
+  /** A node's config could not be sent within its limits; its stream ended. */
+  refused?(node: string, reason: string): void;
+}
+
+export interface HubOptions {
+  /** Target size of one part (default 256 KiB); a part never exceeds a quarter of the node's limit either. */
+  partBytes?: number;
+}
+
+/** gRPC's default receive limit: what a node that does not say takes. */
+export const DEFAULT_NODE_MESSAGE_BYTES = 4 * MiB;
+const DEFAULT_PART_BYTES = 256 * 1024;
+/** Parts written to one node's stream and not yet flushed. */
+const MAX_IN_FLIGHT = 2;
+/** Room in a message for everything but its items (version, flags, framing). */
+const MESSAGE_OVERHEAD = 1024;
+
+/** One snapshot or delta on its way to a node, cut into parts as it goes. */
+interface Outgoing {
+  type: 'snapshot' | 'delta';
+  version: number;
+  from: number;
+  items: readonly ItemState[];
+  removals: readonly string[];
+  /** Next item and removal to send. */
+  at: number;
+  removedAt: number;
+  part: number;
 }
 
 interface NodeState {
   node: string;
-  /** What this node was last sent: item key -> item version. */
-  sent: Map<string, number>;
+  /** Scoped items (policies) this node was sent: key -> item version. Items for every node are tracked by `sentSeq`. */
+  scoped: Map<string, number>;
+  /** Every change of the registry up to this sequence number is queued to the node. */
+  sentSeq: number;
   sentVersion: number;
   ackedVersion: number;
   nackedVersion: number;
@@ -46,20 +95,26 @@ interface NodeState {
    * start from: its next config is a whole snapshot.
    */
   resync: boolean;
+  queue: Outgoing[];
+  /** Items and removals in `queue` not yet sent. */
+  queued: number;
+  inFlight: number;
 }
 
 export class ConfigHub {
   readonly #registry: Registry;
   readonly #events: PushEvents;
+  readonly #partBytes: number;
   readonly #nodes = new Map<string, NodeState>();
   /** Commit time of each recent store version, for push latency. */
   readonly #commitTimes = new Map<number, number>();
   #version = 0;
 
-  constructor(registry: Registry, events: PushEvents = {}, version = 0) {
+  constructor(registry: Registry, events: PushEvents = {}, version = 0, opts: HubOptions = {}) {
     this.#registry = registry;
     this.#events = events;
     this.#version = version;
+    this.#partBytes = opts.partBytes ?? DEFAULT_PART_BYTES;
   }
 
   get connectedCount(): number {
@@ -77,7 +132,7 @@ export class ConfigHub {
   revoke(node: string, reason: string): void {
     const s = this.#nodes.get(node);
     if (!s) return;
-    s.channel?.close(reason, true);
+    s.channel?.close(reason, 'denied');
     s.channel = null;
     this.#nodes.delete(node);
     this.#events.connected?.(this.connectedCount);
@@ -89,36 +144,156 @@ export class ConfigHub {
     if (dirty.size === 0) return;
     this.#commitTimes.set(version, committedAt);
     if (this.#commitTimes.size > 10_000) this.#commitTimes.delete(this.#commitTimes.keys().next().value!);
+    // What goes to every node is worked out once.
+    const items = this.#registry.items;
+    const upserts: ItemState[] = [];
+    const removals: string[] = [];
+    const scoped: string[] = [];
+    for (const key of dirty) {
+      if (isScopedKey(key)) scoped.push(key);
+      else {
+        const item = items.get(key);
+        if (item) upserts.push(item);
+        else removals.push(key);
+      }
+    }
+    const seq = this.#registry.seq;
     for (const s of this.#nodes.values()) {
       if (!s.channel) continue;
       if (s.resync) {
-        this.#sendSnapshot(s, committedAt);
+        this.#queueSnapshot(s);
         continue;
       }
-      const upserts: Item[] = [];
-      const removals: string[] = [];
-      for (const key of dirty) this.#diffKey(s, key, upserts, removals);
-      if (upserts.length || removals.length) this.#sendDelta(s, upserts, removals, committedAt);
+      let ups: ItemState[] = upserts;
+      let rms: string[] = removals;
+      if (scoped.length) {
+        ups = [...upserts];
+        rms = [...removals];
+        for (const key of scoped) this.#diffScoped(s, key, ups, rms);
+      }
+      s.sentSeq = seq;
+      if (ups.length || rms.length) this.#queueDelta(s, ups, rms, committedAt);
     }
   }
 
-  #diffKey(s: NodeState, key: string, upserts: Item[], removals: string[]): void {
+  #diffScoped(s: NodeState, key: string, upserts: ItemState[], removals: string[]): void {
     const item = this.#registry.items.get(key);
     if (item && wants(item, s.node)) {
-      if (s.sent.get(key) !== item.version) {
-        upserts.push({ key, json: item.json });
-        s.sent.set(key, item.version);
+      if (s.scoped.get(key) !== item.version) {
+        upserts.push(item);
+        s.scoped.set(key, item.version);
       }
-    } else if (s.sent.delete(key)) {
+    } else if (s.scoped.delete(key)) {
       removals.push(key);
     }
   }
 
-  #sendDelta(s: NodeState, upserts: Item[], removals: string[], committedAt: number): void {
+  #queueDelta(s: NodeState, items: ItemState[], removals: string[], committedAt: number): void {
     const from = s.sentVersion;
     s.sentVersion = this.#version;
     s.pending.set(this.#version, committedAt);
-    s.channel!.send({ delta: { version: this.#version, fromVersion: from, upserts, removals } });
+    this.#enqueue(s, { type: 'delta', version: this.#version, from, items, removals, at: 0, removedAt: 0, part: 0 });
+  }
+
+  /** Everything the node should hold, replacing what it has. */
+  #queueSnapshot(s: NodeState, committedAt = Date.now()): void {
+    s.scoped.clear();
+    s.resync = false;
+    const items: ItemState[] = [];
+    for (const item of this.#registry.items.values()) {
+      if (!wants(item, s.node)) continue;
+      items.push(item);
+      if (item.scope !== null) s.scoped.set(item.key, item.version);
+    }
+    s.sentSeq = this.#registry.seq;
+    s.sentVersion = this.#version;
+    s.pending.set(this.#version, committedAt);
+    // A snapshot replaces whatever was queued before it; a part 0 of a snapshot
+    // makes the node drop a message it had only in part.
+    s.queue = [];
+    s.queued = 0;
+    this.#enqueue(s, { type: 'snapshot', version: this.#version, from: 0, items, removals: [], at: 0, removedAt: 0, part: 0 });
+  }
+
+  #enqueue(s: NodeState, o: Outgoing): void {
+    s.queue.push(o);
+    s.queued += o.items.length + o.removals.length;
+    // Falling behind by more than a whole snapshot: a snapshot of now is shorter than the queue.
+    if (o.type === 'delta' && s.queued > this.#registry.items.size + 1024) {
+      this.#events.resynced?.(s.node, s.queued);
+      this.#queueSnapshot(s);
+      return;
+    }
+    this.#pump(s);
+  }
+
+  /** Writes parts while fewer than MAX_IN_FLIGHT are unflushed. */
+  #pump(s: NodeState): void {
+    const channel = s.channel;
+    while (channel && s.channel === channel && s.inFlight < MAX_IN_FLIGHT && s.queue.length) {
+      const o = s.queue[0]!;
+      const msg = this.#nextPart(s, o, channel);
+      if (!msg) return; // refused: the stream is closed
+      if (o.at === o.items.length && o.removedAt === o.removals.length) s.queue.shift();
+      s.inFlight++;
+      channel.send(msg.message, () => {
+        if (s.channel !== channel) return;
+        s.inFlight--;
+        this.#pump(s);
+      });
+      this.#events.sent?.(o.type, msg.bytes);
+    }
+  }
+
+  /** The next part of `o`, or undefined when an item cannot fit the node's limit (the stream is then ended). */
+  #nextPart(s: NodeState, o: Outgoing, channel: NodeChannel): { message: ConfigMessage; bytes: number } | undefined {
+    const limit = channel.maxMessageBytes || DEFAULT_NODE_MESSAGE_BYTES;
+    const budget = Math.max(1024, Math.min(this.#partBytes, Math.floor(limit / 4)));
+    const items: Item[] = [];
+    const removals: string[] = [];
+    let bytes = MESSAGE_OVERHEAD;
+    while (o.at < o.items.length) {
+      const item = o.items[o.at]!;
+      if (item.bytes + MESSAGE_OVERHEAD > limit) {
+        const reason = `${item.key} is ${formatBytes(item.bytes)} on the wire, more than node ${s.node} takes in one message (${formatBytes(limit)}, its max_message_bytes): make the object smaller, or raise the node's limit`;
+        this.#refuse(s, reason);
+        return undefined;
+      }
+      if (items.length && bytes + item.bytes > budget) break;
+      items.push(item.wire);
+      bytes += item.bytes;
+      o.at++;
+    }
+    while (o.removedAt < o.removals.length) {
+      const key = o.removals[o.removedAt]!;
+      const b = Buffer.byteLength(key) + 6;
+      if ((items.length || removals.length) && bytes + b > budget) break;
+      removals.push(key);
+      bytes += b;
+      o.removedAt++;
+    }
+    const more = o.at < o.items.length || o.removedAt < o.removals.length;
+    const part = o.part++;
+    s.queued -= items.length + removals.length;
+    const message: ConfigMessage =
+      o.type === 'snapshot'
+        ? { snapshot: { version: o.version, items, more, part, totalItems: o.items.length } }
+        : { delta: { version: o.version, fromVersion: o.from, upserts: items, removals, more, part } };
+    return { message, bytes };
+  }
+
+  #refuse(s: NodeState, reason: string): void {
+    const channel = s.channel;
+    s.channel = null;
+    s.queue = [];
+    s.queued = 0;
+    s.inFlight = 0;
+    s.pending.clear();
+    // Whatever it holds, the next stream starts from a snapshot.
+    s.resync = true;
+    this.#events.refused?.(s.node, reason);
+    channel?.close(reason, 'exhausted');
+    this.#events.connected?.(this.connectedCount);
   }
 
   /**
@@ -131,9 +306,27 @@ export class ConfigHub {
     if (moved.size) this.changed(moved, this.#version);
     let s = this.#nodes.get(node);
     if (s?.channel) s.channel.close('replaced by a newer stream from the same node');
-    const resumable = s !== undefined && !s.resync && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion;
+    const removed = s ? this.#registry.removedSince(s.sentSeq) : undefined;
+    const resumable = s !== undefined && !s.resync && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion && removed !== undefined;
     if (!s) {
-      s = { node, sent: new Map(), sentVersion: 0, ackedVersion: 0, nackedVersion: 0, nackReason: '', lastSeen: Date.now(), proxyVersion, addresses, channel, pending: new Map(), resync: false };
+      s = {
+        node,
+        scoped: new Map(),
+        sentSeq: 0,
+        sentVersion: 0,
+        ackedVersion: 0,
+        nackedVersion: 0,
+        nackReason: '',
+        lastSeen: Date.now(),
+        proxyVersion,
+        addresses,
+        channel,
+        pending: new Map(),
+        resync: false,
+        queue: [],
+        queued: 0,
+        inFlight: 0,
+      };
       this.#nodes.set(node, s);
     }
     s.channel = channel;
@@ -141,34 +334,29 @@ export class ConfigHub {
     s.addresses = addresses;
     s.lastSeen = Date.now();
     s.pending.clear();
+    s.queue = [];
+    s.queued = 0;
+    s.inFlight = 0;
     this.#events.connected?.(this.connectedCount);
     const now = Date.now();
     if (resumable) {
       // Only what changed while it was away.
-      const upserts: Item[] = [];
+      const upserts: ItemState[] = [];
       const removals: string[] = [];
-      for (const key of this.#registry.items.keys()) this.#diffKey(s, key, upserts, removals);
-      for (const key of [...s.sent.keys()]) if (!this.#registry.items.has(key)) this.#diffKey(s, key, upserts, removals);
-      if (upserts.length || removals.length) this.#sendDelta(s, upserts, removals, now);
-      else channel.send({ delta: { version: s.sentVersion, fromVersion: s.sentVersion, upserts: [], removals: [] } });
+      const items = this.#registry.items;
+      for (const item of items.values()) {
+        if (item.scope === null) {
+          if (item.version > s.sentSeq) upserts.push(item);
+        } else this.#diffScoped(s, item.key, upserts, removals);
+      }
+      for (const key of s.scoped.keys()) if (!items.has(key)) this.#diffScoped(s, key, upserts, removals);
+      for (const key of removed!) if (!isScopedKey(key) && !items.has(key)) removals.push(key);
+      s.sentSeq = this.#registry.seq;
+      if (upserts.length || removals.length) this.#queueDelta(s, upserts, removals, now);
+      else channel.send({ delta: { version: s.sentVersion, fromVersion: s.sentVersion, upserts: [], removals: [], more: false, part: 0 } });
       return;
     }
-    this.#sendSnapshot(s, now);
-  }
-
-  /** Everything the node should hold, replacing what it has. */
-  #sendSnapshot(s: NodeState, committedAt: number): void {
-    s.sent.clear();
-    s.resync = false;
-    const items: Item[] = [];
-    for (const item of this.#registry.items.values()) {
-      if (!wants(item, s.node)) continue;
-      items.push({ key: item.key, json: item.json });
-      s.sent.set(item.key, item.version);
-    }
-    s.sentVersion = this.#version;
-    s.pending.set(this.#version, committedAt);
-    s.channel!.send({ snapshot: { version: this.#version, items } });
+    this.#queueSnapshot(s, now);
   }
 
   ack(node: string, version: number): void {
@@ -203,6 +391,9 @@ export class ConfigHub {
     if (!s || s.channel !== channel) return;
     s.channel = null;
     s.pending.clear();
+    s.queue = [];
+    s.queued = 0;
+    s.inFlight = 0;
     this.#events.connected?.(this.connectedCount);
   }
 

@@ -1,14 +1,18 @@
 /**
  * Derived state of the mesh, kept in memory from the store: a Service's
- * endpoints (the Workloads its selector matches in its namespace), each
- * Workload's SPIFFE identity, the effective MeshConfig, and which nodes need
- * which policy. Everything a node may receive is an Item; the registry knows
- * each item's content, the store version it last changed at, and its scope
- * (every node, or a set of nodes).
+ * endpoints (the Workloads its selector matches in its namespace, by name),
+ * the effective MeshConfig, where each node takes tunnels (a Node item), and
+ * which nodes need which policy. Everything a node may receive is an Item,
+ * kept in its wire form (built once per change, shared by every node's
+ * stream); the registry knows each item's content, a sequence number of its
+ * last change, its size on the wire and its scope (every node, or a set of
+ * nodes). Removals are remembered (bounded) so a node that comes back gets
+ * only what changed while it was away.
  *
  * Pure: no I/O. `apply(changes)` returns the keys of items that changed in
  * content or scope, so the push side diffs only those.
  */
+import type { Item } from '../../api/proto';
 import type { Change } from '../store';
 import {
   MESH_CONFIG_DEFAULTS,
@@ -30,7 +34,12 @@ export const REVOCATION_LIST_KEY = 'RevocationList//revoked';
 
 export interface ItemState {
   key: string;
-  json: string;
+  /** The item as sent: built once per change, the same object for every node. */
+  wire: Item;
+  /** Its content as text: equal text, nothing to send. */
+  text: string;
+  /** An upper bound of its encoded size in a message, bytes. */
+  bytes: number;
   /**
    * Bumped (from a counter of the registry's own) whenever content or scope
    * changes, also for changes that are no store write (a node's addresses).
@@ -40,18 +49,15 @@ export interface ItemState {
   scope: ReadonlySet<string> | null;
 }
 
-export interface Endpoint {
-  workload: string;
-  namespace: string;
-  /** The workload's labels: which policies select it. */
-  labels: Record<string, string>;
-  node: string;
-  /** Where that node's proxy takes tunnels (empty until the node has said hello). */
-  nodeAddresses: string[];
-  addresses: string[];
-  identity: string;
-  ready: boolean;
+/** Items of these kinds go only to the nodes in their scope; all others to every node. */
+export function isScopedKey(key: string): boolean {
+  return key.startsWith('AuthorizationPolicy/') || key.startsWith('PeerAuthentication/');
 }
+
+export const NODE_KEY_PREFIX = 'Node//';
+
+/** Removals remembered for nodes that come back; one that was away longer gets a snapshot. */
+const REMOVALS_KEPT = 65_536;
 
 function selects(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean {
   if (!selector) return true;
@@ -101,18 +107,44 @@ export class Registry {
   readonly #items = new Map<string, ItemState>();
   #mesh: MeshConfigSpec = { ...MESH_CONFIG_DEFAULTS };
   readonly #nodeAddresses = new Map<string, string[]>();
+  /** node -> workloads placed on it. */
+  readonly #byNode = new Map<string, Set<Workload>>();
+  /** (seq, key) of removed items, oldest first, at most REMOVALS_KEPT. */
+  readonly #removed: { seq: number; key: string }[] = [];
+  #removedHead = 0;
   #seq = 0;
   #trustBundle: string;
 
   constructor(trustBundlePem: string) {
     this.#trustBundle = trustBundlePem;
-    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem: trustBundlePem }), null);
+    this.#set(TRUST_BUNDLE_KEY, jsonItem(TRUST_BUNDLE_KEY, { kind: 'TrustBundle', pem: trustBundlePem }), null);
     this.#setMeshItem();
     this.setRevocationList([]);
   }
 
   get items(): ReadonlyMap<string, ItemState> {
     return this.#items;
+  }
+
+  /** The sequence number of the newest change. */
+  get seq(): number {
+    return this.#seq;
+  }
+
+  /**
+   * Keys removed after `seq`, or undefined when removals that far back are no
+   * longer remembered (the caller then sends a snapshot).
+   */
+  removedSince(seq: number): string[] | undefined {
+    const log = this.#removed;
+    // Full: the oldest kept is at the head, and older ones are forgotten.
+    if (log.length === REMOVALS_KEPT && seq < log[this.#removedHead]!.seq) return undefined;
+    const out: string[] = [];
+    for (let i = 0; i < log.length; i++) {
+      const e = log[(this.#removedHead + i) % log.length]!;
+      if (e.seq > seq) out.push(e.key);
+    }
+    return out;
   }
 
   meshConfig(): Readonly<MeshConfigSpec> {
@@ -125,9 +157,7 @@ export class Registry {
 
   /** Workloads placed on `node`. */
   workloadsOn(node: string): Workload[] {
-    const out: Workload[] = [];
-    for (const byName of this.#workloads.values()) for (const w of byName.values()) if (w.spec.node === node) out.push(w);
-    return out;
+    return [...(this.#byNode.get(node) ?? EMPTY)];
   }
 
   identityOf(w: Workload): string {
@@ -139,32 +169,25 @@ export class Registry {
     this.apply(resources.map((resource) => ({ type: 'ADDED' as const, version, resource })));
   }
 
-  /**
-   * A node said where its proxy listens. Its workloads and the services with
-   * endpoints on it change (they carry it); returns their keys.
-   */
+  /** A node said where its proxy listens: its Node item (every node reads it for tunnels to that node's workloads). */
   setNodeAddresses(node: string, addresses: string[]): Set<string> {
     const old = this.#nodeAddresses.get(node) ?? [];
     if (old.length === addresses.length && old.every((a, i) => a === addresses[i])) return new Set();
     this.#nodeAddresses.set(node, [...addresses]);
-    const changed = new Set<string>();
-    for (const [key, r] of this.#objects) {
-      const touches = r.kind === 'Service' ? this.endpointsOf(r as Service).some((e) => e.node === node) : r.kind === 'Workload' && (r as Workload).spec.node === node;
-      if (touches && this.#refresh(key)) changed.add(key);
-    }
-    return changed;
+    const key = NODE_KEY_PREFIX + node;
+    return this.#set(key, { key, json: JSON.stringify({ kind: 'Node', metadata: { name: node }, addresses }) }, null) ? new Set([key]) : new Set();
   }
 
   setTrustBundle(pem: string): Set<string> {
     if (pem === this.#trustBundle) return new Set();
     this.#trustBundle = pem;
-    this.#set(TRUST_BUNDLE_KEY, JSON.stringify({ kind: 'TrustBundle', pem }), null);
+    this.#set(TRUST_BUNDLE_KEY, jsonItem(TRUST_BUNDLE_KEY, { kind: 'TrustBundle', pem }), null);
     return new Set([TRUST_BUNDLE_KEY]);
   }
 
   /** The serials every node must refuse (sorted by the caller); the changed key, if it changed. */
   setRevocationList(serials: string[]): Set<string> {
-    return this.#set(REVOCATION_LIST_KEY, JSON.stringify({ kind: 'RevocationList', serials }), null) ? new Set([REVOCATION_LIST_KEY]) : new Set();
+    return this.#set(REVOCATION_LIST_KEY, jsonItem(REVOCATION_LIST_KEY, { kind: 'RevocationList', serials }), null) ? new Set([REVOCATION_LIST_KEY]) : new Set();
   }
 
   /** Applies store changes; returns the keys of items whose content or scope changed. */
@@ -221,6 +244,10 @@ export class Registry {
       if (!byName) this.#workloads.set(ns, (byName = new Map()));
       byName.set(r.metadata.name, r as Workload);
       this.#workloadsByLabel.add(ns, r.metadata.labels, r as Workload);
+      const node = (r as Workload).spec.node;
+      let here = this.#byNode.get(node);
+      if (!here) this.#byNode.set(node, (here = new Set()));
+      here.add(r as Workload);
       return;
     }
     const sel = this.#selectorOf(r);
@@ -237,6 +264,10 @@ export class Registry {
     if (r.kind === 'Workload') {
       this.#workloads.get(ns)?.delete(r.metadata.name);
       this.#workloadsByLabel.remove(ns, r.metadata.labels, r as Workload);
+      const node = (r as Workload).spec.node;
+      const here = this.#byNode.get(node);
+      here?.delete(r as Workload);
+      if (here?.size === 0) this.#byNode.delete(node);
       return;
     }
     const sel = this.#selectorOf(r);
@@ -259,48 +290,37 @@ export class Registry {
   /** Recomputes one item; true when its content or scope changed (or it went away). */
   #refresh(key: string): boolean {
     if (key === MESH_CONFIG_KEY) return this.#setMeshItem();
-    if (key === TRUST_BUNDLE_KEY || key === REVOCATION_LIST_KEY) return false;
+    if (key === TRUST_BUNDLE_KEY || key === REVOCATION_LIST_KEY || key.startsWith(NODE_KEY_PREFIX)) return false;
     const r = this.#objects.get(key);
-    if (!r) return this.#items.delete(key);
+    if (!r) return this.#remove(key);
     switch (r.kind) {
       case 'Workload': {
         // Every node: a pod's address must resolve to its identity and node
         // anywhere, so traffic to it takes the tunnel even without a Service.
         const w = r as Workload;
-        return this.#set(key, JSON.stringify({ ...w, status: { identity: this.identityOf(w), nodeAddresses: this.#nodeAddresses.get(w.spec.node) ?? [] } }), null);
+        return this.#set(key, { key, workload: { node: w.spec.node, serviceAccount: w.spec.serviceAccount, addresses: w.spec.addresses, labels: w.metadata.labels ?? {}, ready: w.spec.ready, netns: w.spec.netns ?? '', resourceVersion: w.metadata.resourceVersion ?? '' } }, null);
       }
       case 'Service': {
         const s = r as Service;
-        return this.#set(key, JSON.stringify({ ...s, status: { endpoints: this.endpointsOf(s) } }), null);
+        const endpoints = this.endpointsOf(s).map((w) => w.metadata.name);
+        return this.#set(key, { key, service: { json: JSON.stringify({ apiVersion: s.apiVersion, kind: s.kind, metadata: s.metadata, spec: s.spec }), endpoints } }, null);
       }
       case 'AuthorizationPolicy':
       case 'PeerAuthentication':
         // The destination's node decides (over the tunnel, or locally for
         // same-node traffic): only nodes running a selected workload need it.
-        return this.#set(key, JSON.stringify(r), this.#policyScope(r as AuthorizationPolicy | PeerAuthentication));
+        return this.#set(key, jsonItem(key, r), this.#policyScope(r as AuthorizationPolicy | PeerAuthentication));
       case 'HTTPRoute':
-        return this.#set(key, JSON.stringify(r), null);
+        return this.#set(key, jsonItem(key, r), null);
       default:
         return false;
     }
   }
 
-  endpointsOf(s: Service): Endpoint[] {
+  /** The workloads a service's selector matches in its namespace, by name. */
+  endpointsOf(s: Service): Workload[] {
     const ns = s.metadata.namespace ?? 'default';
-    const out: Endpoint[] = [];
-    for (const w of this.#selected(ns, s.spec.selector)) {
-      out.push({
-        workload: w.metadata.name,
-        namespace: ns,
-        labels: w.metadata.labels ?? {},
-        node: w.spec.node,
-        nodeAddresses: this.#nodeAddresses.get(w.spec.node) ?? [],
-        addresses: w.spec.addresses,
-        identity: this.identityOf(w),
-        ready: w.spec.ready,
-      });
-    }
-    return out.sort((a, b) => (a.workload < b.workload ? -1 : 1));
+    return [...this.#selected(ns, s.spec.selector)].sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : 1));
   }
 
   /** Nodes running a workload the policy selects (mesh-wide from the root namespace). */
@@ -312,15 +332,41 @@ export class Registry {
   }
 
   #setMeshItem(): boolean {
-    return this.#set(MESH_CONFIG_KEY, JSON.stringify({ kind: 'MeshConfig', metadata: { name: 'default' }, spec: this.#mesh }), null);
+    return this.#set(MESH_CONFIG_KEY, jsonItem(MESH_CONFIG_KEY, { kind: 'MeshConfig', metadata: { name: 'default' }, spec: this.#mesh }), null);
   }
 
-  #set(key: string, json: string, scope: Set<string> | null): boolean {
+  #set(key: string, wire: Item, scope: Set<string> | null): boolean {
     const old = this.#items.get(key);
-    if (old && old.json === json && sameScope(old.scope, scope)) return false;
-    this.#items.set(key, { key, json, version: ++this.#seq, scope });
+    const text = wire.json ?? JSON.stringify(wire.workload ?? wire.service);
+    if (old && old.text === text && sameScope(old.scope, scope)) return false;
+    this.#items.set(key, { key, wire, text, bytes: wireBytes(key, text), version: ++this.#seq, scope });
     return true;
   }
+
+  #remove(key: string): boolean {
+    if (!this.#items.delete(key)) return false;
+    const e = { seq: ++this.#seq, key };
+    if (this.#removed.length < REMOVALS_KEPT) this.#removed.push(e);
+    else {
+      this.#removed[this.#removedHead] = e;
+      this.#removedHead = (this.#removedHead + 1) % REMOVALS_KEPT;
+    }
+    return true;
+  }
+}
+
+function jsonItem(key: string, v: unknown): Item {
+  return { key, json: JSON.stringify(v) };
+}
+
+/**
+ * An upper bound of an item's encoded size: its strings as UTF-8, plus a tag
+ * and a length prefix of up to 5 bytes each for every field they sit in.
+ * The JSON text of a compact item is longer than its encoding (quotes and
+ * names), so it bounds it too.
+ */
+function wireBytes(key: string, text: string): number {
+  return Buffer.byteLength(key) + Buffer.byteLength(text) + 64;
 }
 
 function sameScope(a: ReadonlySet<string> | null, b: ReadonlySet<string> | null): boolean {

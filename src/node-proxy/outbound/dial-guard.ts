@@ -35,11 +35,8 @@ function interfaceAddresses(): string[] {
   return Object.values(os.networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address));
 }
 
-function thisNodeAddresses(view: MeshView): string[] {
-  const out: string[] = [];
-  for (const w of view.workloads) if (w.node === view.node) out.push(...(w.nodeAddresses ?? []));
-  for (const s of view.services.values()) for (const e of s.endpoints) if (e.node === view.node) out.push(...(e.nodeAddresses ?? []));
-  return out;
+function thisNodeAddresses(view: MeshView): readonly string[] {
+  return view.nodeAddresses(view.node);
 }
 
 export class DialGuard {

@@ -64,7 +64,7 @@ export interface OutboundOptions {
 
 export interface TunnelRequest {
   sourceIdentity: string;
-  destination: { identity: string; node: string; nodeAddresses: string[] };
+  destination: { identity: string; node: string; nodeAddresses: readonly string[] };
   target: { host: string; port: number };
 }
 
@@ -72,7 +72,7 @@ interface Target {
   address: string;
   port: number;
   endpoint?: Endpoint;
-  workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: string[] };
+  workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: readonly string[] };
 }
 
 /** What the other node's proxy said when it refused a tunnel stream: "explicit-deny default/deny-x". */

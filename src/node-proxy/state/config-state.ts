@@ -1,9 +1,16 @@
 /**
- * What the controller pushed to this node (DESIGN: "one place holds state,
- * one place changes it"). Snapshots replace, deltas patch; a version that
- * cannot be applied is refused whole and the previous state stays.
+ * What the controller pushed to this node: one place holds it, one place
+ * changes it. Snapshots replace, deltas patch. Either may come in parts; the
+ * parts are gathered and nothing is taken before the last one has arrived
+ * and the whole version has been checked. A version that cannot be applied is
+ * refused whole and the previous state stays.
+ *
+ * Items arrive as JSON objects or in the compact wire form of Workloads and
+ * Services; both are kept as the same objects (a Workload as the resource, a
+ * Service as the resource with `endpoints`: the names of its Workloads).
  */
-import type { ConfigMessage } from '../../api/proto';
+import { LIMITS } from '../../api/limits';
+import type { ConfigMessage, Item } from '../../api/proto';
 
 export interface ApplyResult {
   version: number;
@@ -20,9 +27,36 @@ export class ConfigRejected extends Error {
   }
 }
 
+/** Where a message in parts stands. */
+export interface Progress {
+  type: 'snapshot' | 'delta';
+  version: number;
+  parts: number;
+  items: number;
+  /** Items the whole snapshot has (0 for a delta: unknown until the end). */
+  totalItems: number;
+}
+
+interface Gathering extends Progress {
+  from: number;
+  upserts: Map<string, unknown>;
+  removals: string[];
+}
+
+export interface ConfigStateOptions {
+  /** Items this node holds at most; a larger snapshot is refused at its first part. */
+  maxItems?: number;
+}
+
 export class ConfigState {
   #items = new Map<string, unknown>();
   #version = 0;
+  #gathering: Gathering | undefined;
+  readonly #maxItems: number;
+
+  constructor(opts: ConfigStateOptions = {}) {
+    this.#maxItems = opts.maxItems ?? LIMITS.maxNodeConfigItems;
+  }
 
   get version(): number {
     return this.#version;
@@ -30,6 +64,12 @@ export class ConfigState {
 
   get items(): ReadonlyMap<string, unknown> {
     return this.#items;
+  }
+
+  /** A message whose parts are still arriving, if any. */
+  get receiving(): Readonly<Progress> | undefined {
+    const g = this.#gathering;
+    return g && { type: g.type, version: g.version, parts: g.parts, items: g.items, totalItems: g.totalItems };
   }
 
   get(key: string): unknown {
@@ -41,36 +81,70 @@ export class ConfigState {
     return [...this.#items.keys()].filter((k) => k.startsWith(`${kind}/`)).sort();
   }
 
-  /**
-   * Works out the state a snapshot or delta leads to, without taking it.
-   * Throws ConfigRejected when the message cannot be applied: a delta from
-   * another version, or an item that is not a JSON object of the kind its
-   * key names.
-   */
-  prepare(msg: ConfigMessage): Staged | undefined {
-    if (msg.snapshot) {
-      const next = new Map<string, unknown>();
-      for (const it of msg.snapshot.items) next.set(it.key, parseItem(msg.snapshot.version, it.key, it.json));
-      const changed = new Set([...this.#items.keys(), ...next.keys()]);
-      return { version: msg.snapshot.version, items: next, changed: [...changed] };
-    }
-    if (msg.delta) {
-      const d = msg.delta;
-      if (d.fromVersion !== this.#version) throw new ConfigRejected(d.version, `delta from version ${d.fromVersion}, but this node holds ${this.#version}`);
-      const parsed = d.upserts.map((it) => [it.key, parseItem(d.version, it.key, it.json)] as const);
-      const next = new Map(this.#items);
-      for (const [k, v] of parsed) next.set(k, v);
-      for (const k of d.removals) next.delete(k);
-      return { version: d.version, items: next, changed: [...parsed.map(([k]) => k), ...d.removals] };
-    }
-    return undefined;
+  /** Forgets a message whose parts were still arriving (its stream broke: the controller starts it over). */
+  abandon(): void {
+    this.#gathering = undefined;
   }
 
-  /** Takes a prepared state. */
+  /**
+   * Takes one message (or one part of it) and works out the state it leads
+   * to, without taking it: undefined while parts are still to come. Throws
+   * ConfigRejected when it cannot be applied: parts out of order, a delta from
+   * another version, an item that is not an object of the kind its key names,
+   * more items than this node holds. The parts gathered so far are dropped then.
+   */
+  prepare(msg: ConfigMessage): Staged | undefined {
+    try {
+      return this.#prepare(msg);
+    } catch (err) {
+      this.#gathering = undefined;
+      throw err;
+    }
+  }
+
+  #prepare(msg: ConfigMessage): Staged | undefined {
+    const snap = msg.snapshot;
+    const delta = msg.delta;
+    if (!snap && !delta) return undefined;
+    const version = (snap ?? delta)!.version;
+    const part = (snap ?? delta)!.part ?? 0;
+    let g = this.#gathering;
+    if (part === 0) {
+      // A snapshot starts over whatever was half gathered; a delta may not interrupt one.
+      if (g && delta) throw new ConfigRejected(version, `a delta to version ${version} arrived while ${g.type} ${g.version} was still in parts (${g.parts} of it arrived)`);
+      if (snap && (snap.totalItems ?? 0) > this.#maxItems)
+        throw new ConfigRejected(version, `the snapshot has ${snap.totalItems} items, more than this node holds (${this.#maxItems}, --max-config-items)`);
+      if (delta && delta.fromVersion !== this.#version) throw new ConfigRejected(version, `delta from version ${delta.fromVersion}, but this node holds ${this.#version}`);
+      g = { type: snap ? 'snapshot' : 'delta', version, from: delta?.fromVersion ?? 0, parts: 0, items: 0, totalItems: snap?.totalItems ?? 0, upserts: new Map(), removals: [] };
+    } else if (!g || g.version !== version || g.parts !== part || (snap ? g.type !== 'snapshot' : g.type !== 'delta')) {
+      throw new ConfigRejected(version, `part ${part} of ${snap ? 'snapshot' : 'delta'} ${version} arrived, but ${g ? `part ${g.parts} of ${g.type} ${g.version}` : 'a part 0'} was next`);
+    }
+    for (const it of snap?.items ?? delta!.upserts) {
+      g.upserts.set(it.key, parseItem(version, it));
+    }
+    if (delta) for (const k of delta.removals) g.removals.push(k);
+    g.parts++;
+    g.items = g.upserts.size;
+    const size = g.type === 'snapshot' ? g.upserts.size : this.#items.size + g.upserts.size;
+    if (size > this.#maxItems) throw new ConfigRejected(version, `version ${version} would have this node hold more than ${this.#maxItems} items (--max-config-items)`);
+    if ((snap ?? delta)!.more) {
+      this.#gathering = g;
+      return undefined;
+    }
+    this.#gathering = undefined;
+    return new Staged(this.#items, g.type === 'snapshot', version, g.upserts, g.removals);
+  }
+
+  /** Takes a prepared state: a snapshot replaces the map, a delta patches it in place. */
   commit(staged: Staged): ApplyResult {
-    this.#items = staged.items;
+    const changed = staged.changedKeys();
+    if (staged.replace) this.#items = staged.upserts;
+    else {
+      for (const [k, v] of staged.upserts) this.#items.set(k, v);
+      for (const k of staged.removals) this.#items.delete(k);
+    }
     this.#version = staged.version;
-    return { version: staged.version, changed: staged.changed };
+    return { version: staged.version, changed };
   }
 
   /** prepare() then commit(): all of the message, or (on ConfigRejected) none of it. */
@@ -80,21 +154,71 @@ export class ConfigState {
   }
 }
 
-/** A state worked out by prepare(), not yet taken. */
-export interface Staged {
-  version: number;
-  items: Map<string, unknown>;
-  changed: string[];
+/** A state worked out by prepare(), not yet taken: what it sets and removes over the state it starts from. */
+export class Staged {
+  constructor(
+    readonly base: ReadonlyMap<string, unknown>,
+    /** A snapshot: keys it does not set go. */
+    readonly replace: boolean,
+    readonly version: number,
+    readonly upserts: Map<string, unknown>,
+    readonly removals: readonly string[],
+  ) {}
+
+  /** A key's value once this is taken. */
+  get(key: string): unknown {
+    if (this.upserts.has(key)) return this.upserts.get(key);
+    if (this.replace || this.removals.includes(key)) return undefined;
+    return this.base.get(key);
+  }
+
+  /** The entries of one kind ("AuthorizationPolicy") once this is taken. */
+  *entriesOf(kind: string): Iterable<[string, unknown]> {
+    const prefix = `${kind}/`;
+    for (const [k, v] of this.upserts) if (k.startsWith(prefix)) yield [k, v];
+    if (this.replace) return;
+    const removed = new Set(this.removals);
+    for (const [k, v] of this.base) if (k.startsWith(prefix) && !this.upserts.has(k) && !removed.has(k)) yield [k, v];
+  }
+
+  changedKeys(): string[] {
+    if (!this.replace) return [...this.upserts.keys(), ...this.removals.filter((k) => this.base.has(k))];
+    const out = [...this.upserts.keys()];
+    for (const k of this.base.keys()) if (!this.upserts.has(k)) out.push(k);
+    return out;
+  }
 }
 
-function parseItem(version: number, key: string, json: string): unknown {
+const KEY = /^([A-Za-z]+)\/([^/]*)\/([^/]+)$/;
+
+function parseItem(version: number, it: Item): unknown {
+  const m = KEY.exec(it.key);
+  if (!m) throw new ConfigRejected(version, `item key ${JSON.stringify(it.key.slice(0, 200))} is not Kind/namespace/name`);
+  const [, kind, namespace, name] = m as unknown as [string, string, string, string];
+  if (it.workload) {
+    if (kind !== 'Workload') throw new ConfigRejected(version, `item ${it.key} carries a workload`);
+    const w = it.workload;
+    return {
+      kind: 'Workload',
+      metadata: { name, namespace, labels: w.labels ?? {}, resourceVersion: w.resourceVersion || undefined },
+      spec: { node: w.node, serviceAccount: w.serviceAccount, addresses: w.addresses ?? [], ready: w.ready, ...(w.netns ? { netns: w.netns } : {}) },
+    };
+  }
+  if (it.service) {
+    if (kind !== 'Service') throw new ConfigRejected(version, `item ${it.key} carries a service`);
+    const v = parseJson(version, it.key, it.service.json, kind) as Record<string, unknown>;
+    return { ...v, endpoints: it.service.endpoints ?? [] };
+  }
+  return parseJson(version, it.key, it.json ?? '', kind);
+}
+
+function parseJson(version: number, key: string, json: string, kind: string): unknown {
   let v: unknown;
   try {
     v = JSON.parse(json);
   } catch (err) {
     throw new ConfigRejected(version, `item ${key} is not JSON: ${(err as Error).message}`);
   }
-  const kind = key.split('/')[0];
   if (!v || typeof v !== 'object' || (v as { kind?: unknown }).kind !== kind) throw new ConfigRejected(version, `item ${key} is not a ${kind} object`);
   return v;
 }

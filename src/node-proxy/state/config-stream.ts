@@ -11,7 +11,7 @@ import type * as grpc from '@grpc/grpc-js';
 import type { ConfigMessage, NodeMessage } from '../../api/proto';
 import type { ControllerClient } from '../../controller/client';
 import { silentLogger, type Logger } from '../../log';
-import { ConfigRejected, ConfigState, type ApplyResult, type Staged } from './config-state';
+import { ConfigRejected, ConfigState, type ApplyResult, type Progress, type Staged } from './config-state';
 
 export interface ConfigStreamOptions {
   client: ControllerClient;
@@ -32,6 +32,8 @@ export interface ConfigStreamEvents {
   /** A version was applied and ACKed. */
   update: [result: ApplyResult];
   nack: [version: number, reason: string];
+  /** A part of a snapshot or delta arrived; the version is taken when its last part has. */
+  part: [progress: Progress];
   connected: [];
   disconnected: [reason: string];
 }
@@ -84,7 +86,11 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   #open(): void {
     const call = this.#client.configStream();
     this.#call = call;
-    call.write({ hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '', addresses: this.#opts.addresses ?? [] } });
+    // Parts of a message the last stream did not finish are of no use: the controller starts it over.
+    this.state.abandon();
+    call.write({
+      hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '', addresses: this.#opts.addresses ?? [], maxMessageBytes: this.#client.maxResponseBytes },
+    });
     call.on('data', (m: ConfigMessage) => {
       if (!this.#connected) {
         this.#connected = true;
@@ -117,7 +123,11 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
     const before = this.state.version;
     try {
       const staged = this.state.prepare(m);
-      if (!staged) return;
+      if (!staged) {
+        const progress = this.state.receiving;
+        if (progress) this.emit('part', progress);
+        return;
+      }
       const problem = this.#opts.validate?.(staged) ?? null;
       if (problem) throw new ConfigRejected(version, problem);
       const result = this.state.commit(staged);

@@ -1,3 +1,3 @@
-export { ConfigRejected, ConfigState, type ApplyResult, type Staged } from './config-state';
+export { ConfigRejected, ConfigState, type ApplyResult, type Progress, type Staged } from './config-state';
 export { ConfigStream, type ConfigStreamEvents, type ConfigStreamOptions } from './config-stream';
 export { MeshView, normalizeIp, type EndpointView, type ServiceView, type WorkloadView } from './mesh-view';

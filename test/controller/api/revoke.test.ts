@@ -26,10 +26,10 @@ function openStream(client: ControllerClient, node: string): { items: Map<string
     const v = m.snapshot?.version ?? m.delta?.version;
     if (m.snapshot) {
       items.clear();
-      for (const i of m.snapshot.items) items.set(i.key, i.json);
+      for (const i of m.snapshot.items) items.set(i.key, i.json ?? JSON.stringify(i.workload ?? i.service));
     }
     if (m.delta) {
-      for (const i of m.delta.upserts) items.set(i.key, i.json);
+      for (const i of m.delta.upserts) items.set(i.key, i.json ?? JSON.stringify(i.workload ?? i.service));
       for (const k of m.delta.removals) items.delete(k);
     }
     if (v !== undefined) call.write({ ack: { version: v } });

@@ -1,7 +1,7 @@
 /** Node config streams against a real controller: slices, deltas, resume, NACK. */
 import { t } from 'tap';
 
-import { ConfigStream, type ApplyResult } from '../../../src/node-proxy/state';
+import { ConfigStream, MeshView, type ApplyResult } from '../../../src/node-proxy/state';
 import { doc, testController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
 
@@ -49,7 +49,8 @@ t.test('each node gets its slice, then deltas of what touches it', async (t) => 
   const keys = (s: ConfigStream): string[] => [...s.state.items.keys()].sort();
   t.same(keys(s1), ['AuthorizationPolicy/shop/only-a', 'MeshConfig//default', 'PeerAuthentication/shop/strict-a', 'RevocationList//revoked', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1']);
   t.same(keys(s2), ['MeshConfig//default', 'RevocationList//revoked', 'Service/shop/a', 'TrustBundle//bundle', 'Workload/shop/a-1', 'Workload/shop/b-1'], 'n2 runs nothing the policies select: it gets neither');
-  t.match(s1.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', identity: 'spiffe://cluster.local/ns/shop/sa/a' }] } });
+  t.match(s1.state.get('Service/shop/a'), { endpoints: ['a-1'] }, 'a service names its endpoints');
+  t.match(MeshView.build(s1.state, 'n1').services.get('Service/shop/a')!.endpoints, [{ workload: 'a-1', node: 'n1', identity: 'spiffe://cluster.local/ns/shop/sa/a' }], 'the node resolves them to workloads');
   const n2Version = s2.state.version;
 
   // Deltas: time from apply to the node holding the version.
@@ -70,7 +71,7 @@ t.test('each node gets its slice, then deltas of what touches it', async (t) => 
   // Moving b-1 into app=a touches both nodes: n2 now needs the peer authentication, n1's service endpoints change.
   await c.admin.apply([doc(wl('b-1', 'n2', 'a'))]);
   t.ok(await waitFor(() => s2.state.items.has('PeerAuthentication/shop/strict-a')), 'n2 gained the peer authentication');
-  t.ok(await waitFor(() => ((s1.state.get('Service/shop/a') as { status: { endpoints: unknown[] } }).status.endpoints.length === 2)), 'n1 sees the new endpoint');
+  t.ok(await waitFor(() => (s1.state.get('Service/shop/a') as { endpoints: unknown[] }).endpoints.length === 2), 'n1 sees the new endpoint');
   await c.admin.delete([{ kind: 'PeerAuthentication', namespace: 'shop', name: 'strict-a' }]);
   t.ok(await waitFor(() => !s1.state.items.has('PeerAuthentication/shop/strict-a') && !s2.state.items.has('PeerAuthentication/shop/strict-a')), 'a deletion removes it from both');
 
@@ -106,7 +107,7 @@ t.test('a NACKed version leaves the previous config and shows in the node list',
   const s = new ConfigStream({
     client: await c.nodeClient('n1'),
     node: 'n1',
-    validate: (staged) => ([...staged.items.values()].some((v) => (v as { metadata?: { labels?: { mark?: string } } }).metadata?.labels?.mark === 'bad') ? 'policy only-a uses a feature this proxy lacks' : null),
+    validate: (staged) => ([...staged.upserts.values()].some((v) => (v as { metadata?: { labels?: { mark?: string } } }).metadata?.labels?.mark === 'bad') ? 'policy only-a uses a feature this proxy lacks' : null),
   });
   const nacks: string[] = [];
   s.on('nack', (_v, reason) => nacks.push(reason));
@@ -151,13 +152,16 @@ t.test('where a node takes tunnels reaches the other nodes in its endpoints', as
   s2.start();
   t.teardown(() => s2.stop());
   t.ok(await waitFor(() => u2.length === 1));
-  t.match(s2.state.get('Service/shop/a'), { status: { endpoints: [{ workload: 'a-1', node: 'n1', nodeAddresses: [] }] } }, 'n1 has not said hello yet');
+  const endpoint = () => MeshView.build(s2.state, 'n2').services.get('Service/shop/a')!.endpoints[0]!;
+  t.match(endpoint(), { workload: 'a-1', node: 'n1', nodeAddresses: [] }, 'n1 has not said hello yet');
+  const before = s2.state.version;
   const s1 = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1', addresses: ['198.18.0.1', '2001:2:0:0::1'] });
+  const changes = updates(s2);
   s1.start();
   t.teardown(() => s1.stop());
-  t.ok(
-    await waitFor(() => ((s2.state.get('Service/shop/a') as { status: { endpoints: { nodeAddresses: string[] }[] } }).status.endpoints[0]!.nodeAddresses.length === 2)),
-    'n2 learns n1 address from its hello',
-  );
+  t.ok(await waitFor(() => endpoint().nodeAddresses!.length === 2), 'n2 learns n1 address from its hello');
+  t.same(endpoint().nodeAddresses, ['198.18.0.1', '2001:2:0:0::1']);
+  t.ok(s2.state.version >= before);
+  t.same(changes.flatMap((u) => u.changed), ['Node//n1'], 'one Node item changed, not every workload on n1');
   t.same((await c.admin.listNodes()).find((n) => n.node === 'n1')!.addresses, ['198.18.0.1', '2001:2:0:0::1']);
 });

@@ -24,16 +24,10 @@ const added = (r: Resource, version = 1): Change => ({ type: 'ADDED', version, r
 t.test('endpoints and identities', async (t) => {
   const reg = new Registry('PEM');
   reg.load([wl('web-1', 'shop', 'n1', { app: 'web' }, 'web'), wl('web-2', 'shop', 'n2', { app: 'web' }, 'web'), wl('db', 'shop', 'n2', { app: 'db' }), wl('web-x', 'other', 'n1', { app: 'web' }), svc('web', 'shop', { app: 'web' })], 1);
-  const item = JSON.parse(reg.items.get('Service/shop/web')!.json) as { status: { endpoints: { workload: string; node: string; identity: string }[] } };
-  t.same(
-    item.status.endpoints.map((e) => [e.workload, e.node, e.identity]),
-    [
-      ['web-1', 'n1', 'spiffe://cluster.local/ns/shop/sa/web'],
-      ['web-2', 'n2', 'spiffe://cluster.local/ns/shop/sa/web'],
-    ],
-    'only matching workloads of the same namespace',
-  );
-  t.equal((JSON.parse(reg.items.get('Workload/shop/db')!.json) as { status: { identity: string } }).status.identity, 'spiffe://cluster.local/ns/shop/sa/default');
+  // A service names its endpoints; nodes hold every workload and resolve them.
+  t.same(reg.items.get('Service/shop/web')!.wire.service!.endpoints, ['web-1', 'web-2'], 'only matching workloads of the same namespace');
+  t.match(reg.items.get('Workload/shop/web-2')!.wire.workload, { node: 'n2', serviceAccount: 'web', labels: { app: 'web' } }, 'a workload goes in its compact form');
+  t.equal(reg.identityOf(reg.get('Workload', 'shop', 'db') as never), 'spiffe://cluster.local/ns/shop/sa/default');
   t.same(reg.workloadsOn('n1').map((w) => w.metadata.name).sort(), ['web-1', 'web-x']);
 });
 
@@ -81,10 +75,25 @@ t.test('a change marks exactly what it touches', async (t) => {
   t.ok(v > reg.items.get('Workload/shop/a')!.version, 'the changed item got a newer item version');
   // Reapplying the same thing changes nothing.
   t.same([...reg.apply([{ type: 'MODIFIED', version: 3, resource: wl('b', 'shop', 'n2', { app: 'a' }) }])], []);
-  // A deletion removes the item.
-  const gone = reg.apply([{ type: 'DELETED', version: 4, resource: wl('a', 'shop', 'n1', { app: 'a' }) }]);
+  // Readiness is the workload's own: services name their endpoints, so only the workload changes.
+  const b = wl('b', 'shop', 'n2', { app: 'a' });
+  const notReady = { ...b, spec: { ...(b.spec as object), ready: false } } as Resource;
+  t.same([...reg.apply([{ type: 'MODIFIED', version: 4, resource: notReady }])], ['Workload/shop/b'], 'a readiness change touches one item');
+  // A deletion removes the item, and is remembered for nodes that were away.
+  const seq = reg.seq;
+  const gone = reg.apply([{ type: 'DELETED', version: 5, resource: wl('a', 'shop', 'n1', { app: 'a' }) }]);
   t.ok(gone.has('Workload/shop/a'));
   t.notOk(reg.items.has('Workload/shop/a'));
+  t.same(reg.removedSince(seq), ['Workload/shop/a']);
+  t.same(reg.removedSince(reg.seq), []);
+});
+
+t.test('where a node takes tunnels is one Node item, not a change to its workloads', async (t) => {
+  const reg = new Registry('PEM');
+  reg.load([wl('a', 'shop', 'n1', { app: 'a' }), svc('sa', 'shop', { app: 'a' })], 1);
+  t.same([...reg.setNodeAddresses('n1', ['198.18.0.1'])], ['Node//n1']);
+  t.same(JSON.parse(reg.items.get('Node//n1')!.wire.json!), { kind: 'Node', metadata: { name: 'n1' }, addresses: ['198.18.0.1'] });
+  t.same([...reg.setNodeAddresses('n1', ['198.18.0.1'])], [], 'the same addresses again change nothing');
 });
 
 t.test('MeshConfig: defaults, and a trust domain change re-derives identities', async (t) => {
@@ -95,7 +104,8 @@ t.test('MeshConfig: defaults, and a trust domain change re-derives identities', 
   const dirty = reg.apply([
     added({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' }, defaultMtlsMode: 'STRICT', certificateLifetimeSeconds: 3600 } }, 2),
   ]);
-  t.ok(dirty.has('Workload/shop/a') && dirty.has('MeshConfig//default'));
-  t.match(reg.items.get('Workload/shop/a')!.json, /spiffe:\/\/example\.org\/ns\/shop\/sa\/default/);
+  t.ok(dirty.has('MeshConfig//default'), 'the mesh config goes to every node: identities are derived there from its trust domain');
+  t.match(reg.items.get('MeshConfig//default')!.wire.json, /"trustDomain":"example\.org"/);
+  t.equal(reg.identityOf(reg.get('Workload', 'shop', 'a') as never), 'spiffe://example.org/ns/shop/sa/default');
   t.equal(reg.meshConfig().certificateLifetimeSeconds, 3600);
 });

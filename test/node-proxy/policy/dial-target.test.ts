@@ -68,14 +68,9 @@ t.test('DialGuard: fixed addresses, the namespace interfaces and the config node
   let interfaces = ['10.0.0.1'];
   let reads = 0;
   let now = 0;
-  const view = {
-    node: 'n1',
-    workloads: [
-      { node: 'n1', nodeAddresses: ['198.18.0.2'] },
-      { node: 'n2', nodeAddresses: ['198.18.0.9'] },
-    ],
-    services: new Map([['s', { endpoints: [{ node: 'n1', nodeAddresses: ['198.18.0.3'] }] }]]),
-  };
+  // What the config says of where each node takes tunnels (its Node item).
+  const addressesOf: Record<string, string[]> = { n1: ['198.18.0.2', '198.18.0.3'], n2: ['198.18.0.9'] };
+  const view = { node: 'n1', nodeAddresses: (node: string) => addressesOf[node] ?? [] };
   const guard = new DialGuard({
     fixed: ['198.18.0.1', undefined],
     view: () => view as never,
