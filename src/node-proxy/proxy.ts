@@ -54,6 +54,8 @@ export interface ProxyOptions {
   accessLogLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'silent';
   /** Every listener's bounds (default LISTENER_DEFAULTS; build with listenerLimits()). */
   limits?: Readonly<ListenerLimits>;
+  /** Items of config this node holds at most (default LIMITS.maxNodeConfigItems). */
+  maxConfigItems?: number;
   log?: Logger;
 }
 
@@ -62,9 +64,10 @@ export class ProxyError extends MeshError {}
 export class NodeProxy {
   readonly node: string;
   readonly flows = new FlowTable();
-  readonly state = new ConfigState();
+  readonly state: ConfigState;
   #view: MeshView;
   #policies: CompiledPolicySet;
+  #compiledFrom: readonly unknown[] | undefined;
   #ready = false;
   readonly #log: Logger;
   readonly #opts: ProxyOptions;
@@ -86,6 +89,7 @@ export class NodeProxy {
   private constructor(opts: ProxyOptions) {
     this.node = opts.node;
     this.#opts = opts;
+    this.state = new ConfigState({ maxItems: opts.maxConfigItems });
     this.#log = (opts.log ?? silentLogger()).child({ component: 'proxy', node: opts.node });
     this.#view = MeshView.build(this.state, opts.node);
     this.#policies = compilePolicies([]);
@@ -233,7 +237,9 @@ export class NodeProxy {
       validate: (s) => this.#validate(s),
     });
     const first = new Promise<void>((resolve) => this.#stream.once('update', () => resolve()));
-    this.#stream.on('update', () => {
+    this.#stream.on('update', (result) => {
+      // The lookups follow the state in the same tick as it was committed.
+      this.#view.update(this.state, result.changed);
       void this.#applyConfig().catch((err: unknown) => this.#log.error({ err }, 'applying config failed'));
     });
     this.#stream.on('disconnected', (reason) => this.#log.warn({ reason }, 'controller away; serving the last config'));
@@ -265,11 +271,14 @@ export class NodeProxy {
     return null;
   }
 
-  /** Rebuilds lookups and policies, and enrolls/unenrolls local workloads. */
+  /** Compiles policies that changed, and enrolls/unenrolls local workloads. */
   async #applyConfig(): Promise<void> {
-    const view = MeshView.build(this.state, this.node);
-    this.#policies = compilePolicies(view.policies);
-    this.#view = view;
+    const view = this.#view;
+    // The view keeps the same list while no policy changed.
+    if (view.policies !== this.#compiledFrom) {
+      this.#policies = compilePolicies(view.policies);
+      this.#compiledFrom = view.policies;
+    }
     this.#balancers.retain(view.services.keys());
     // Tunnels set up before a certificate was revoked end now, both ways.
     const revoked = (serial: string): boolean => view.revokedSerials.has(serial);

@@ -7,6 +7,7 @@ import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
+import { LIMITS } from '../../api/limits';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
 import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
@@ -44,6 +45,7 @@ export const proxyCommand = defineCommand({
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
     'access-log-level': { type: 'string', default: 'info' },
+    'max-config-items': { type: 'string' },
     ...LISTENER_FLAGS.options,
   },
   optionHelp: {
@@ -59,6 +61,7 @@ export const proxyCommand = defineCommand({
     'proxy-ip6': "this node's IPv6 address",
     'fail-closed': 'refuse pod connects while the proxy is not ready',
     'log-level': 'trace, debug, info, warn, error',
+    'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
@@ -75,8 +78,13 @@ export const proxyCommand = defineCommand({
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
+    const maxItemsFlag = values['max-config-items'] as string | undefined;
+    const maxConfigItems = maxItemsFlag === undefined ? undefined : Number(maxItemsFlag);
+    if (maxConfigItems !== undefined && (!Number.isSafeInteger(maxConfigItems) || maxConfigItems < 1))
+      throw new UsageError(`${cmd}: --max-config-items must be a whole number of at least 1, not ${JSON.stringify(maxItemsFlag)}`);
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
+      maxConfigItems,
       node,
       controller: requiredFlag(cmd, 'controller', values.controller),
       token,

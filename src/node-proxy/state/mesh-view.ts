@@ -1,6 +1,5 @@
 /**
- * Lookups the proxy does per connection, built once per config version from
- * ConfigState: VIP and port -> Service and its endpoints (the WorkloadViews
+ * Lookups the proxy does per connection, kept from ConfigState: VIP and port -> Service and its endpoints (the WorkloadViews
  * themselves, not copies); address -> workload (every workload of the mesh);
  * node -> where its proxy takes tunnels; the mesh config; the authorization
  * policies.
@@ -42,7 +41,9 @@ export interface ServiceView {
   ports: ServicePort[];
   lbPolicy: LoadBalancerPolicy;
   endpoints: EndpointView[];
-  /** The resource's resourceVersion: the balancer keeps its state while it is unchanged. */
+  /** Keys of the workloads the controller named as its endpoints (some may not have arrived). */
+  endpointNames: readonly string[];
+  /** Changes whenever the service or its endpoints (their readiness too) change: the balancer keeps its state while it is unchanged. */
   version: string;
 }
 
@@ -74,121 +75,275 @@ interface WorkloadItem {
 }
 const NO_ADDRESSES: readonly string[] = Object.freeze([]);
 
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+function setOrDelete<V>(m: Map<string, V>, key: string, v: V | undefined): void {
+  if (v === undefined) m.delete(key);
+  else m.set(key, v);
+}
+
+/**
+ * Built once from the whole state, then kept up to date in place from the
+ * keys each version changed: a readiness change among 50,000 workloads costs
+ * one workload and the services naming it, not a rebuild of everything. It
+ * is updated in the same tick as the state is committed, so a connection
+ * never sees half of a version.
+ */
 export class MeshView {
-  readonly version: number;
+  #version = 0;
   readonly node: string;
-  readonly mesh: Readonly<MeshConfigSpec>;
-  readonly services: ReadonlyMap<string, ServiceView>;
+  #mesh: MeshConfigSpec = { ...MESH_CONFIG_DEFAULTS };
+  readonly #services = new Map<string, ServiceView>();
   /** Every workload of the mesh (`local` marks this node's). */
-  readonly workloads: readonly WorkloadView[];
-  /** The workloads this node runs. */
-  readonly localWorkloads: readonly WorkloadView[];
-  readonly policies: readonly AuthorizationPolicy[];
-  /** The CA certificates (PEM) peers' certificates must chain to. */
-  readonly trustBundle: string;
-  readonly peerAuthentications: readonly PeerAuthentication[];
-  /** Serials (normalized) of revoked certificates: tunnels refuse a peer presenting one. */
-  readonly revokedSerials: ReadonlySet<string>;
+  readonly #workloads = new Map<string, WorkloadView>();
+  readonly #local = new Map<string, WorkloadView>();
+  #localList: WorkloadView[] | undefined;
+  readonly #policies = new Map<string, AuthorizationPolicy>();
+  #policyList: AuthorizationPolicy[] | undefined;
+  readonly #peerAuths = new Map<string, PeerAuthentication>();
+  #peerAuthList: PeerAuthentication[] | undefined;
+  #trustBundle = '';
+  #revoked: ReadonlySet<string> = new Set();
   /** node -> where its proxy takes tunnels. */
-  readonly #nodes: ReadonlyMap<string, readonly string[]>;
+  readonly #nodes = new Map<string, readonly string[]>();
+  /** node -> its workloads (their nodeAddresses follow the node's). */
+  readonly #onNode = new Map<string, Set<WorkloadView>>();
+  /**
+   * Workload key -> the service naming it as an endpoint (whether or not it
+   * exists yet), or the set of them when there are several (most workloads
+   * are in one service: no Set for each).
+   */
+  readonly #servicesOf = new Map<string, string | Set<string>>();
   readonly #byVip = new Map<string, { service: ServiceView; port: ServicePort }>();
   readonly #byAddress = new Map<string, WorkloadView>();
+  /** Bumped into a ServiceView's `version` whenever its endpoints change. */
+  #serial = 0;
 
-  private constructor(
-    version: number,
-    node: string,
-    mesh: MeshConfigSpec,
-    services: Map<string, ServiceView>,
-    workloads: WorkloadView[],
-    policies: AuthorizationPolicy[],
-    trustBundle: string,
-    peerAuthentications: PeerAuthentication[],
-    revokedSerials: ReadonlySet<string>,
-    nodes: ReadonlyMap<string, readonly string[]>,
-  ) {
-    this.version = version;
-    this.revokedSerials = revokedSerials;
-    this.trustBundle = trustBundle;
-    this.peerAuthentications = peerAuthentications;
+  private constructor(node: string) {
     this.node = node;
-    this.mesh = mesh;
-    this.services = services;
-    this.workloads = workloads;
-    this.localWorkloads = workloads.filter((w) => w.local);
-    this.policies = policies;
-    this.#nodes = nodes;
   }
 
   static build(state: ConfigState, node: string): MeshView {
-    let mesh: MeshConfigSpec = { ...MESH_CONFIG_DEFAULTS };
-    const nodes = new Map<string, readonly string[]>();
-    const policies: AuthorizationPolicy[] = [];
-    let trustBundle = '';
-    const peerAuths: PeerAuthentication[] = [];
-    let revoked: ReadonlySet<string> = new Set();
-    const serviceItems: [string, ServiceItem][] = [];
-    const workloadItems: [string, WorkloadItem][] = [];
-    for (const [key, raw] of state.items) {
-      const kind = key.slice(0, key.indexOf('/'));
-      if (kind === 'Workload') workloadItems.push([key, raw as WorkloadItem]);
-      else if (kind === 'Service') serviceItems.push([key, raw as ServiceItem]);
-      else if (kind === 'Node') {
-        const addresses = (raw as { addresses?: unknown }).addresses;
-        nodes.set(key.slice(key.lastIndexOf('/') + 1), Array.isArray(addresses) ? addresses.filter((a): a is string => typeof a === 'string') : NO_ADDRESSES);
-      } else if (kind === 'TrustBundle') trustBundle = (raw as { pem: string }).pem;
-      else if (kind === 'RevocationList') {
-        const serials = (raw as { serials?: unknown }).serials;
-        revoked = new Set(Array.isArray(serials) ? serials.filter((x): x is string => typeof x === 'string').map(normalizeSerial) : []);
-      } else if (kind === 'PeerAuthentication') peerAuths.push(raw as PeerAuthentication);
-      else if (kind === 'MeshConfig') mesh = { ...mesh, ...(raw as { spec: Partial<MeshConfigSpec> }).spec };
-      else if (kind === 'AuthorizationPolicy') policies.push(raw as AuthorizationPolicy);
-    }
-    // Identities are derived as the CA derives them, from the mesh's trust domain.
-    const workloads: WorkloadView[] = [];
-    const byKey = new Map<string, WorkloadView>();
-    for (const [key, w] of workloadItems) {
-      const namespace = w.metadata.namespace || 'default';
-      const view: WorkloadView = {
-        key,
-        name: w.metadata.name,
-        workload: w.metadata.name,
-        namespace,
-        labels: w.metadata.labels ?? {},
-        node: w.spec.node,
-        addresses: w.spec.addresses,
-        identity: spiffeId(mesh.trustDomain, namespace, w.spec.serviceAccount),
-        serviceAccount: w.spec.serviceAccount,
-        netns: w.spec.netns,
-        ready: w.spec.ready,
-        local: w.spec.node === node,
-        nodeAddresses: nodes.get(w.spec.node) ?? NO_ADDRESSES,
-      };
-      workloads.push(view);
-      byKey.set(key, view);
-    }
-    const services = new Map<string, ServiceView>();
-    for (const [key, s] of serviceItems) {
-      const namespace = s.metadata.namespace || 'default';
-      const endpoints: EndpointView[] = [];
-      for (const name of s.endpoints ?? []) {
-        const w = byKey.get(`Workload/${namespace}/${name}`);
-        if (w) endpoints.push(w);
-      }
-      services.set(key, {
-        key,
-        name: s.metadata.name,
-        namespace,
-        addresses: s.spec.addresses,
-        ports: s.spec.ports,
-        lbPolicy: s.spec.loadBalancer?.policy ?? 'P2C_EWMA',
-        endpoints,
-        version: s.metadata.resourceVersion ?? '',
-      });
-    }
-    const view = new MeshView(state.version, node, mesh, services, workloads, policies, trustBundle, peerAuths, revoked, nodes);
-    for (const s of services.values()) for (const vip of s.addresses) for (const p of s.ports) view.#byVip.set(`${normalizeIp(vip)}|${p.port}`, { service: s, port: p });
-    for (const w of workloads) for (const a of w.addresses) view.#byAddress.set(normalizeIp(a), w);
+    const view = new MeshView(node);
+    view.update(state, state.items.keys());
     return view;
+  }
+
+  get version(): number {
+    return this.#version;
+  }
+
+  get mesh(): Readonly<MeshConfigSpec> {
+    return this.#mesh;
+  }
+
+  get services(): ReadonlyMap<string, ServiceView> {
+    return this.#services;
+  }
+
+  /** Every workload of the mesh, by key. */
+  get workloads(): ReadonlyMap<string, WorkloadView> {
+    return this.#workloads;
+  }
+
+  /** The workloads this node runs. */
+  get localWorkloads(): readonly WorkloadView[] {
+    return (this.#localList ??= [...this.#local.values()]);
+  }
+
+  get policies(): readonly AuthorizationPolicy[] {
+    return (this.#policyList ??= [...this.#policies.values()]);
+  }
+
+  get peerAuthentications(): readonly PeerAuthentication[] {
+    return (this.#peerAuthList ??= [...this.#peerAuths.values()]);
+  }
+
+  /** The CA certificates (PEM) peers' certificates must chain to. */
+  get trustBundle(): string {
+    return this.#trustBundle;
+  }
+
+  /** Serials (normalized) of revoked certificates: tunnels refuse a peer presenting one. */
+  get revokedSerials(): ReadonlySet<string> {
+    return this.#revoked;
+  }
+
+  /** Takes the keys a version changed (added, updated or removed) from `state`. */
+  update(state: ConfigState, changed: Iterable<string>): this {
+    this.#version = state.version;
+    const workloads: [string, unknown][] = [];
+    const services: [string, unknown][] = [];
+    const nodes: [string, unknown][] = [];
+    for (const key of changed) {
+      const kind = key.slice(0, key.indexOf('/'));
+      const raw = state.get(key);
+      switch (kind) {
+        case 'Workload':
+          workloads.push([key, raw]);
+          break;
+        case 'Service':
+          services.push([key, raw]);
+          break;
+        case 'Node':
+          nodes.push([key, raw]);
+          break;
+        case 'TrustBundle':
+          this.#trustBundle = raw ? (raw as { pem: string }).pem : '';
+          break;
+        case 'RevocationList': {
+          const serials = (raw as { serials?: unknown } | undefined)?.serials;
+          this.#revoked = new Set(Array.isArray(serials) ? serials.filter((x): x is string => typeof x === 'string').map(normalizeSerial) : []);
+          break;
+        }
+        case 'MeshConfig': {
+          const before = this.#mesh.trustDomain;
+          this.#mesh = { ...MESH_CONFIG_DEFAULTS, ...((raw as { spec?: Partial<MeshConfigSpec> } | undefined)?.spec ?? {}) };
+          // Identities are derived from the trust domain: every workload changes.
+          if (this.#mesh.trustDomain !== before) for (const k of this.#workloads.keys()) workloads.push([k, state.get(k)]);
+          break;
+        }
+        case 'AuthorizationPolicy':
+          setOrDelete(this.#policies, key, raw as AuthorizationPolicy | undefined);
+          this.#policyList = undefined;
+          break;
+        case 'PeerAuthentication':
+          setOrDelete(this.#peerAuths, key, raw as PeerAuthentication | undefined);
+          this.#peerAuthList = undefined;
+          break;
+        default:
+          break;
+      }
+    }
+    // Nodes first: workloads read their node's addresses.
+    for (const [key, raw] of nodes) this.#updateNode(key, raw as { addresses?: unknown } | undefined);
+    const touched = new Set<string>();
+    for (const [key, raw] of workloads) this.#updateWorkload(key, raw as WorkloadItem | undefined, touched);
+    for (const [key, raw] of services) {
+      this.#updateService(key, raw as ServiceItem | undefined);
+      touched.delete(key);
+    }
+    // Services whose endpoints changed while the service itself did not.
+    for (const key of touched) {
+      const s = this.#services.get(key);
+      if (s) this.#resolveEndpoints(s, (state.get(key) as ServiceItem | undefined)?.endpoints ?? []);
+    }
+    return this;
+  }
+
+  #updateNode(key: string, raw: { addresses?: unknown } | undefined): void {
+    const node = key.slice(key.lastIndexOf('/') + 1);
+    const addresses = Array.isArray(raw?.addresses) ? (raw.addresses as unknown[]).filter((a): a is string => typeof a === 'string') : NO_ADDRESSES;
+    if (raw) this.#nodes.set(node, addresses);
+    else this.#nodes.delete(node);
+    for (const w of this.#onNode.get(node) ?? []) (w as Mutable<WorkloadView>).nodeAddresses = addresses;
+  }
+
+  /** `touched` gathers services naming a workload that came or went (their endpoint lists change). */
+  #updateWorkload(key: string, w: WorkloadItem | undefined, touched: Set<string>): void {
+    const old = this.#workloads.get(key);
+    if (old) {
+      for (const a of old.addresses) if (this.#byAddress.get(normalizeIp(a)) === old) this.#byAddress.delete(normalizeIp(a));
+      this.#onNode.get(old.node)?.delete(old);
+      if (old.local) {
+        this.#local.delete(key);
+        this.#localList = undefined;
+      }
+    }
+    const of = this.#servicesOf.get(key);
+    if (typeof of === 'string') touched.add(of);
+    else if (of) for (const s of of) touched.add(s);
+    if (!w) {
+      this.#workloads.delete(key);
+      return;
+    }
+    const namespace = w.metadata.namespace || 'default';
+    const fields: WorkloadView = {
+      key,
+      name: w.metadata.name,
+      workload: w.metadata.name,
+      namespace,
+      labels: w.metadata.labels ?? {},
+      node: w.spec.node,
+      addresses: w.spec.addresses,
+      identity: spiffeId(this.#mesh.trustDomain, namespace, w.spec.serviceAccount),
+      serviceAccount: w.spec.serviceAccount,
+      netns: w.spec.netns,
+      ready: w.spec.ready,
+      local: w.spec.node === this.node,
+      nodeAddresses: this.#nodes.get(w.spec.node) ?? NO_ADDRESSES,
+    };
+    // The same object, updated: endpoint lists and connections holding it see the change.
+    const view = old ? Object.assign(old as Mutable<WorkloadView>, fields) : fields;
+    this.#workloads.set(key, view);
+    let here = this.#onNode.get(view.node);
+    if (!here) this.#onNode.set(view.node, (here = new Set()));
+    here.add(view);
+    if (view.local) {
+      this.#local.set(key, view);
+      this.#localList = undefined;
+    }
+    for (const a of view.addresses) this.#byAddress.set(normalizeIp(a), view);
+  }
+
+  #updateService(key: string, s: ServiceItem | undefined): void {
+    const old = this.#services.get(key);
+    if (old) {
+      for (const vip of old.addresses) for (const p of old.ports) this.#byVip.delete(`${normalizeIp(vip)}|${p.port}`);
+      for (const w of old.endpointNames) this.#unname(w, key);
+      this.#services.delete(key);
+    }
+    if (!s) return;
+    const namespace = s.metadata.namespace || 'default';
+    const view: ServiceView = {
+      key,
+      name: s.metadata.name,
+      namespace,
+      addresses: s.spec.addresses,
+      ports: s.spec.ports,
+      lbPolicy: s.spec.loadBalancer?.policy ?? 'P2C_EWMA',
+      endpoints: [],
+      endpointNames: [],
+      version: '',
+    };
+    this.#services.set(key, view);
+    this.#resolveEndpoints(view, s.endpoints ?? []);
+    for (const vip of view.addresses) for (const p of view.ports) this.#byVip.set(`${normalizeIp(vip)}|${p.port}`, { service: view, port: p });
+  }
+
+  #resolveEndpoints(view: ServiceView, names: readonly string[]): void {
+    for (const k of view.endpointNames) this.#unname(k, view.key);
+    const prefix = `Workload/${view.namespace}/`;
+    const keys: string[] = [];
+    const endpoints: EndpointView[] = [];
+    for (const n of names) {
+      const k = prefix + n;
+      keys.push(k);
+      this.#name(k, view.key);
+      const w = this.#workloads.get(k);
+      if (w) endpoints.push(w);
+    }
+    view.endpoints = endpoints;
+    view.endpointNames = keys;
+    // A new version for the balancer: its endpoints or their readiness changed.
+    view.version = `${++this.#serial}`;
+  }
+
+  #name(workload: string, service: string): void {
+    const of = this.#servicesOf.get(workload);
+    if (of === undefined) this.#servicesOf.set(workload, service);
+    else if (typeof of === 'string') {
+      if (of !== service) this.#servicesOf.set(workload, new Set([of, service]));
+    } else of.add(service);
+  }
+
+  #unname(workload: string, service: string): void {
+    const of = this.#servicesOf.get(workload);
+    if (of === service) this.#servicesOf.delete(workload);
+    else if (typeof of === 'object') {
+      of.delete(service);
+      if (of.size === 1) this.#servicesOf.set(workload, of.values().next().value!);
+    }
   }
 
   /** Where `node`'s proxy takes tunnels (this node's own addresses for `this.node`). */
