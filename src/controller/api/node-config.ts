@@ -189,7 +189,15 @@ export function nodeConfigService(
       );
       call.on(
         'end',
-        safe(() => end(grpc.status.OK, 'node-ended', 'the node ended the stream', { send: true })),
+        safe(() => {
+          // A node's cancel (RST_STREAM) ends the reading side too, and is reported as 'cancelled' only after this
+          // turn of the event loop: calling this a clean end at once counted every cancel as OK.
+          setImmediate(
+            safe(() => {
+              if (!call.cancelled) end(grpc.status.OK, 'node-ended', 'the node ended the stream', { send: true });
+            }),
+          );
+        }),
       );
       // grpc-js also reports a status it sent itself (a message from the node it could not decode) as a cancel.
       call.on(
