@@ -161,3 +161,24 @@ t.test('a working stream is counted once, when it ends, by how it ended', async 
   t.match((await node(c, 'n1'))!, { connected: false, revoked: true, lastError: /^PERMISSION_DENIED: node n1 was revoked/ });
   s.stop();
 });
+
+t.test('a stopping controller ends streams as UNAVAILABLE; the node says so and serves what it holds', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('web', 'n1'))]);
+  const { log, lines } = captured();
+  const s = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1', log });
+  const u: ApplyResult[] = [];
+  s.on('update', (r) => u.push(r));
+  s.start();
+  t.teardown(() => s.stop());
+  t.ok(await waitFor(() => u.length === 1), 'it got its config');
+  const held = s.state.version;
+  await c.stop();
+  t.ok(
+    await waitFor(() => lines.some((l) => l.msg === 'config stream broke; keeping the last config' && l.reason === '14 UNAVAILABLE: controller shutting down')),
+    'the node heard why its stream ended',
+  );
+  t.ok(await waitFor(() => s.link.failures >= 2, 5000), 'and keeps trying');
+  t.match(describeLink(s.link, s.state.version), new RegExp(`^not connected \\(\\d+ attempts failed, last error \\d+ (ms|s) ago: 14 UNAVAILABLE: .*\\), holds version ${held}: serving it until the controller is back`));
+  t.equal(s.state.version, held, 'holding the config it had');
+});
