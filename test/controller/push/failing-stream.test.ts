@@ -10,6 +10,7 @@ import pino from 'pino';
 import { t, type Test } from 'tap';
 
 import { main } from '../../../src/cli/main';
+import type { ControllerClient } from '../../../src/controller/client';
 import { ConfigStream, describeLink, type ApplyResult } from '../../../src/node-proxy/state';
 import { doc, httpGet, sample, testController, type TestController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
@@ -104,23 +105,52 @@ t.test('a node whose hello names another node: refused each time, shown with why
   t.match(list, /^n1 +active +no +NONE .* PERMISSION_DENIED: hello names node n9/m, `nodemesh node list too:\n${list}`);
 });
 
-t.test('a node that refuses the snapshot as over its receive limit says so in its next hello', async (t) => {
+t.test('an item over the receive limit a node states: the controller says which, and the node backs off', async (t) => {
   const c = await testController(t);
   await c.admin.apply([doc(wl('web', 'n1')), doc(wl('api', 'n2'), 2)]);
   const s = new ConfigStream({ client: await c.nodeClient('n1', { maxResponseBytes: 1024 }), node: 'n1' });
-  const opened = await failFor(t, c, s, 'n1', { code: 'CANCELLED', reason: 'node-cancelled' });
-
-  // The controller only sees a cancel; the node's reason comes with its next hello.
+  const opened = await failFor(t, c, s, 'n1', { code: 'RESOURCE_EXHAUSTED', reason: 'too-large' });
   const m = await metrics(c);
-  t.equal(sample(m, 'nodemesh_controller_api_requests_total', { method: 'NodeConfig.Stream', code: 'CANCELLED' }), opened);
+  t.equal(sample(m, 'nodemesh_controller_api_requests_total', { method: 'NodeConfig.Stream', code: 'RESOURCE_EXHAUSTED' }), opened);
   t.equal(sample(m, 'nodemesh_controller_api_requests_total', { method: 'NodeConfig.Stream', code: 'OK' }), 0, 'none counted as OK');
-  t.match(s.link.lastError, /^8 RESOURCE_EXHAUSTED: Received message larger than max \(\d+ vs\.? 1024\)$/, 'the node kept its error');
+  t.match(s.link.lastError, /^8 RESOURCE_EXHAUSTED: \S+ is \d+ bytes on the wire, more than node n1 takes in one message/, 'the node kept the error');
   t.equal(s.state.version, 0, 'and holds nothing');
-  const n = (await node(c, 'n1'))!;
-  t.match(n, { connected: false, ackedVersion: 0, lastError: /^node: 8 RESOURCE_EXHAUSTED: Received message larger than max/ }, 'ListNodes shows what the node reported');
-  t.ok(n.lastErrorUnixMs > 0);
+  t.match((await node(c, 'n1'))!, { connected: false, ackedVersion: 0, lastError: /^RESOURCE_EXHAUSTED: \S+ is \d+ bytes on the wire, more than node n1 takes/ });
   const status = await cli(c, ['status']);
-  t.match(status, /^n1 +NO +\d+ +0 +- +NONE +\d+ .* ago: node: 8 RESOURCE_EXHAUSTED: Received message larger than max/m, `nodemesh status shows it:\n${status}`);
+  t.match(status, /^n1 +NO +\d+ +0 +- +NONE +\d+ .* ago: RESOURCE_EXHAUSTED: \S+ is \d+ bytes on the wire/m, `nodemesh status shows it:\n${status}`);
+});
+
+/** One stream as a node that does not state its receive limit opens it: resolves with how the node saw it end. */
+function attempt(client: ControllerClient, lastError: string): Promise<string> {
+  const call = client.configStream();
+  return new Promise((resolve) => {
+    call.on('data', () => {});
+    call.on('error', (err: Error) => resolve(err.message));
+    call.on('end', () => resolve('ended'));
+    call.write({ hello: { node: 'n1', version: 0, proxyVersion: 'old', addresses: [], maxMessageBytes: 0, lastError } });
+  });
+}
+
+t.test('a node that refuses a message itself says why in its next hello: the controller saw only a cancel', async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('web', 'n1')), doc(wl('api', 'n2'), 2)]);
+  // Its hello says no limit (0: gRPC's default, 4 MiB), so parts are cut for that; its client takes 1 KiB.
+  const client = await c.nodeClient('n1', { maxResponseBytes: 1024 });
+  const first = await attempt(client, '');
+  t.match(first, /^8 RESOURCE_EXHAUSTED: Received message larger than max \(\d+ vs\.? 1024\)$/, 'the node refused the snapshot');
+  t.ok(await waitFor(async () => sample(await metrics(c), 'nodemesh_controller_node_stream_ends_total', { code: 'CANCELLED', reason: 'node-cancelled' }) === 1), 'the controller counted a cancel');
+  const cancelledAt = Date.now();
+  t.equal((await node(c, 'n1'))!.lastError, '', 'a cancel alone is no error: nodes cancel on purpose too');
+  const second = await attempt(client, first);
+  t.equal(second, first, 'the next attempt fails the same way');
+  const n = (await node(c, 'n1'))!;
+  t.match(n, { connected: false, ackedVersion: 0, streamsOpened: 2, lastError: /^node: 8 RESOURCE_EXHAUSTED: Received message larger than max/ }, 'ListNodes shows what the node reported');
+  t.ok(n.lastErrorUnixMs > 0 && n.lastErrorUnixMs <= cancelledAt, 'at the time its first stream ended');
+  const m = await metrics(c);
+  t.equal(sample(m, 'nodemesh_controller_api_requests_total', { method: 'NodeConfig.Stream', code: 'CANCELLED' }), 2);
+  t.equal(sample(m, 'nodemesh_controller_api_requests_total', { method: 'NodeConfig.Stream', code: 'OK' }), 0, 'none counted as OK');
+  const status = await cli(c, ['status']);
+  t.match(status, /^n1 +NO +\d+ +0 +- +NONE +2 .* ago: node: 8 RESOURCE_EXHAUSTED: Received message larger than max/m, `nodemesh status shows it:\n${status}`);
 });
 
 t.test('a working stream is counted once, when it ends, by how it ended', async (t) => {
