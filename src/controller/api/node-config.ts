@@ -117,6 +117,7 @@ export function nodeConfigService(
             if (msg.snapshot || msg.delta) ctx.metrics.configBytesSent.inc({ type: msg.snapshot ? 'snapshot' : 'delta' }, bytes.length);
             call.write(bytes as never, flushed);
           } catch (err) {
+            ctx.log.error({ err, node, peer }, 'cannot send a config message to the node');
             // Inside a hub loop: the hub hears of the end after it, not in the middle.
             end(grpc.status.INTERNAL, 'send-failed', `cannot send to the node: ${err instanceof Error ? err.message : String(err)}`, { send: true, byHub: true });
             const n = node;
