@@ -111,6 +111,8 @@ export interface Hello {
   version: number;
   proxyVersion: string;
   addresses: string[];
+  /** Why the node's previous stream ended ('' on its first). */
+  lastError?: string;
   maxMessageBytes?: number;
 }
 export interface NodeMessage {
@@ -180,6 +182,9 @@ export interface NodeStatusMessage {
   joinedUnixMs: number;
   workloadCertificates: number;
   streamCertificateSerial: string;
+  lastError: string;
+  lastErrorUnixMs: number;
+  streamsOpened: number;
 }
 export interface RevokeNodeResponse {
   serials: string[];

@@ -174,7 +174,12 @@ export class ControllerClient {
   }
 
   async listNodes(): Promise<NodeStatusMessage[]> {
-    return (await this.#call<unknown, { nodes: NodeStatusMessage[] }>('NodeConfig', 'ListNodes', {})).nodes;
+    return (await this.nodeList()).nodes;
+  }
+
+  /** The nodes and the store version the controller pushes now (what a node that is current holds, or older when nothing since touched it). */
+  nodeList(): Promise<{ nodes: NodeStatusMessage[]; version: number }> {
+    return this.#call('NodeConfig', 'ListNodes', {});
   }
 
   /** node '': for any node name that never joined. ttlSeconds/uses 0: the controller's defaults (24 h, 1). */

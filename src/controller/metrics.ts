@@ -15,6 +15,12 @@ export class ControllerMetrics {
     labelNames: ['method', 'code'] as const,
     registers: [this.registry],
   });
+  readonly nodeStreamEnds = new prom.Counter({
+    name: 'nodemesh_controller_node_stream_ends_total',
+    help: 'Node config streams ended, by gRPC code and reason (a fixed set: node-ended, node-cancelled, replaced, revoked, too-large, hello-timeout, bad-hello, not-a-node, controller-stopping, controller-closed, send-failed, node-error, internal)',
+    labelNames: ['code', 'reason'] as const,
+    registers: [this.registry],
+  });
   readonly connectedNodes = new prom.Gauge({
     name: 'nodemesh_controller_connected_nodes',
     help: 'Node config streams open now',

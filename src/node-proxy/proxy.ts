@@ -24,7 +24,7 @@ import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
 import { compilePolicies, type CompiledPolicySet } from './policy';
-import { ConfigStream, MeshView, type Staged, type WorkloadView } from './state';
+import { ConfigStream, describeLink, MeshView, type Staged, type WorkloadView } from './state';
 import { ConfigState } from './state';
 
 export interface ProxyOptions {
@@ -242,8 +242,9 @@ export class NodeProxy {
       this.#view.update(this.state, result.changed);
       void this.#applyConfig().catch((err: unknown) => this.#log.error({ err }, 'applying config failed'));
     });
-    this.#stream.on('disconnected', (reason) => this.#log.warn({ reason }, 'controller away; serving the last config'));
-    this.#stream.on('connected', () => this.#log.info('controller connected'));
+    // At debug: a stream that keeps failing would write these on every attempt; the stream's own warning is rate limited.
+    this.#stream.on('disconnected', (reason) => this.#log.debug({ reason }, 'controller away; serving the last config'));
+    this.#stream.on('connected', () => this.#log.debug('controller connected'));
     this.#stream.start();
     await first;
     await this.#applyConfig();
@@ -342,12 +343,27 @@ export class NodeProxy {
     }
   }
 
+  /** Why the node holds what it holds: `summary` says it in one line for /status readers and `nodemesh status --node`. */
+  #controllerStatus(): Record<string, unknown> {
+    const link = this.#stream?.link ?? { connected: false, failures: 0, lastError: '', lastErrorUnixMs: 0, retryAtUnixMs: 0 };
+    return {
+      address: this.#opts.controller,
+      connected: link.connected,
+      configVersion: this.state.version,
+      failures: link.failures,
+      lastError: link.lastError,
+      lastErrorUnixMs: link.lastErrorUnixMs,
+      retryAtUnixMs: link.retryAtUnixMs,
+      summary: this.#stream ? describeLink(link, this.state.version) : 'not started yet (the proxy is still starting its listeners)',
+    };
+  }
+
   status(): Record<string, unknown> {
     return {
       node: this.node,
       version: VERSION,
       ready: this.#ready,
-      controller: { address: this.#opts.controller, connected: this.#stream?.connected ?? false, configVersion: this.state.version },
+      controller: this.#controllerStatus(),
       identity: this.#session
         ? { node: this.node, notAfter: this.#session.identity.notAfter.toISOString(), trustDomain: this.#session.identity.trustDomain, renewals: this.#session.renewals }
         : null,

@@ -23,6 +23,8 @@ export interface TestController {
   admin: ControllerClient;
   /** Log lines (parsed JSON) the controller wrote. */
   logs: Record<string, unknown>[];
+  /** Stops the controller (once; the teardown does it otherwise). */
+  stop(): Promise<void>;
   /** A client holding node `node`'s certificate (joined with a fresh token). */
   nodeClient(node: string, opts?: { maxResponseBytes?: number }): Promise<ControllerClient>;
 }
@@ -45,9 +47,11 @@ export async function testController(t: Test, dataDir = tempDir(t), extra: Pick<
   const creds = loadCredentials(controller.credentialsPath);
   const admin = ControllerClient.fromCredentials(controller.credentialsPath);
   const clients: ControllerClient[] = [admin];
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => (stopped ??= controller.close());
   t.teardown(async () => {
     for (const c of clients) c.close();
-    await controller.close();
+    await stop();
   });
   return {
     controller,
@@ -55,6 +59,7 @@ export async function testController(t: Test, dataDir = tempDir(t), extra: Pick<
     address: creds.controller,
     admin,
     logs,
+    stop,
     async nodeClient(node: string, opts: { maxResponseBytes?: number } = {}): Promise<ControllerClient> {
       const { token } = await admin.createToken(node);
       const anon = new ControllerClient({ address: creds.controller, ca: creds.ca });

@@ -178,8 +178,15 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     process.kill(lab.mesh!.controller.pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 500));
     t.same(await whoami(lab, 'n2-p2', VIP, 81, 5), new Array(5).fill('n2-p1'));
-    const status = JSON.parse(await adminGet(adminSocketOf(n2!.name), '/status')) as { ready: boolean; controller: { connected: boolean } };
+    const status = JSON.parse(await adminGet(adminSocketOf(n2!.name), '/status')) as { ready: boolean; controller: { connected: boolean; configVersion: number; summary: string } };
     t.match(status, { ready: true, controller: { connected: false } }, 'still ready, serving the last config');
+    t.match(
+      status.controller.summary,
+      new RegExp(`^not connected \\(\\d+ attempts? failed, last error \\d+ (ms|s) ago: 14 UNAVAILABLE: .*\\), holds version ${status.controller.configVersion}: serving it until the controller is back`),
+      '/status says why and what it serves meanwhile',
+    );
+    const cli = await labRun(lab, 'n2', [process.execPath, BIN, 'status', '--node', n2!.name]);
+    t.match(cli.stdout, /\n  controller  \S+: not connected \(\d+ attempts? failed, last error .* ago: 14 UNAVAILABLE: /, `nodemesh status --node says so: ${cli.stdout}${cli.stderr}`);
   });
 
   await t.test('metrics name what happened, with Istio label names', async (t) => {

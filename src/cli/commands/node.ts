@@ -1,5 +1,6 @@
 /** `nodemesh node list|revoke`: the nodes that joined, their certificates, and cutting one off. */
 import { defineCommand, EXIT, UsageError, type Command } from '../command';
+import { configState, nodeProblem } from '../node-health';
 import { outputFormat, table, toJson } from '../output';
 import { credentialsHelp, credentialsOption, withAdmin } from './controller';
 
@@ -9,7 +10,7 @@ function isoTime(ms: number): string {
 
 const nodeList = defineCommand({
   name: 'list',
-  summary: 'Nodes that joined: connected or not, node certificate serial and expiry, revoked or not',
+  summary: 'Nodes that joined: connected or not, what config they hold, node certificate serial and expiry, revoked or not, last stream error',
   usage: 'node list [-o text|json]',
   options: { output: { type: 'string', short: 'o', default: 'text' }, ...credentialsOption },
   optionHelp: { output: 'text or json', ...credentialsHelp },
@@ -25,17 +26,20 @@ const nodeList = defineCommand({
         io.err('no node has joined this controller\n');
         return EXIT.ok;
       }
+      const now = Date.now();
       io.out(
         table(
-          ['NODE', 'STATUS', 'CONNECTED', 'CERTIFICATE', 'EXPIRES', 'WORKLOAD CERTS', 'JOINED'],
+          ['NODE', 'STATUS', 'CONNECTED', 'CONFIG', 'CERTIFICATE', 'EXPIRES', 'WORKLOAD CERTS', 'JOINED', 'LAST ERROR'],
           nodes.map((n) => [
             n.node,
             n.revoked ? `revoked ${isoTime(n.revokedUnixMs)}` : 'active',
             n.connected ? 'yes' : 'no',
+            configState(n),
             n.certificateSerial || '-',
             isoTime(n.certificateExpiresUnixMs),
             n.workloadCertificates,
             isoTime(n.joinedUnixMs),
+            nodeProblem(n, now),
           ]),
         ),
       );

@@ -4,6 +4,8 @@ import { defineCommand, EXIT, type Io } from '../command';
 import { withAdmin } from './controller';
 import { adminGet, adminSocketOf } from '../../node-proxy/admin';
 import { outputFormat, requiredFlag, table, toJson } from '../output';
+import { configState, nodeProblem } from '../node-health';
+import { formatAge } from '../../node-proxy/state';
 
 export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   const out: string[] = [];
@@ -30,27 +32,34 @@ export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   return out.join('\n') + '\n';
 }
 
-/** The controller's view: every node's config versions and last NACK. */
+/** The controller's view: every node, what config it holds, and why when that is not the current one. */
 async function controllerStatus(values: Record<string, unknown>, io: Io, format: 'text' | 'json'): Promise<number> {
   return withAdmin(values, io, async (c) => {
-    const nodes = await c.listNodes();
+    const { nodes, version } = await c.nodeList();
     if (format === 'json') {
-      io.out(toJson({ controller: c.address, nodes }));
+      io.out(toJson({ controller: c.address, version, nodes }));
       return EXIT.ok;
     }
-    io.out(`controller ${c.address}: ${nodes.filter((n) => n.connected).length} of ${nodes.length} nodes connected\n`);
+    const empty = nodes.filter((n) => n.ackedVersion === 0).length;
+    io.out(
+      `controller ${c.address}: ${nodes.filter((n) => n.connected).length} of ${nodes.length} nodes connected` +
+        `${empty ? `, ${empty} ${empty === 1 ? 'holds' : 'hold'} no config` : ''} (store version ${version})\n`,
+    );
     if (nodes.length === 0) return EXIT.ok;
+    const now = Date.now();
     io.out(
       table(
-        ['NODE', 'CONNECTED', 'SENT', 'ACKED', 'NACKED', 'LAST SEEN', 'NACK REASON'],
+        ['NODE', 'CONNECTED', 'SENT', 'ACKED', 'NACKED', 'CONFIG', 'STREAMS', 'LAST SEEN', 'LAST ERROR'],
         nodes.map((n) => [
           n.node,
           n.connected ? 'yes' : 'NO',
           n.sentVersion,
           n.ackedVersion,
           n.nackedVersion || '-',
-          n.lastSeenUnixMs ? `${Math.max(0, Math.round((Date.now() - n.lastSeenUnixMs) / 1000))}s ago` : 'never',
-          n.nackReason || '-',
+          configState(n),
+          n.streamsOpened,
+          n.lastSeenUnixMs ? `${formatAge(now - n.lastSeenUnixMs)} ago` : 'never',
+          nodeProblem(n, now),
         ]),
       ),
     );
@@ -61,7 +70,7 @@ async function controllerStatus(values: Record<string, unknown>, io: Io, format:
 interface ProxyStatus {
   ready: boolean;
   version: string;
-  controller: { address: string; connected: boolean; configVersion: number };
+  controller: { address: string; connected: boolean; configVersion: number; summary?: string };
   identity: { notAfter: string } | null;
   connections: { live: number };
   workloads: { workload: string; identity: string }[];
@@ -82,7 +91,7 @@ async function proxyStatus(node: string): Promise<ProxyStatus | undefined> {
 function formatProxy(p: ProxyStatus): string {
   return [
     `  health      ${p.ready ? 'ready' : 'NOT ready'} (nodemesh ${p.version})`,
-    `  controller  ${p.controller.address} ${p.controller.connected ? 'connected' : 'NOT connected (serving the last config)'}, config version ${p.controller.configVersion}`,
+    `  controller  ${p.controller.address}: ${p.controller.summary ?? (p.controller.connected ? 'connected' : 'not connected')}`,
     `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
     `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads`,
     `  connections ${p.connections.live} open; tunnels: ${p.tunnels.sessions} connections, ${p.tunnels.streams} streams`,
@@ -99,8 +108,10 @@ export const statusCommand = defineCommand({
   usage: 'status [--node N] [-o text|json]',
   description:
     'Without --node: every node, whether it is connected, the config versions sent and\n' +
-    'acknowledged, and the reason of its last refusal (admin credentials). With --node: that\n' +
-    "node's data path on this host: what is attached where, enrolled pods, map fill, counters.",
+    'acknowledged, what config it holds (CONFIG: NONE, receiving, current, applying N,\n' +
+    'refused N, kept N while not connected), the streams it opened and why the last one failed\n' +
+    '(admin credentials). With --node: that node\'s data path on this host: what is attached\n' +
+    'where, enrolled pods, map fill, counters, and its proxy\'s link to the controller.',
   options: { node: { type: 'string' }, output: { type: 'string', short: 'o', default: 'text' }, credentials: { type: 'string' }, controller: { type: 'string' } },
   optionHelp: { node: 'a node of this host: show its data path', output: 'text or json', credentials: 'admin credentials file', controller: 'controller address IP:PORT' },
   async run(values, _p, io) {

@@ -87,9 +87,14 @@ function peerOf(call: { getPeer(): string }): string {
   }
 }
 
+/** The one counter of calls by method and status: a unary call when it is answered, a stream once, when it ends. */
+export function countCall(ctx: HandlerContext, method: string, code: grpc.status): void {
+  ctx.metrics.apiRequests.inc({ method, code: grpc.status[code] });
+}
+
 /** Counts and logs a failed call; INTERNAL (our bug) at error with the stack, refusals at debug. */
 function record(ctx: HandlerContext, method: string, call: { getPeer(): string }, err: unknown, s: { code: grpc.status; details: string }): void {
-  ctx.metrics.apiRequests.inc({ method, code: grpc.status[s.code] });
+  countCall(ctx, method, s.code);
   if (s.code === grpc.status.INTERNAL) ctx.log.error({ err, method, peer: peerOf(call) }, 'request failed');
   else ctx.log.debug({ method, peer: peerOf(call), code: grpc.status[s.code], details: s.details }, 'request refused');
 }
@@ -109,7 +114,7 @@ export function unary<Req, Res>(ctx: HandlerContext, method: string, fn: (call: 
     Promise.resolve()
       .then(() => fn(call))
       .then((res) => {
-        ctx.metrics.apiRequests.inc({ method, code: 'OK' });
+        countCall(ctx, method, grpc.status.OK);
         // A response grpc-js cannot serialize throws here, and becomes an INTERNAL status.
         callback(null, res);
       })
@@ -127,6 +132,11 @@ type AnyStream = grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplex
 export function endStream(ctx: HandlerContext, method: string, call: AnyStream, err: unknown): void {
   const s = toStatus(err);
   record(ctx, method, call, err, s);
+  sendStatus(ctx, method, call, s);
+}
+
+/** Ends a stream with status `s` without counting it: for a stream that counts its own end (NodeConfig.Stream). */
+export function sendStatus(ctx: HandlerContext, method: string, call: AnyStream, s: { code: grpc.status; details: string }): void {
   try {
     call.emit('error', Object.assign(new Error(s.details), { code: s.code, details: s.details }));
   } catch (sendErr) {

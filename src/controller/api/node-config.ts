@@ -7,10 +7,10 @@ import { clip, LIMITS, quote, shown } from '../../api/limits';
 import { services } from '../../api/proto';
 import type * as pb from '../../api/proto';
 import type { CertificateAuthority } from '../ca';
-import type { ConfigHub, NodeChannel } from '../push';
+import type { ConfigHub, NodeChannel, StreamEndReason } from '../push';
 import { MeshError } from '../../errors';
 import { AuthError, callerOf, requireAdmin, requireNode } from './auth';
-import { endStream, safeDetails, stream, toStatus, unary, type HandlerContext } from './handler';
+import { countCall, safeDetails, sendStatus, stream, toStatus, unary, type HandlerContext } from './handler';
 import type { CertificateLedger } from './ledger';
 
 /** The ConfigMessage encoder of NodeConfig.Stream, as loaded from the .proto. */
@@ -34,6 +34,7 @@ export function nodeConfigDefinition(): grpc.ServiceDefinition {
 
 /** How long a node may take to say hello. */
 const HELLO_TIMEOUT_MS = 10_000;
+const METHOD = 'NodeConfig.Stream';
 
 export function nodeConfigService(
   ctx: HandlerContext,
@@ -44,27 +45,62 @@ export function nodeConfigService(
   publishRevocations: () => void,
 ): grpc.UntypedServiceImplementation {
   return {
-    Stream: stream<grpc.ServerDuplexStream<pb.NodeMessage, pb.ConfigMessage>>(ctx, 'NodeConfig.Stream', (call, guard) => {
+    Stream: stream<grpc.ServerDuplexStream<pb.NodeMessage, pb.ConfigMessage>>(ctx, METHOD, (call) => {
       const peer = call.getPeer();
-      let refused = false;
-      const fail = (err: unknown): void => {
-        if (refused) return;
-        refused = true;
-        const st = toStatus(err);
-        ctx.log.warn({ peer, code: grpc.status[st.code], details: st.details }, 'node stream refused');
-        endStream(ctx, 'NodeConfig.Stream', call, err);
+      /** From the certificate: known once the caller is authenticated as a node. */
+      let certNode: string | undefined;
+      /** Once its hello is taken. */
+      let node: string | undefined;
+      let helloTimer: NodeJS.Timeout | undefined;
+      let ended = false;
+      /**
+       * The one place a stream's end is counted (by its real code and a reason
+       * class), logged and told to the hub; every way a stream ends comes here
+       * once. `send`: the controller ends it with that status; a node's own
+       * end or cancel needs none. `byHub`: the hub closed it and has already
+       * moved the node's state on (calling back into it would undo that).
+       */
+      const end = (code: grpc.status, reason: StreamEndReason, details: string, how: { send: boolean; byHub?: boolean }): void => {
+        if (ended) return;
+        ended = true;
+        clearTimeout(helloTimer);
+        const name = grpc.status[code];
+        countCall(ctx, METHOD, code);
+        ctx.metrics.nodeStreamEnds.inc({ code: name, reason });
+        if (certNode) hub.streamEnded(certNode, name, reason, details);
+        if (node && !how.byHub) hub.disconnect(node, channel);
+        if (node) ctx.log.info({ node, peer, code: name, reason, details }, 'node disconnected');
+        if (!how.send) return;
+        if (code === grpc.status.OK) call.end();
+        else sendStatus(ctx, METHOD, call, { code, details: safeDetails(details) });
       };
-      let certNode: string;
-      let serial: string;
+      const fail = (err: unknown, reason: StreamEndReason): void => {
+        if (ended) return;
+        const st = toStatus(err);
+        if (st.code === grpc.status.INTERNAL) {
+          ctx.log.error({ err, peer, node: certNode }, 'node stream failed');
+          reason = 'internal';
+        } else ctx.log.warn({ peer, code: grpc.status[st.code], details: st.details }, 'node stream refused');
+        end(st.code, reason, st.details, { send: true });
+      };
+      /** Event handlers: a throw in one (a controller bug) ends this stream, counted, instead of reaching the event loop. */
+      const safe =
+        <A extends unknown[]>(f: (...args: A) => void) =>
+        (...args: A): void => {
+          try {
+            f(...args);
+          } catch (err) {
+            fail(err, 'internal');
+          }
+        };
+      let serial = '';
       try {
         const caller = callerOf(call, ca, ledger);
         certNode = requireNode(caller);
         serial = caller.kind === 'node' ? caller.serial : '';
       } catch (err) {
-        return fail(err);
+        return fail(err, 'not-a-node');
       }
-      let node: string | undefined;
-      let closed = false;
       let maxMessageBytes = 0;
       const channel: NodeChannel = {
         peer,
@@ -73,48 +109,64 @@ export function nodeConfigService(
           return maxMessageBytes;
         },
         send: (msg, flushed) => {
-          if (closed) return;
-          // Serialized here, so what is counted is what goes on the wire (the
-          // service's serializer passes a Buffer through: see configMessageSerializer).
-          const bytes = serializeConfigMessage(msg);
-          if (msg.snapshot || msg.delta) ctx.metrics.configBytesSent.inc({ type: msg.snapshot ? 'snapshot' : 'delta' }, bytes.length);
-          call.write(bytes as never, flushed);
-        },
-        close: (reason, status) => {
-          if (closed) return;
-          closed = true;
-          ctx.log.info({ node, peer, reason }, 'node stream closed by the controller');
-          if (status) {
-            const code = status === 'denied' ? grpc.status.PERMISSION_DENIED : grpc.status.RESOURCE_EXHAUSTED;
-            call.emit('error', Object.assign(new Error(reason), { code, details: safeDetails(reason) }));
+          if (ended) return;
+          try {
+            // Serialized here, so what is counted is what goes on the wire (the
+            // service's serializer passes a Buffer through: see nodeConfigDefinition).
+            const bytes = serializeConfigMessage(msg);
+            if (msg.snapshot || msg.delta) ctx.metrics.configBytesSent.inc({ type: msg.snapshot ? 'snapshot' : 'delta' }, bytes.length);
+            call.write(bytes as never, flushed);
+          } catch (err) {
+            ctx.log.error({ err, node, peer }, 'cannot send a config message to the node');
+            // Inside a hub loop: the hub hears of the end after it, not in the middle.
+            end(grpc.status.INTERNAL, 'send-failed', `cannot send to the node: ${err instanceof Error ? err.message : String(err)}`, { send: true, byHub: true });
+            const n = node;
+            if (n) queueMicrotask(() => hub.disconnect(n, channel));
           }
-          call.end();
+        },
+        close: (reason, status, cause) => {
+          if (ended) return;
+          const why = cause ?? (status === 'denied' ? 'revoked' : status === 'exhausted' ? 'too-large' : 'controller-closed');
+          ctx.log.info({ node, peer, reason, cause: why }, 'node stream closed by the controller');
+          // A stopping controller ends streams as UNAVAILABLE: the node retries, as it would on a dropped connection.
+          const code =
+            status === 'denied'
+              ? grpc.status.PERMISSION_DENIED
+              : status === 'exhausted'
+                ? grpc.status.RESOURCE_EXHAUSTED
+                : why === 'controller-stopping'
+                  ? grpc.status.UNAVAILABLE
+                  : grpc.status.OK;
+          end(code, why, reason, { send: true, byHub: true });
         },
       };
-      const helloTimer = setTimeout(guard(() => fail(new AuthError(grpc.status.DEADLINE_EXCEEDED, 'no hello within 10 s'))), HELLO_TIMEOUT_MS);
+      hub.streamOpened(certNode);
+      const cert = certNode;
+      helloTimer = setTimeout(safe(() => fail(new AuthError(grpc.status.DEADLINE_EXCEEDED, `no hello within ${HELLO_TIMEOUT_MS / 1000} s`), 'hello-timeout')), HELLO_TIMEOUT_MS);
       call.on(
         'data',
-        guard((m: pb.NodeMessage) => {
-          if (refused) return;
+        safe((m: pb.NodeMessage) => {
+          if (ended) return;
           if (!node) {
-            if (m.msg !== 'hello' || !m.hello) return fail(new AuthError(grpc.status.INVALID_ARGUMENT, 'the first message must be a hello'));
+            if (m.msg !== 'hello' || !m.hello) return fail(new AuthError(grpc.status.INVALID_ARGUMENT, 'the first message must be a hello'), 'bad-hello');
             clearTimeout(helloTimer);
-            if (m.hello.node !== certNode)
-              return fail(new AuthError(grpc.status.PERMISSION_DENIED, `hello names node ${shown(m.hello.node)}, but the certificate is node ${certNode}`));
+            if (m.hello.node !== cert)
+              return fail(new AuthError(grpc.status.PERMISSION_DENIED, `hello names node ${shown(m.hello.node)}, but the certificate is node ${cert}`), 'bad-hello');
             const addresses = m.hello.addresses ?? [];
             if (addresses.length > LIMITS.maxNodeAddresses || addresses.some((a) => net.isIP(a) === 0))
-              return fail(new AuthError(grpc.status.INVALID_ARGUMENT, `hello.addresses must be at most ${LIMITS.maxNodeAddresses} IP addresses`));
+              return fail(new AuthError(grpc.status.INVALID_ARGUMENT, `hello.addresses must be at most ${LIMITS.maxNodeAddresses} IP addresses`), 'bad-hello');
             // A revoke between the stream's start and its hello must not let it in.
             try {
               requireNode(callerOf(call, ca, ledger));
             } catch (err) {
-              return fail(err);
+              return fail(err, 'revoked');
             }
-            node = certNode;
+            node = cert;
             maxMessageBytes = Math.min(m.hello.maxMessageBytes ?? 0, LIMITS.maxResponseBytes);
             const proxyVersion = clip(m.hello.proxyVersion, LIMITS.maxNodeTextChars);
-            ctx.metrics.apiRequests.inc({ method: 'NodeConfig.Stream', code: 'OK' });
-            ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion }, 'node connected');
+            const lastError = clip(m.hello.lastError ?? '', LIMITS.maxNodeTextChars);
+            ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion, ...(lastError ? { lastError } : {}) }, 'node connected');
+            hub.streamReported(node, lastError);
             hub.connect(node, m.hello.version, proxyVersion, channel, addresses);
             return;
           }
@@ -136,34 +188,42 @@ export function nodeConfigService(
           }
         }),
       );
-      const done = (): void => {
-        clearTimeout(helloTimer);
-        closed = true;
-        if (node) {
-          hub.disconnect(node, channel);
-          ctx.log.info({ node, peer }, 'node disconnected');
-        }
-      };
       call.on(
         'end',
-        guard(() => {
-          done();
-          call.end();
+        safe(() => {
+          // A node's cancel (RST_STREAM) ends the reading side too, and is reported as 'cancelled' only after this
+          // turn of the event loop: calling this a clean end at once counted every cancel as OK.
+          setImmediate(
+            safe(() => {
+              if (!call.cancelled) end(grpc.status.OK, 'node-ended', 'the node ended the stream', { send: true });
+            }),
+          );
         }),
       );
-      call.on('cancelled', guard(done));
-      call.on('error', guard(done));
+      // grpc-js also reports a status it sent itself (a message from the node it could not decode) as a cancel.
+      call.on(
+        'cancelled',
+        safe(() => end(grpc.status.CANCELLED, 'node-cancelled', 'the node cancelled the stream or its connection closed', { send: false })),
+      );
+      // Only an error the controller did not raise itself gets here: the ones it raises come after end().
+      call.on(
+        'error',
+        safe((err: Partial<grpc.StatusObject> & Error) => end(typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN, 'node-error', err.details || err.message, { send: false })),
+      );
     }),
 
-    ListNodes: unary<Record<string, never>, { nodes: pb.NodeStatusMessage[] }>(ctx, 'NodeConfig.ListNodes', (call) => {
+    ListNodes: unary<Record<string, never>, { nodes: pb.NodeStatusMessage[]; version: number }>(ctx, 'NodeConfig.ListNodes', (call) => {
       requireAdmin(callerOf(call, ca, ledger));
       const streams = new Map(hub.nodes().map((n) => [n.node, n]));
       const records = new Map(ledger.nodes().map((n) => [n.node, n]));
-      const names = [...new Set([...streams.keys(), ...records.keys()])].sort();
+      // A node whose every stream was refused at hello has a stream record and nothing else.
+      const names = [...new Set([...streams.keys(), ...records.keys(), ...hub.streamNodes()])].sort();
       return {
+        version: hub.version,
         nodes: names.map((name): pb.NodeStatusMessage => {
           const s = streams.get(name);
           const r = records.get(name);
+          const h = hub.streamRecord(name);
           return {
             node: name,
             connected: s?.connected ?? false,
@@ -182,6 +242,9 @@ export function nodeConfigService(
             certificateExpiresUnixMs: r?.certificate?.notAfter ?? 0,
             joinedUnixMs: r?.joinedAt ?? 0,
             workloadCertificates: r?.workloadCertificates ?? 0,
+            lastError: h?.lastError ?? '',
+            lastErrorUnixMs: h?.lastErrorUnixMs ?? 0,
+            streamsOpened: h?.streamsOpened ?? 0,
           };
         }),
       };

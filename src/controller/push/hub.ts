@@ -19,6 +19,7 @@
 import { formatBytes, MiB } from '../../api/limits';
 import type { ConfigMessage, Item, NodeStatusMessage } from '../../api/proto';
 import { isScopedKey, wants, type ItemState, type Registry } from '../registry';
+import { NodeStreamRecords, type NodeStreamRecord, type StreamEndReason } from './node-streams';
 
 export interface NodeChannel {
   readonly peer: string;
@@ -31,8 +32,10 @@ export interface NodeChannel {
   /**
    * Ends the stream. `denied`: as PERMISSION_DENIED (the node lost its right to a config);
    * `exhausted`: as RESOURCE_EXHAUSTED (its config cannot be sent within its limits).
+   * `cause`: the reason class the end is counted under (default: revoked when denied,
+   * too-large when exhausted, else controller-closed).
    */
-  close(reason: string, status?: 'denied' | 'exhausted'): void;
+  close(reason: string, status?: 'denied' | 'exhausted', cause?: StreamEndReason): void;
 }
 
 export interface PushEvents {
@@ -106,6 +109,8 @@ export class ConfigHub {
   readonly #events: PushEvents;
   readonly #partBytes: number;
   readonly #nodes = new Map<string, NodeState>();
+  /** How each node's streams went; kept apart from NodeState, which a revoke drops. */
+  readonly #streams = new NodeStreamRecords();
   /** Commit time of each recent store version, for push latency. */
   readonly #commitTimes = new Map<number, number>();
   #version = 0;
@@ -132,7 +137,7 @@ export class ConfigHub {
   revoke(node: string, reason: string): void {
     const s = this.#nodes.get(node);
     if (!s) return;
-    s.channel?.close(reason, 'denied');
+    s.channel?.close(reason, 'denied', 'revoked');
     s.channel = null;
     this.#nodes.delete(node);
     this.#events.connected?.(this.connectedCount);
@@ -292,7 +297,7 @@ export class ConfigHub {
     // Whatever it holds, the next stream starts from a snapshot.
     s.resync = true;
     this.#events.refused?.(s.node, reason);
-    channel?.close(reason, 'exhausted');
+    channel?.close(reason, 'exhausted', 'too-large');
     this.#events.connected?.(this.connectedCount);
   }
 
@@ -305,7 +310,7 @@ export class ConfigHub {
     const moved = this.#registry.setNodeAddresses(node, addresses);
     if (moved.size) this.changed(moved, this.#version);
     let s = this.#nodes.get(node);
-    if (s?.channel) s.channel.close('replaced by a newer stream from the same node');
+    if (s?.channel) s.channel.close('replaced by a newer stream from the same node', undefined, 'replaced');
     const removed = s ? this.#registry.removedSince(s.sentSeq) : undefined;
     const resumable = s !== undefined && !s.resync && holds !== 0 && holds === s.sentVersion && holds === s.ackedVersion && removed !== undefined;
     if (!s) {
@@ -405,7 +410,7 @@ export class ConfigHub {
 
   closeAll(reason: string): void {
     for (const s of this.#nodes.values()) {
-      s.channel?.close(reason);
+      s.channel?.close(reason, undefined, 'controller-stopping');
       s.channel = null;
     }
   }
@@ -426,5 +431,34 @@ export class ConfigHub {
         addresses: s.addresses,
         streamCertificateSerial: s.channel?.serial ?? '',
       }));
+  }
+
+  /** The store version pushed from now. */
+  get version(): number {
+    return this.#version;
+  }
+
+  /** A stream authenticated as `node`, before its hello is checked. */
+  streamOpened(node: string): void {
+    this.#streams.opened(node);
+  }
+
+  /** A stream of `node` ended with gRPC status `code` (its name) for `reason`; `details` as sent or seen. */
+  streamEnded(node: string, code: string, reason: StreamEndReason, details: string): void {
+    this.#streams.ended(node, code, reason, details);
+  }
+
+  /** The node's hello said why its previous stream ended. */
+  streamReported(node: string, lastError: string): void {
+    this.#streams.reported(node, lastError);
+  }
+
+  streamRecord(node: string): Readonly<NodeStreamRecord> | undefined {
+    return this.#streams.get(node);
+  }
+
+  /** Every node with a stream record, connected or not. */
+  streamNodes(): string[] {
+    return this.#streams.nodes();
   }
 }

@@ -8,9 +8,13 @@ import { EventEmitter } from 'node:events';
 
 import type * as grpc from '@grpc/grpc-js';
 
+import { clip, LIMITS } from '../../api/limits';
 import type { ConfigMessage, NodeMessage } from '../../api/proto';
 import type { ControllerClient } from '../../controller/client';
 import { silentLogger, type Logger } from '../../log';
+import { LineBudget } from '../../net';
+import { Backoff } from './backoff';
+import type { ControllerLink } from './controller-link';
 import { ConfigRejected, ConfigState, type ApplyResult, type Progress, type Staged } from './config-state';
 
 export interface ConfigStreamOptions {
@@ -21,12 +25,17 @@ export interface ConfigStreamOptions {
   addresses?: string[];
   state?: ConfigState;
   log?: Logger;
-  /** First reconnect delay; doubles up to maxBackoffMs. */
+  /** Reconnect delays: drawn from [base/2, base], base doubling from backoffMs (200) to maxBackoffMs (30 s). */
   backoffMs?: number;
   maxBackoffMs?: number;
+  /** In [0, 1), for the jitter; tests fix it. */
+  random?: () => number;
   /** The proxy's own check of a version before it is taken: a reason refuses it. */
   validate?: (staged: Staged) => string | null;
 }
+
+/** How often a stream that keeps failing may write its warning. */
+const RECONNECT_LOG_INTERVAL_MS = 30_000;
 
 export interface ConfigStreamEvents {
   /** A version was applied and ACKed. */
@@ -45,9 +54,18 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   #client: ControllerClient;
   #call: grpc.ClientDuplexStream<NodeMessage, ConfigMessage> | undefined;
   #stopped = false;
-  #backoff: number;
+  readonly #backoff: Backoff;
   #timer: NodeJS.Timeout | undefined;
   #connected = false;
+  /** Streams in a row that ended before delivering a config. */
+  #failures = 0;
+  #lastError = '';
+  #lastErrorAt = 0;
+  #retryAt = 0;
+  /** Why the previous stream ended, for the next hello ('' when it ended on purpose). */
+  #endedWith = '';
+  /** A failing stream is retried many times: its warning is written once, then at most once per interval with the count held back. */
+  #lines = new LineBudget(1, RECONNECT_LOG_INTERVAL_MS);
 
   constructor(opts: ConfigStreamOptions) {
     super();
@@ -55,11 +73,27 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
     this.#client = opts.client;
     this.state = opts.state ?? new ConfigState();
     this.#log = (opts.log ?? silentLogger()).child({ component: 'config-stream', node: opts.node });
-    this.#backoff = opts.backoffMs ?? 200;
+    this.#backoff = new Backoff({ initialMs: opts.backoffMs, maxMs: opts.maxBackoffMs, random: opts.random });
+    // A version taken or refused means the stream works end to end; its first byte alone does not (a snapshot can fail after it).
+    this.on('update', () => this.#delivered());
+    this.on('nack', () => this.#delivered());
   }
 
   get connected(): boolean {
     return this.#connected;
+  }
+
+  /** The link to the controller: connected, failures in a row, the last error and when, the next attempt. */
+  get link(): ControllerLink {
+    return { connected: this.#connected, failures: this.#failures, lastError: this.#lastError, lastErrorUnixMs: this.#lastErrorAt, retryAtUnixMs: this.#retryAt };
+  }
+
+  #delivered(): void {
+    this.#backoff.reset();
+    if (this.#failures === 0) return;
+    this.#log.info({ failures: this.#failures, lastError: this.#lastError }, 'config stream delivers again');
+    this.#failures = 0;
+    this.#lines = new LineBudget(1, RECONNECT_LOG_INTERVAL_MS);
   }
 
   start(): void {
@@ -79,22 +113,30 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
     if (!call) return; // a reconnect is pending: it uses the new client
     this.#call = undefined;
     this.#connected = false;
+    this.#endedWith = '';
     call.cancel();
     this.#open();
   }
 
   #open(): void {
+    this.#retryAt = 0;
     const call = this.#client.configStream();
     this.#call = call;
     // Parts of a message the last stream did not finish are of no use: the controller starts it over.
     this.state.abandon();
     call.write({
-      hello: { node: this.#opts.node, version: this.state.version, proxyVersion: this.#opts.proxyVersion ?? '', addresses: this.#opts.addresses ?? [], maxMessageBytes: this.#client.maxResponseBytes },
+      hello: {
+        node: this.#opts.node,
+        version: this.state.version,
+        proxyVersion: this.#opts.proxyVersion ?? '',
+        addresses: this.#opts.addresses ?? [],
+        maxMessageBytes: this.#client.maxResponseBytes,
+        lastError: this.#endedWith,
+      },
     });
     call.on('data', (m: ConfigMessage) => {
       if (!this.#connected) {
         this.#connected = true;
-        this.#backoff = this.#opts.backoffMs ?? 200;
         this.emit('connected');
       }
       if (m.heartbeat) {
@@ -110,11 +152,21 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
       this.#connected = false;
       if (was) this.emit('disconnected', reason);
       if (this.#stopped) return;
-      this.#log.warn({ reason, retryInMs: this.#backoff }, 'config stream broke; keeping the last config');
-      this.#timer = setTimeout(() => this.#open(), this.#backoff);
-      this.#backoff = Math.min(this.#backoff * 2, this.#opts.maxBackoffMs ?? 10_000);
+      const now = Date.now();
+      this.#failures++;
+      this.#lastError = clip(reason, LIMITS.maxNodeTextChars);
+      this.#lastErrorAt = now;
+      this.#endedWith = this.#lastError;
+      const delay = this.#backoff.next();
+      this.#retryAt = now + delay;
+      const line = this.#lines.take('broke', now);
+      const fields = { reason: this.#lastError, failures: this.#failures, retryInMs: delay, held: this.state.version };
+      if (line.write) this.#log.warn({ ...fields, ...(line.dropped ? { heldBack: line.dropped } : {}) }, 'config stream broke; keeping the last config');
+      else this.#log.debug(fields, 'config stream broke again');
+      this.#timer = setTimeout(() => this.#open(), delay);
     };
-    call.on('error', (err: grpc.ServiceError) => broken(err.details || err.message));
+    // err.message carries the code: "14 UNAVAILABLE: …", "8 RESOURCE_EXHAUSTED: Received message larger than max …".
+    call.on('error', (err: grpc.ServiceError) => broken(err.message || err.details));
     call.on('end', () => broken('the controller ended the stream'));
   }
 
@@ -144,6 +196,7 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    this.#retryAt = 0;
     const call = this.#call;
     this.#call = undefined;
     this.#connected = false;

@@ -1,3 +1,5 @@
 export { ConfigRejected, ConfigState, type ApplyResult, type Progress, type Staged } from './config-state';
 export { ConfigStream, type ConfigStreamEvents, type ConfigStreamOptions } from './config-stream';
 export { MeshView, normalizeIp, type EndpointView, type ServiceView, type WorkloadView } from './mesh-view';
+export { Backoff, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff';
+export { describeLink, formatAge, type ControllerLink } from './controller-link';
