@@ -111,10 +111,11 @@ export function nodeConfigService(
         send: (msg, flushed) => {
           if (ended) return;
           try {
-            // Serialized here, so what is counted is what goes on the wire (the
-            // service's serializer passes a Buffer through: see nodeConfigDefinition).
-            const bytes = serializeConfigMessage(msg);
-            if (msg.snapshot || msg.delta) ctx.metrics.configBytesSent.inc({ type: msg.snapshot ? 'snapshot' : 'delta' }, bytes.length);
+            // Parts come serialized from the hub; the rest is serialized here. Either
+            // way what is counted is what goes on the wire (the service's serializer
+            // passes a Buffer through: see nodeConfigDefinition).
+            const bytes = Buffer.isBuffer(msg.encoded) ? msg.encoded : serializeConfigMessage(msg.message!);
+            if (msg.type) ctx.metrics.configBytesSent.inc({ type: msg.type }, bytes.length);
             call.write(bytes as never, flushed);
           } catch (err) {
             ctx.log.error({ err, node, peer }, 'cannot send a config message to the node');

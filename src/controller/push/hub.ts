@@ -17,7 +17,8 @@
  * api/, a fake in tests of this file's logic).
  */
 import { formatBytes, MiB } from '../../api/limits';
-import type { ConfigMessage, Item, NodeStatusMessage } from '../../api/proto';
+import { encodePart } from '../../api/config-wire';
+import type { ConfigMessage, NodeStatusMessage } from '../../api/proto';
 import { isScopedKey, wants, type ItemState, type Registry } from '../registry';
 import { NodeStreamRecords, type NodeStreamRecord, type StreamEndReason } from './node-streams';
 
@@ -28,7 +29,7 @@ export interface NodeChannel {
   /** The largest message the node takes (its hello's max_message_bytes). */
   readonly maxMessageBytes?: number;
   /** Writes one message; `flushed` runs once it has left (the next part waits for it). */
-  send(msg: ConfigMessage, flushed?: () => void): void;
+  send(msg: OutgoingMessage, flushed?: () => void): void;
   /**
    * Ends the stream. `denied`: as PERMISSION_DENIED (the node lost its right to a config);
    * `exhausted`: as RESOURCE_EXHAUSTED (its config cannot be sent within its limits).
@@ -37,6 +38,9 @@ export interface NodeChannel {
    */
   close(reason: string, status?: 'denied' | 'exhausted', cause?: StreamEndReason): void;
 }
+
+/** A part of a snapshot or delta, serialized (`type` names it), or another message to serialize. */
+export type OutgoingMessage = { type: 'snapshot' | 'delta'; encoded: Buffer; message?: undefined } | { type?: undefined; encoded?: undefined; message: ConfigMessage };
 
 export interface PushEvents {
   /** A node acknowledged `version`, `seconds` after the write that made it. */
@@ -241,20 +245,20 @@ export class ConfigHub {
       if (!msg) return; // refused: the stream is closed
       if (o.at === o.items.length && o.removedAt === o.removals.length) s.queue.shift();
       s.inFlight++;
-      channel.send(msg.message, () => {
+      channel.send({ type: o.type, encoded: msg }, () => {
         if (s.channel !== channel) return;
         s.inFlight--;
         this.#pump(s);
       });
-      this.#events.sent?.(o.type, msg.bytes);
+      this.#events.sent?.(o.type, msg.length);
     }
   }
 
   /** The next part of `o`, or undefined when an item cannot fit the node's limit (the stream is then ended). */
-  #nextPart(s: NodeState, o: Outgoing, channel: NodeChannel): { message: ConfigMessage; bytes: number } | undefined {
+  #nextPart(s: NodeState, o: Outgoing, channel: NodeChannel): Buffer | undefined {
     const limit = channel.maxMessageBytes || DEFAULT_NODE_MESSAGE_BYTES;
     const budget = Math.max(1024, Math.min(this.#partBytes, Math.floor(limit / 4)));
-    const items: Item[] = [];
+    const items: Buffer[] = [];
     const removals: string[] = [];
     let bytes = MESSAGE_OVERHEAD;
     while (o.at < o.items.length) {
@@ -265,7 +269,7 @@ export class ConfigHub {
         return undefined;
       }
       if (items.length && bytes + item.bytes > budget) break;
-      items.push(item.wire);
+      items.push(item.encoded);
       bytes += item.bytes;
       o.at++;
     }
@@ -280,11 +284,7 @@ export class ConfigHub {
     const more = o.at < o.items.length || o.removedAt < o.removals.length;
     const part = o.part++;
     s.queued -= items.length + removals.length;
-    const message: ConfigMessage =
-      o.type === 'snapshot'
-        ? { snapshot: { version: o.version, items, more, part, totalItems: o.items.length } }
-        : { delta: { version: o.version, fromVersion: o.from, upserts: items, removals, more, part } };
-    return { message, bytes };
+    return encodePart({ type: o.type, version: o.version, from: o.from, part, more, totalItems: o.type === 'snapshot' ? o.items.length : 0, removals }, items);
   }
 
   #refuse(s: NodeState, reason: string): void {
@@ -358,7 +358,7 @@ export class ConfigHub {
       for (const key of removed!) if (!isScopedKey(key) && !items.has(key)) removals.push(key);
       s.sentSeq = this.#registry.seq;
       if (upserts.length || removals.length) this.#queueDelta(s, upserts, removals, now);
-      else channel.send({ delta: { version: s.sentVersion, fromVersion: s.sentVersion, upserts: [], removals: [], more: false, part: 0 } });
+      else channel.send({ type: 'delta', encoded: encodePart({ type: 'delta', version: s.sentVersion, from: s.sentVersion, part: 0, more: false, totalItems: 0, removals: [] }, []) });
       return;
     }
     this.#queueSnapshot(s, now);
@@ -405,7 +405,7 @@ export class ConfigHub {
   /** Sends a heartbeat to every connected node. */
   heartbeatAll(): void {
     const msg: ConfigMessage = { heartbeat: { unixMs: Date.now() } };
-    for (const s of this.#nodes.values()) s.channel?.send(msg);
+    for (const s of this.#nodes.values()) s.channel?.send({ message: msg });
   }
 
   closeAll(reason: string): void {

@@ -1,2 +1,2 @@
-export { ConfigHub, type NodeChannel, type PushEvents } from './hub';
+export { ConfigHub, type NodeChannel, type OutgoingMessage, type PushEvents } from './hub';
 export { NodeStreamRecords, STREAM_END_REASONS, type NodeStreamRecord, type StreamEndReason } from './node-streams';

@@ -3,15 +3,15 @@
  * endpoints (the Workloads its selector matches in its namespace, by name),
  * the effective MeshConfig, where each node takes tunnels (a Node item), and
  * which nodes need which policy. Everything a node may receive is an Item,
- * kept in its wire form (built once per change, shared by every node's
- * stream); the registry knows each item's content, a sequence number of its
- * last change, its size on the wire and its scope (every node, or a set of
- * nodes). Removals are remembered (bounded) so a node that comes back gets
+ * kept encoded (once per change, the same bytes for every node's stream);
+ * the registry knows each item's content, a sequence number of its last
+ * change, its size on the wire and its scope (every node, or a set of nodes). Removals are remembered (bounded) so a node that comes back gets
  * only what changed while it was away.
  *
  * Pure: no I/O. `apply(changes)` returns the keys of items that changed in
  * content or scope, so the push side diffs only those.
  */
+import { encodeItem, framedLength } from '../../api/config-wire';
 import type { Item } from '../../api/proto';
 import type { Change } from '../store';
 import {
@@ -34,11 +34,11 @@ export const REVOCATION_LIST_KEY = 'RevocationList//revoked';
 
 export interface ItemState {
   key: string;
-  /** The item as sent: built once per change, the same object for every node. */
+  /** The item as sent. */
   wire: Item;
-  /** Its content as text: equal text, nothing to send. */
-  text: string;
-  /** An upper bound of its encoded size in a message, bytes. */
+  /** Its encoding: made once per change, the same bytes for every node (equal bytes: nothing to send). */
+  encoded: Buffer;
+  /** What it takes in a message, bytes (the encoding with its field tag and length). */
   bytes: number;
   /**
    * Bumped (from a counter of the registry's own) whenever content or scope
@@ -337,9 +337,9 @@ export class Registry {
 
   #set(key: string, wire: Item, scope: Set<string> | null): boolean {
     const old = this.#items.get(key);
-    const text = wire.json ?? JSON.stringify(wire.workload ?? wire.service);
-    if (old && old.text === text && sameScope(old.scope, scope)) return false;
-    this.#items.set(key, { key, wire, text, bytes: wireBytes(key, text), version: ++this.#seq, scope });
+    const encoded = encodeItem(wire);
+    if (old && old.encoded.equals(encoded) && sameScope(old.scope, scope)) return false;
+    this.#items.set(key, { key, wire, encoded, bytes: framedLength(encoded), version: ++this.#seq, scope });
     return true;
   }
 
@@ -357,16 +357,6 @@ export class Registry {
 
 function jsonItem(key: string, v: unknown): Item {
   return { key, json: JSON.stringify(v) };
-}
-
-/**
- * An upper bound of an item's encoded size: its strings as UTF-8, plus a tag
- * and a length prefix of up to 5 bytes each for every field they sit in.
- * The JSON text of a compact item is longer than its encoding (quotes and
- * names), so it bounds it too.
- */
-function wireBytes(key: string, text: string): number {
-  return Buffer.byteLength(key) + Buffer.byteLength(text) + 64;
 }
 
 function sameScope(a: ReadonlySet<string> | null, b: ReadonlySet<string> | null): boolean {
