@@ -382,6 +382,9 @@ export class ConfigHub {
     s.nackReason = reason;
     s.pending.delete(version);
     s.resync = true;
+    // What is queued builds on the refused version: of no use to the node.
+    s.queue = [];
+    s.queued = 0;
     this.#events.nacked?.(node, version, reason);
   }
 

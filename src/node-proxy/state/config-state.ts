@@ -52,6 +52,8 @@ export class ConfigState {
   #items = new Map<string, unknown>();
   #version = 0;
   #gathering: Gathering | undefined;
+  /** A message refused before its last part: its other parts are dropped without another refusal. */
+  #refused: { type: 'snapshot' | 'delta'; version: number } | undefined;
   readonly #maxItems: number;
 
   constructor(opts: ConfigStateOptions = {}) {
@@ -94,10 +96,17 @@ export class ConfigState {
    * more items than this node holds. The parts gathered so far are dropped then.
    */
   prepare(msg: ConfigMessage): Staged | undefined {
+    const m = msg.snapshot ?? msg.delta;
+    if (!m) return undefined;
+    const type = msg.snapshot ? 'snapshot' : 'delta';
+    // The rest of a message already refused: one refusal is enough.
+    if ((m.part ?? 0) > 0 && this.#refused?.type === type && this.#refused.version === m.version) return undefined;
+    this.#refused = undefined;
     try {
       return this.#prepare(msg);
     } catch (err) {
       this.#gathering = undefined;
+      if (m.more) this.#refused = { type, version: m.version };
       throw err;
     }
   }

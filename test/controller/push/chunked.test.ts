@@ -12,7 +12,7 @@
 import { t } from 'tap';
 
 import { formatBytes } from '../../../src/api/limits';
-import { ConfigStream, MeshView, type ApplyResult, type Progress } from '../../../src/node-proxy/state';
+import { ConfigState, ConfigStream, MeshView, type ApplyResult, type Progress } from '../../../src/node-proxy/state';
 import { doc, testController, type TestController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
 
@@ -155,4 +155,20 @@ t.test('an item too large for the node ends its stream with an error naming it; 
   // Once the policy is gone, the small node gets its config again.
   const gone = await c.admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'bench', name: 'big' }]);
   t.ok(await waitFor(() => small.state.version >= gone.version, 20_000), 'the small node catches up after the item is gone');
+});
+
+t.test('a snapshot larger than the node holds is refused once, at its first part, and shows in the node list', async (t) => {
+  const c = await testController(t);
+  await load(c);
+  const s = new ConfigStream({ client: await c.nodeClient('node-3', { maxResponseBytes: 256 * 1024 }), node: 'node-3', state: new ConfigState({ maxItems: 1000 }) });
+  const nacks: string[] = [];
+  s.on('nack', (_v, reason) => nacks.push(reason));
+  s.start();
+  t.teardown(() => s.stop());
+  t.ok(await waitFor(() => nacks.length > 0, 10_000), 'the node refused it');
+  t.match(nacks[0], /the snapshot has 6603 items, more than this node holds \(1000, --max-config-items\)/);
+  t.ok(await waitFor(async () => (await c.admin.listNodes()).find((n) => n.node === 'node-3')?.nackReason === nacks[0], 5000), 'nodemesh status shows why');
+  await new Promise((r) => setTimeout(r, 500));
+  t.equal(nacks.length, 1, 'one refusal, not one per part');
+  t.equal(s.state.version, 0, 'and nothing taken');
 });

@@ -47,6 +47,8 @@ t.test('out of order, interrupted or too large: refused whole, the state stays',
     refused = err;
   }
   t.ok(refused instanceof ConfigRejected, 'a snapshot larger than the node holds is refused at its first part');
+  t.equal(s.apply({ snapshot: { version: 5, items: items(0, 2), more: true, part: 1, totalItems: 11 } }), undefined, 'its other parts are dropped without another refusal');
+  t.equal(s.apply({ snapshot: { version: 5, items: items(2, 2), more: false, part: 2, totalItems: 11 } }), undefined);
   t.match((refused as Error).message, /the snapshot has 11 items, more than this node holds \(10, --max-config-items\)/);
   t.throws(() => s.apply({ delta: { version: 5, fromVersion: 1, upserts: items(30, 8), removals: [] } }), /would have this node hold more than 10 items/);
   t.throws(() => s.apply({ delta: { version: 5, fromVersion: 1, upserts: [{ key: 'Workload/shop/x', service: { json: '{}', endpoints: [] } }], removals: [] } }), /item Workload\/shop\/x carries a service/);
