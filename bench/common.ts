@@ -78,7 +78,8 @@ export function metricSample(text: string, name: string, labels: Record<string, 
     const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
     if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(m[3]);
   }
-  return undefined;
+  // A labelled counter appears at its first increment; until then its family's TYPE line says it is 0.
+  return text.includes(`# TYPE ${name} `) ? 0 : undefined;
 }
 
 export async function fetchText(url: string, ms = 5000): Promise<string> {
