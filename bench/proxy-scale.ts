@@ -70,13 +70,12 @@ async function main(): Promise<void> {
   }
   const NAME = opts.name;
   const perService = opts.perService;
-  const services = (w: number): number => Math.ceil(w / perService);
-  // Workload i runs app i % services on simulated node sim-<i % 100>; its address is in 100.64.0.0/10, outside the lab's ranges.
-  const workload = (i: number, nServices: number, ready?: boolean) => ({
+  // Workload i runs app svc-<i / perService> on simulated node sim-<i % 100>; its address is in 100.64.0.0/10, outside the lab's ranges.
+  const workload = (i: number, ready?: boolean) => ({
     apiVersion: A,
     kind: 'Workload',
-    metadata: { name: `w${i}`, namespace: 'scale', labels: { app: `svc-${i % nServices}` } },
-    spec: { node: `sim-${i % SIM_NODES}`, serviceAccount: `sa-${i % nServices}`, addresses: [`100.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`], ...(ready === undefined ? {} : { ready }) },
+    metadata: { name: `w${i}`, namespace: 'scale', labels: { app: `svc-${Math.floor(i / perService)}` } },
+    spec: { node: `sim-${i % SIM_NODES}`, serviceAccount: `sa-${Math.floor(i / perService)}`, addresses: [`100.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`], ...(ready === undefined ? {} : { ready }) },
   });
   const service = (s: number) => ({
     apiVersion: A,
@@ -84,9 +83,8 @@ async function main(): Promise<void> {
     metadata: { name: `svc-${s}`, namespace: 'scale' },
     spec: { selector: { app: `svc-${s}` }, addresses: [`198.19.${1 + Math.floor(s / 250)}.${(s % 250) + 1}`], ports: [{ port: 80, appProtocol: 'http' }] },
   });
-  // Services are sized for the largest step, so every step only adds workloads.
-  const nServices = services(opts.sizes.at(-1)!);
-  if (nServices > 250 * 250) throw new Error(`at most ${250 * 250} services (their addresses come from 198.19.0.0/16)`);
+  const servicesOf = (w: number): number => Math.ceil(w / perService);
+  if (servicesOf(opts.sizes.at(-1)!) > 250 * 250) throw new Error(`at most ${250 * 250} services (their addresses come from 198.19.0.0/16): raise --per-service or lower --sizes`);
 
   await labDown(NAME);
   // Registered before up: an interrupted up is swept too. At exit only synchronous work runs: sweep from a child process.
@@ -126,22 +124,20 @@ async function main(): Promise<void> {
     };
     const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 2000));
 
-    const rows: { workloads: number; rss: number; peak: number; applyMs: number; heldMs: number; cpu: number; version: number }[] = [];
+    const rows: { workloads: number; services?: number; rss: number; peak: number; applyMs: number; heldMs: number; cpu: number; version: number }[] = [];
     await settle();
     let cpu0 = cpuSeconds(pid);
     const r0 = rss(pid);
     rows.push({ workloads: 0, rss: r0.now, peak: r0.peak, applyMs: 0, heldMs: 0, cpu: 0, version: await heldVersion() });
 
-    // Services first (all of them, for the largest step), then workloads step by step.
+    // Each step adds its workloads and their services (services before the workloads they select).
     let have = 0;
-    let servicesApplied = false;
     for (const size of opts.sizes) {
       process.stderr.write(`bench: applying workloads up to ${size}\n`);
       const start = Date.now();
       const docs: unknown[] = [];
-      if (!servicesApplied) for (let s = 0; s < nServices; s++) docs.push(service(s));
-      servicesApplied = true;
-      for (let i = have; i < size; i++) docs.push(workload(i, nServices));
+      for (let s = servicesOf(have); s < servicesOf(size); s++) docs.push(service(s));
+      for (let i = have; i < size; i++) docs.push(workload(i));
       have = size;
       let version = 0;
       for (let k = 0; k < docs.length; k += APPLY_MAX)
@@ -151,7 +147,7 @@ async function main(): Promise<void> {
       await settle();
       const r = rss(pid);
       const cpu = cpuSeconds(pid);
-      rows.push({ workloads: size, rss: r.now, peak: r.peak, applyMs, heldMs, cpu: cpu - cpu0, version });
+      rows.push({ workloads: size, services: servicesOf(size), rss: r.now, peak: r.peak, applyMs, heldMs, cpu: cpu - cpu0, version });
       cpu0 = cpu;
     }
 
@@ -159,16 +155,16 @@ async function main(): Promise<void> {
     const changes: number[] = [];
     for (let k = 0; k < 20; k++) {
       const start = Date.now();
-      const { version } = await admin.apply([{ source: 'bench', index: 1, json: JSON.stringify(workload((k * 97) % have, nServices, k % 2 === 1)) }]);
+      const { version } = await admin.apply([{ source: 'bench', index: 1, json: JSON.stringify(workload((k * 97) % have, k % 2 === 1)) }]);
       changes.push(await holds(version, start, `the proxy holding a readiness change (version ${version})`));
     }
     changes.sort((a, b) => a - b);
     const base = rows[0]!.rss;
-    console.log(`node proxy memory at scale: one lab node, workloads on ${SIM_NODES} simulated nodes, ${perService} per service (${nServices} services from the first step on)`);
-    console.log(`  ${'workloads'.padStart(9)} ${'RSS'.padStart(9)} ${'+ over 0'.padStart(9)} ${'peak RSS'.padStart(9)} ${'apply'.padStart(8)} ${'held'.padStart(8)} ${'proxy CPU'.padStart(9)}`);
+    console.log(`node proxy memory at scale: one lab node; the workloads run on ${SIM_NODES} simulated nodes, ${perService} per service`);
+    console.log(`  ${'workloads'.padStart(9)} ${'services'.padStart(8)} ${'RSS'.padStart(9)} ${'+ over 0'.padStart(9)} ${'peak RSS'.padStart(9)} ${'apply'.padStart(8)} ${'held'.padStart(8)} ${'proxy CPU'.padStart(9)}`);
     for (const r of rows)
       console.log(
-        `  ${String(r.workloads).padStart(9)} ${mib(r.rss).padStart(9)} ${mib(r.rss - base).padStart(9)} ${mib(r.peak).padStart(9)} ${`${(r.applyMs / 1000).toFixed(1)} s`.padStart(8)} ${`${(r.heldMs / 1000).toFixed(1)} s`.padStart(8)} ${`${r.cpu.toFixed(1)} s`.padStart(9)}`,
+        `  ${String(r.workloads).padStart(9)} ${String(r.services ?? 0).padStart(8)} ${mib(r.rss).padStart(9)} ${mib(r.rss - base).padStart(9)} ${mib(r.peak).padStart(9)} ${`${(r.applyMs / 1000).toFixed(1)} s`.padStart(8)} ${`${(r.heldMs / 1000).toFixed(1)} s`.padStart(8)} ${`${r.cpu.toFixed(1)} s`.padStart(9)}`,
       );
     console.log(`  (apply: the applies of that step; held: from its first apply to the proxy's /status showing the last version; RSS 2 s after)`);
     console.log(`  one readiness change at ${have} workloads, apply to the proxy holding it: p50 ${changes[Math.floor(changes.length / 2)]} ms, max ${changes.at(-1)} ms (${changes.length} changes)`);
