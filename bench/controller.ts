@@ -242,7 +242,8 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     const m = missing();
     let view: Map<string, NodeStatusMessage> | undefined;
     let viewError = '';
-    if (m && ctl.metricsPort) {
+    const running = ctl.child.exitCode === null && ctl.child.signalCode === null;
+    if (m && ctl.metricsPort && running) {
       try {
         const admin = ControllerClient.fromCredentials(path.join(ctl.dataDir, 'admin.json'), { timeoutMs: 5000 });
         try {
@@ -255,7 +256,7 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
       }
     }
     let connectedMetric = '';
-    try {
+    if (running) try {
       const v = metricSample(await ctl.metrics(), 'nodemesh_controller_connected_nodes');
       if (v !== undefined) connectedMetric = `  controller metric nodemesh_controller_connected_nodes ${v}`;
     } catch {
@@ -266,7 +267,7 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     if (m) console.log(describe(m.nodes, m.version, view));
     if (viewError) console.log(viewError);
     if (connectedMetric) console.log(connectedMetric);
-    console.log(`  controller ${ctl.child.exitCode === null && ctl.child.signalCode === null ? `pid ${ctl.pid} running` : `exited (${ctl.child.exitCode ?? ctl.child.signalCode})`}; last lines of its stderr:\n${ctl.stderrTail()}`);
+    console.log(`  controller ${running ? `pid ${ctl.pid} running` : `exited (${ctl.child.exitCode ?? ctl.child.signalCode})`}; last lines of its stderr:\n${ctl.stderrTail()}`);
     throw new BenchFailed(what);
   };
 
