@@ -426,7 +426,7 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     const bytesLine =
       sent === undefined
         ? 'n/a (the controller does not export nodemesh_controller_config_sent_bytes_total{type="snapshot"})'
-        : `${(sent / 2 ** 20).toFixed(2)} MiB per node, ${(sent / WORKLOADS).toFixed(0)} bytes per workload`;
+        : `${(sent / 2 ** 20).toFixed(2)} MiB per node, ${(sent / WORKLOADS).toFixed(0)} bytes per workload (a node's snapshot bytes over the ${WORKLOADS} workloads, its services included)`;
     const t = targetsFor(WORKLOADS);
     const verdict = (v: number, max: number): string => (v <= max ? 'pass' : 'MISS');
     const peak = Math.max(idle.peak, loaded.peak, connected.peak, after.peak);
