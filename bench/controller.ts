@@ -17,10 +17,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
-
-import pino from 'pino';
 
 import type { NodeStatusMessage } from '../src/api/proto';
 import { spiffeNodeId } from '../src/controller/ca';
@@ -94,11 +91,9 @@ interface SimNode {
   name: string;
   stream: ConfigStream;
   client: ControllerClient;
+  /** Streams that ended after the controller had answered on them. */
   errors: number;
-  lastError?: { reason: string; atMs: number };
   lastNack?: { version: number; reason: string };
-  /** The reason of the last 'disconnected' event, until the stream's own log line for it is seen. */
-  reported?: string;
 }
 
 /** The controller as a child process; its stderr's last lines are kept for a failure report. */
@@ -217,10 +212,13 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     const groups = new Map<string, SimNode[]>();
     for (const s of missing) {
       const c = view?.get(s.name);
+      const link = s.stream.link;
+      const part = s.stream.state.receiving;
       const key = [
         `holds version ${s.stream.state.version}`,
-        s.stream.connected ? 'stream connected' : 'stream not connected',
-        s.lastError ? `last stream error: "${s.lastError.reason}"` : 'no stream error',
+        part ? `receiving ${part.type} ${part.version} (of ${part.totalItems} items)` : '',
+        link.connected ? 'stream connected' : 'stream not connected',
+        link.lastError ? `last stream error: "${link.lastError}"` : 'no stream error',
         s.lastNack ? `refused version ${s.lastNack.version}: "${s.lastNack.reason}"` : '',
         c ? `controller: ${c.connected ? 'connected' : 'not connected'}, sent ${c.sentVersion}, acked ${c.ackedVersion}${c.nackReason ? `, nack "${c.nackReason}"` : ''}` : view ? 'controller: unknown node' : '',
       ]
@@ -230,9 +228,19 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     }
     const names = (xs: SimNode[]): string => xs.slice(0, 12).map((s) => s.name).join(', ') + (xs.length > 12 ? ` and ${xs.length - 12} more` : '');
     const lines = [`  ${missing.length} of ${sims.length} nodes do not hold version ${version}:`];
+    // Counts that differ from node to node go after the group, as a range.
+    const range = (xs: number[], what: string): string => {
+      const lo = Math.min(...xs);
+      const hi = Math.max(...xs);
+      return hi === 0 ? '' : `; ${lo === hi ? lo : `${lo} to ${hi}`} ${what}`;
+    };
     for (const [key, xs] of groups) {
-      const errs = xs.reduce((a, s) => a + s.errors, 0);
-      lines.push(`    ${xs.length} node${xs.length === 1 ? '' : 's'} (${names(xs)}): ${key}${errs ? `; ${errs} stream errors in all` : ''}`);
+      lines.push(
+        `    ${xs.length} node${xs.length === 1 ? '' : 's'} (${names(xs)}): ${key}` +
+          range(xs.map((s) => s.stream.state.receiving?.items ?? 0), 'items received so far') +
+          range(xs.map((s) => s.stream.link.failures), 'failed streams in a row') +
+          range(xs.map((s) => s.errors), 'disconnects after the controller had answered'),
+      );
     }
     return lines.join('\n');
   };
@@ -329,29 +337,6 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
     t0 = Date.now();
     const anon = new ControllerClient({ address: creds.controller, ca: creds.ca });
     clients.push(anon);
-    // Stream errors come as the stream's warn lines (a stream that never got a message emits no 'disconnected').
-    const byName = new Map<string, SimNode>();
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        for (const line of chunk.toString().split('\n')) {
-          if (!line) continue;
-          try {
-            const o = JSON.parse(line) as { node?: string; reason?: string };
-            const s = o.node ? byName.get(o.node) : undefined;
-            // A break after the stream was up came as 'disconnected' already.
-            if (s && o.reason && o.reason === s.reported) s.reported = undefined;
-            else if (s && o.reason) {
-              s.errors++;
-              s.lastError = { reason: o.reason, atMs: Date.now() };
-            }
-          } catch {
-            // not a log line of ours
-          }
-        }
-        cb();
-      },
-    });
-    const log = pino({ level: 'warn' }, sink);
     await withDeadline(
       (async () => {
         for (let n = 0; n < NODES; n++) {
@@ -361,15 +346,11 @@ async function runSize(opts: ReturnType<typeof options>, size: { workloads: numb
           const cert = await anon.join(token, name, csrPem);
           const client = new ControllerClient({ address: creds.controller, ca: cert.trustBundlePem, cert: cert.certificateChainPem, key: keyPem }, { timeoutMs: 120_000 });
           clients.push(client);
-          const s: SimNode = { name, client, stream: new ConfigStream({ client, node: name, log }), errors: 0 };
-          s.stream.on('disconnected', (reason) => {
-            s.reported = reason;
-            s.errors++;
-            s.lastError = { reason, atMs: Date.now() };
-          });
+          const s: SimNode = { name, client, stream: new ConfigStream({ client, node: name }), errors: 0 };
+          // Every stream that ended, connected or not ('disconnected' only comes for a stream that had answered).
+          s.stream.on('disconnected', () => s.errors++);
           s.stream.on('nack', (version, reason) => (s.lastNack = { version, reason }));
           sims.push(s);
-          byName.set(name, s);
         }
       })(),
       opts.joinDeadlineMs,
