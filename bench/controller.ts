@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import * as v8 from 'node:v8';
 
 import type { NodeStatusMessage } from '../src/api/proto';
 import { spiffeNodeId } from '../src/controller/ca';
@@ -69,9 +70,17 @@ function options(): {
     // The address plans below: 250 per /24 of 198.18.0.0/16 and 198.19.0.0/16.
     if (s.workloads > 64_000 || s.services > 64_000) throw new Error(`at most 64000 workloads and services (their addresses come from 198.18.0.0/16 and 198.19.0.0/16)\n${USAGE}`);
   }
+  // The simulated nodes each hold every item, about 1 KiB apiece in this process (4.8 GiB at 100 x 55,000): refuse up front rather than die out of memory, which runs no cleanup.
+  const nodes = int('nodes');
+  const needMiB = Math.max(...sizes.map((s) => (nodes * (s.workloads + s.services)) / 1024));
+  const heapMiB = v8.getHeapStatistics().heap_size_limit / 2 ** 20;
+  if (needMiB > heapMiB * 0.9)
+    throw new Error(
+      `the ${nodes} simulated nodes need about ${(needMiB / 1024).toFixed(1)} GiB of heap in this process, over its limit of ${(heapMiB / 1024).toFixed(1)} GiB: run it as node --max-old-space-size=${Math.ceil((needMiB * 1.5) / 1024) * 1024} dist/bench/controller.js (npm run bench:controller gives 8 GiB), or with fewer --nodes or --workloads`,
+    );
   return {
     sizes,
-    nodes: int('nodes'),
+    nodes,
     samples: int('samples'),
     snapshotDeadlineMs: int('snapshot-deadline') * 1000,
     changeDeadlineMs: int('change-deadline') * 1000,
