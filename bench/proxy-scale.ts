@@ -124,11 +124,13 @@ async function main(): Promise<void> {
     };
     const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 2000));
 
-    const rows: { workloads: number; services?: number; rss: number; peak: number; applyMs: number; heldMs: number; cpu: number; version: number }[] = [];
+    const rows: { workloads: number; services?: number; rss: number; peak: number; heap: number; applyMs: number; heldMs: number; cpu: number; version: number }[] = [];
+    /** The proxy's V8 heap in use, as its /status says. */
+    const heapUsed = async (): Promise<number> => ((await status()).memory as { heapUsedBytes?: number } | undefined)?.heapUsedBytes ?? NaN;
     await settle();
     let cpu0 = cpuSeconds(pid);
     const r0 = rss(pid);
-    rows.push({ workloads: 0, rss: r0.now, peak: r0.peak, applyMs: 0, heldMs: 0, cpu: 0, version: await heldVersion() });
+    rows.push({ workloads: 0, rss: r0.now, peak: r0.peak, heap: await heapUsed(), applyMs: 0, heldMs: 0, cpu: 0, version: await heldVersion() });
 
     // Each step adds its workloads and their services (services before the workloads they select).
     let have = 0;
@@ -147,7 +149,7 @@ async function main(): Promise<void> {
       await settle();
       const r = rss(pid);
       const cpu = cpuSeconds(pid);
-      rows.push({ workloads: size, services: servicesOf(size), rss: r.now, peak: r.peak, applyMs, heldMs, cpu: cpu - cpu0, version });
+      rows.push({ workloads: size, services: servicesOf(size), rss: r.now, peak: r.peak, heap: await heapUsed(), applyMs, heldMs, cpu: cpu - cpu0, version });
       cpu0 = cpu;
     }
 
@@ -161,12 +163,12 @@ async function main(): Promise<void> {
     changes.sort((a, b) => a - b);
     const base = rows[0]!.rss;
     console.log(`node proxy memory at scale: one lab node; the workloads run on ${SIM_NODES} simulated nodes, ${perService} per service`);
-    console.log(`  ${'workloads'.padStart(9)} ${'services'.padStart(8)} ${'RSS'.padStart(9)} ${'+ over 0'.padStart(9)} ${'peak RSS'.padStart(9)} ${'apply'.padStart(8)} ${'held'.padStart(8)} ${'proxy CPU'.padStart(9)}`);
+    console.log(`  ${'workloads'.padStart(9)} ${'services'.padStart(8)} ${'RSS'.padStart(9)} ${'+ over 0'.padStart(9)} ${'peak RSS'.padStart(9)} ${'V8 heap'.padStart(9)} ${'apply'.padStart(8)} ${'held'.padStart(8)} ${'proxy CPU'.padStart(9)}`);
     for (const r of rows)
       console.log(
-        `  ${String(r.workloads).padStart(9)} ${String(r.services ?? 0).padStart(8)} ${mib(r.rss).padStart(9)} ${mib(r.rss - base).padStart(9)} ${mib(r.peak).padStart(9)} ${`${(r.applyMs / 1000).toFixed(1)} s`.padStart(8)} ${`${(r.heldMs / 1000).toFixed(1)} s`.padStart(8)} ${`${r.cpu.toFixed(1)} s`.padStart(9)}`,
+        `  ${String(r.workloads).padStart(9)} ${String(r.services ?? 0).padStart(8)} ${mib(r.rss).padStart(9)} ${mib(r.rss - base).padStart(9)} ${mib(r.peak).padStart(9)} ${mib(r.heap / 2 ** 20).padStart(9)} ${`${(r.applyMs / 1000).toFixed(1)} s`.padStart(8)} ${`${(r.heldMs / 1000).toFixed(1)} s`.padStart(8)} ${`${r.cpu.toFixed(1)} s`.padStart(9)}`,
       );
-    console.log(`  (apply: the applies of that step; held: from its first apply to the proxy's /status showing the last version; RSS 2 s after)`);
+    console.log(`  (apply: the applies of that step; held: from its first apply to the proxy's /status showing the last version; RSS and V8 heap in use 2 s after)`);
     console.log(`  one readiness change at ${have} workloads, apply to the proxy holding it: p50 ${changes[Math.floor(changes.length / 2)]} ms, max ${changes.at(-1)} ms (${changes.length} changes)`);
   } finally {
     admin.close();

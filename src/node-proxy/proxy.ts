@@ -376,6 +376,9 @@ export class NodeProxy {
       workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#view.services.size,
       policies: this.#view.policies.length,
+      // What the node holds of the mesh, and what it costs.
+      config: { items: this.state.items.size, meshWorkloads: this.#view.workloads.size, receiving: this.state.receiving ?? null },
+      memory: (({ rss, heapUsed }) => ({ rssBytes: rss, heapUsedBytes: heapUsed }))(process.memoryUsage()),
       datapath: this.#datapath ? { counters: this.#datapath.counters(), config: this.#datapath.config() } : null,
     };
   }
