@@ -6,7 +6,6 @@
  * data path are in place. While the controller is away it keeps serving the
  * last config and reconnects with backoff.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { MeshError } from '../errors';
@@ -23,8 +22,7 @@ import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type Li
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
-import { compilePolicies, type CompiledPolicySet } from './policy';
-import { ConfigStream, describeLink, MeshView, type Staged, type WorkloadView } from './state';
+import { ConfigStream, describeLink, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
 
 export interface ProxyOptions {
@@ -65,9 +63,8 @@ export class NodeProxy {
   readonly node: string;
   readonly flows = new FlowTable();
   readonly state: ConfigState;
-  #view: MeshView;
-  #policies: CompiledPolicySet;
-  #compiledFrom: readonly unknown[] | undefined;
+  /** The lookups, compiled policies and enrollment, kept from the config state in one place. */
+  readonly #updater: StateUpdater;
   #ready = false;
   readonly #log: Logger;
   readonly #opts: ProxyOptions;
@@ -78,8 +75,6 @@ export class NodeProxy {
   #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
   #metrics!: ProxyMetrics;
   /** Enrolled local workloads: key -> netns cookie, and back. */
-  readonly #enrolled = new Map<string, bigint>();
-  readonly #byCookie = new Map<bigint, WorkloadView>();
   readonly #balancers: BalancerCache;
   #certs!: WorkloadCertificates;
   readonly #pool = new HbonePool();
@@ -91,8 +86,20 @@ export class NodeProxy {
     this.#opts = opts;
     this.state = new ConfigState({ maxItems: opts.maxConfigItems });
     this.#log = (opts.log ?? silentLogger()).child({ component: 'proxy', node: opts.node });
-    this.#view = MeshView.build(this.state, opts.node);
-    this.#policies = compilePolicies([]);
+    this.#updater = new StateUpdater({
+      node: opts.node,
+      state: this.state,
+      log: this.#log,
+      enrollment: {
+        enroll: (netns, pod) => this.#datapath.enroll(netns, pod),
+        update: (cookie, pod) => this.#datapath.enrollCookie(cookie, pod),
+        unenroll: (cookie) => this.#datapath.unenrollCookie(cookie),
+      },
+      certificates: { want: (id) => this.#certs.want(id), drop: (id) => this.#certs.drop(id), wanted: () => this.#certs.wanted() },
+      // PeerAuthentication STRICT: the kernel drops plaintext that bypasses the proxy.
+      podFlags: (view, w) => (view.mtlsMode(w) === 'STRICT' ? abi.POD_STRICT : 0),
+      onCommit: (view) => this.#onCommit(view),
+    });
     this.#balancers = new BalancerCache(opts.node);
   }
 
@@ -150,14 +157,14 @@ export class NodeProxy {
       },
       onFailed: () => this.#metrics.certFailures.inc(),
     });
-    const dialGuard = new DialGuard({ fixed: [o.proxyIp, o.proxyIp6], view: () => this.#view });
+    const dialGuard = new DialGuard({ fixed: [o.proxyIp, o.proxyIp6], view: () => this.#updater.view });
     this.#outbound = new OutboundServer({
       node: o.node,
       dialGuard,
       originOf: (s) => this.#datapath.originOf(s),
-      workloadOfCookie: (c) => this.#byCookie.get(c),
-      view: () => this.#view,
-      policies: () => this.#policies,
+      workloadOfCookie: (c) => this.#updater.workloadOfCookie(c),
+      view: () => this.#updater.view,
+      policies: () => this.#updater.policies,
       balancers: this.#balancers,
       flows: this.flows,
       metrics: this.#metrics,
@@ -175,8 +182,8 @@ export class NodeProxy {
         return this.#pool.connect({
           sourceIdentity: req.sourceIdentity,
           credentials: { certPem: cert.certPem, keyPem: cert.keyPem },
-          trustBundle: this.#view.trustBundle,
-          revoked: (serial) => this.#view.revokedSerials.has(serial),
+          trustBundle: this.#updater.view.trustBundle,
+          revoked: (serial) => this.#updater.view.revokedSerials.has(serial),
           node: { address, port: o.tunnelPort ?? 15008 },
           destinationIdentity: req.destination.identity,
           target: req.target,
@@ -189,8 +196,8 @@ export class NodeProxy {
     this.#inbound = inboundServer({
       node: o.node,
       dialGuard,
-      view: () => this.#view,
-      policies: () => this.#policies,
+      view: () => this.#updater.view,
+      policies: () => this.#updater.policies,
       certs: this.#certs,
       flows: this.flows,
       metrics: this.#metrics,
@@ -234,99 +241,38 @@ export class NodeProxy {
       addresses: [o.proxyIp, ...(o.proxyIp6 ? [o.proxyIp6] : [])],
       state: this.state,
       log: this.#log,
-      validate: (s) => this.#validate(s),
+      validate: (s) => this.#updater.validate(s),
     });
     const first = new Promise<void>((resolve) => this.#stream.once('update', () => resolve()));
-    this.#stream.on('update', (result) => {
-      // The lookups follow the state in the same tick as it was committed.
-      this.#view.update(this.state, result.changed);
-      void this.#applyConfig().catch((err: unknown) => this.#log.error({ err }, 'applying config failed'));
-    });
+    // The lookups and policies follow the state in the same tick as it was committed.
+    this.#stream.on('update', (result) => this.#updater.commit(result));
     // At debug: a stream that keeps failing would write these on every attempt; the stream's own warning is rate limited.
     this.#stream.on('disconnected', (reason) => this.#log.debug({ reason }, 'controller away; serving the last config'));
     this.#stream.on('connected', () => this.#log.debug('controller connected'));
     this.#stream.start();
     await first;
-    await this.#applyConfig();
+    await this.#updater.reconcile();
     this.#ready = true;
     this.#datapath.setReady(true);
     this.#metrics.ready.set(1);
     this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
   }
 
-  /** Refuses a version this proxy cannot apply; the previous config then stays. */
-  #validate(staged: Staged): string | null {
-    // Only what the version sets can be new: the rest was checked when it came.
-    for (const [key, raw] of staged.upserts) {
-      if (key.startsWith('Workload/')) {
-        const w = raw as { spec: { node: string; netns?: string } };
-        if (w.spec.node === this.node && w.spec.netns && !fs.existsSync(w.spec.netns))
-          return `${key}: its netns ${w.spec.netns} does not exist on node ${this.node}`;
-      }
-    }
-    // Policies compile together; a version that sets none leaves them as they were.
-    if (!staged.replace && ![...staged.upserts.keys()].some((k) => k.startsWith('AuthorizationPolicy/'))) return null;
-    try {
-      compilePolicies([...staged.entriesOf('AuthorizationPolicy')].map(([, v]) => v as never));
-    } catch (err) {
-      return `authorization policies: ${(err as Error).message}`;
-    }
-    return null;
-  }
-
-  /** Compiles policies that changed, and enrolls/unenrolls local workloads. */
-  async #applyConfig(): Promise<void> {
-    const view = this.#view;
-    // The view keeps the same list while no policy changed.
-    if (view.policies !== this.#compiledFrom) {
-      this.#policies = compilePolicies(view.policies);
-      this.#compiledFrom = view.policies;
-    }
+  /** In the tick a version is taken, after the lookups changed. */
+  #onCommit(view: MeshView): void {
     this.#balancers.retain(view.services.keys());
     // Tunnels set up before a certificate was revoked end now, both ways.
     const revoked = (serial: string): boolean => view.revokedSerials.has(serial);
     const cut = (this.#inbound?.recheck() ?? 0) + this.#pool.recheck(revoked);
     if (cut) this.#log.warn({ event: 'security', cut, revoked: view.revokedSerials.size }, 'tunnels of revoked certificates closed');
     this.#metrics.configVersion.set(view.version);
-    // A certificate for each identity of this node's workloads, for tunnels both ways.
-    const identities = new Set(view.localWorkloads.filter((w) => w.identity).map((w) => w.identity));
-    for (const id of identities) this.#certs.want(id);
-    for (const id of this.#certs.wanted()) if (!identities.has(id)) this.#certs.drop(id);
-    const want = new Map(view.localWorkloads.filter((w) => w.netns).map((w) => [w.key, w]));
-    for (const [key, cookie] of this.#enrolled) {
-      if (want.has(key)) continue;
-      this.#datapath.unenrollCookie(cookie);
-      this.#enrolled.delete(key);
-      this.#byCookie.delete(cookie);
-      this.#log.info({ workload: key }, 'unenrolled');
-    }
-    let index = 0;
-    for (const [key, w] of want) {
-      index++;
-      // PeerAuthentication STRICT: the kernel drops plaintext that bypasses the proxy.
-      const flags = view.mtlsMode(w) === 'STRICT' ? abi.POD_STRICT : 0;
-      let cookie = this.#enrolled.get(key);
-      if (cookie === undefined) {
-        try {
-          cookie = await this.#datapath.enroll(w.netns!, { index, flags });
-        } catch (err) {
-          this.#log.warn({ workload: key, netns: w.netns, err: (err as Error).message }, 'cannot enroll');
-          continue;
-        }
-        this.#enrolled.set(key, cookie);
-        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie), strict: flags !== 0 }, 'enrolled');
-      } else {
-        this.#datapath.enrollCookie(cookie, { index, flags });
-      }
-      this.#byCookie.set(cookie, w);
-    }
   }
 
   /** Kernel events: plaintext the STRICT check dropped becomes a flow. */
   #onDatapathEvents(records: FlowRecord[]): void {
     for (const r of records) {
       if (r.kind !== 'strict-drop') continue;
-      const w = this.#byCookie.get(r.origin.netnsCookie);
+      const w = this.#updater.workloadOfCookie(r.origin.netnsCookie);
       const dst = `${r.origin.ip}:${r.origin.port}`;
       const flow = this.flows.open({
         node: this.node,
@@ -373,11 +319,11 @@ export class NodeProxy {
       tunnels: this.#pool.stats(),
       tunnelListener: this.#inbound?.load,
       connections: { live: this.flows.liveCount },
-      workloads: [...this.#byCookie.entries()].map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
-      services: this.#view.services.size,
-      policies: this.#view.policies.length,
+      workloads: this.#updater.enrolled().map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
+      services: this.#updater.view.services.size,
+      policies: this.#updater.view.policies.length,
       // What the node holds of the mesh, and what it costs.
-      config: { items: this.state.items.size, meshWorkloads: this.#view.workloads.size, receiving: this.state.receiving ?? null },
+      config: { items: this.state.items.size, meshWorkloads: this.#updater.view.workloads.size, receiving: this.state.receiving ?? null },
       memory: (({ rss, heapUsed }) => ({ rssBytes: rss, heapUsedBytes: heapUsed }))(process.memoryUsage()),
       datapath: this.#datapath ? { counters: this.#datapath.counters(), config: this.#datapath.config() } : null,
     };

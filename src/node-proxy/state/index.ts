@@ -3,3 +3,4 @@ export { ConfigStream, type ConfigStreamEvents, type ConfigStreamOptions } from 
 export { MeshView, normalizeIp, type EndpointView, type ServiceView, type WorkloadView } from './mesh-view';
 export { Backoff, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff';
 export { describeLink, formatAge, type ControllerLink } from './controller-link';
+export { StateUpdater, type CertificateOps, type EnrollmentOps, type StateUpdaterOptions } from './updater';
