@@ -9,6 +9,7 @@ import * as net from 'node:net';
 import {
   MESH_CONFIG_DEFAULTS,
   type AuthorizationPolicy,
+  type HTTPRoute,
   type LoadBalancerPolicy,
   type PeerAuthentication,
   type MeshConfigSpec,
@@ -74,6 +75,7 @@ interface WorkloadItem {
   spec: WorkloadSpec;
 }
 const NO_ADDRESSES: readonly string[] = Object.freeze([]);
+const NO_ROUTES: readonly HTTPRoute[] = Object.freeze([]);
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
@@ -101,6 +103,9 @@ export class MeshView {
   readonly #policies = new Map<string, AuthorizationPolicy>();
   #policyList: AuthorizationPolicy[] | undefined;
   readonly #peerAuths = new Map<string, PeerAuthentication>();
+  readonly #routes = new Map<string, HTTPRoute>();
+  /** Service key -> the HTTPRoutes naming it as a parent, in key order; rebuilt when a route changes. */
+  #routesByService: Map<string, HTTPRoute[]> | undefined;
   #peerAuthList: PeerAuthentication[] | undefined;
   #trustBundle = '';
   #revoked: ReadonlySet<string> = new Set();
@@ -210,6 +215,10 @@ export class MeshView {
         case 'PeerAuthentication':
           setOrDelete(this.#peerAuths, key, raw as PeerAuthentication | undefined);
           this.#peerAuthList = undefined;
+          break;
+        case 'HTTPRoute':
+          setOrDelete(this.#routes, key, raw as HTTPRoute | undefined);
+          this.#routesByService = undefined;
           break;
         default:
           break;
@@ -344,6 +353,25 @@ export class MeshView {
       of.delete(service);
       if (of.size === 1) this.#servicesOf.set(workload, of.values().next().value!);
     }
+  }
+
+  /** The HTTPRoutes attached to a Service (parentRefs naming it; a parentRef without a namespace means the route's own). */
+  routesFor(serviceKey: string): readonly HTTPRoute[] {
+    if (!this.#routesByService) {
+      const by = new Map<string, HTTPRoute[]>();
+      for (const key of [...this.#routes.keys()].sort()) {
+        const r = this.#routes.get(key)!;
+        const ns = r.metadata.namespace || 'default';
+        const parents = new Set((r.spec.parentRefs ?? []).filter((p) => (p.kind ?? 'Service') === 'Service').map((p) => `Service/${p.namespace ?? ns}/${p.name}`));
+        for (const svc of parents) {
+          let list = by.get(svc);
+          if (!list) by.set(svc, (list = []));
+          list.push(r);
+        }
+      }
+      this.#routesByService = by;
+    }
+    return this.#routesByService.get(serviceKey) ?? NO_ROUTES;
   }
 
   /** Where `node`'s proxy takes tunnels (this node's own addresses for `this.node`). */

@@ -76,3 +76,17 @@ t.test('a workload held by a connection sees its update', async (t) => {
   t.same(held.nodeAddresses, ['198.18.0.2'], 'the same object, now with its node address');
   t.equal(view.services.get('Service/shop/a')!.endpoints[0], held);
 });
+
+t.test('HTTPRoutes are found by the services they attach to', async (t) => {
+  const route = (name: string, parentRefs: unknown[], ns = 'shop'): Item => ({ key: `HTTPRoute/${ns}/${name}`, json: JSON.stringify({ kind: 'HTTPRoute', metadata: { name, namespace: ns }, spec: { parentRefs, rules: [] } }) });
+  const state = new ConfigState();
+  state.apply({ snapshot: { version: 1, items: [service('a', []), route('r2', [{ name: 'a' }]), route('r1', [{ name: 'a', port: 80 }, { name: 'b' }]), route('x', [{ name: 'a', namespace: 'shop' }], 'other')] } });
+  const view = MeshView.build(state, 'n1');
+  t.same(view.routesFor('Service/shop/a').map((r) => `${r.metadata.namespace}/${r.metadata.name}`), ['other/x', 'shop/r1', 'shop/r2'], 'by parentRef, a namespace-less one meaning the route\'s own');
+  t.same(view.routesFor('Service/shop/b').map((r) => r.metadata.name), ['r1']);
+  t.same(view.routesFor('Service/other/a'), []);
+  const r = state.apply({ delta: { version: 2, fromVersion: 1, upserts: [], removals: ['HTTPRoute/shop/r1'] } })!;
+  view.update(state, r.changed);
+  t.same(view.routesFor('Service/shop/b'), [], 'a removed route is gone');
+  t.same(view.routesFor('Service/shop/a').map((x) => x.metadata.name), ['x', 'r2']);
+});
