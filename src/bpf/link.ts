@@ -6,8 +6,7 @@
 import * as path from 'node:path';
 
 import { call } from './errors';
-import { native, type RawLink, type RawLinkInfo } from './native';
-import type { BpfObject } from './object';
+import { native, type RawLink, type RawLinkInfo, type RawObject } from './native';
 import { ensurePinDir } from './system';
 
 export type LinkInfo = Readonly<RawLinkInfo>;
@@ -49,8 +48,12 @@ export class Link {
     return call(() => this.#raw.unpin());
   }
 
-  /** Replaces the attached program with `program` of `object`, atomically. */
-  update(object: BpfObject, program: string): void {
+  /**
+   * Replaces the attached program with `program` of `object` (a loaded
+   * BpfObject), atomically. Typed by what it reads, so link.ts and object.ts
+   * do not import each other.
+   */
+  update(object: { readonly raw: RawObject }, program: string): void {
     call(() => this.#raw.update(object.raw, program));
   }
 

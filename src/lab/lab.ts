@@ -18,6 +18,7 @@ import { holdLabRoutes, LAB_RANGES, releaseLabRoutes } from './host-routes';
 import { PROXY_RUN_DIR, startLabMesh, stopLabController } from './mesh';
 import { LabError } from './errors';
 import { checkLabName, MAX_SLOTS, planLab, type LabPlan, type NodePlan, type PodPlan } from './naming';
+import type { LabMesh, LabState } from './state';
 
 const run = promisify(execFile);
 
@@ -25,16 +26,7 @@ export const DEFAULT_LAB_STATE_DIR = '/run/nodemesh/labs';
 
 export { LabError };
 
-export interface LabState extends LabPlan {
-  createdAt: string;
-  /** The controller and proxies `lab up` started (absent for a bare lab). */
-  mesh?: LabMesh;
-}
-
-export interface LabMesh {
-  controller: { pid: number; address: string; credentials: string; caFile: string; log: string; metrics: string };
-  proxies: { node: string; log: string; stateDir: string; adminSocket: string }[];
-}
+export type { LabMesh, LabState };
 
 export interface UpOptions {
   name: string;

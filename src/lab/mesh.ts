@@ -14,7 +14,7 @@ import { ControllerClient } from '../controller/client';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../node-proxy/admin';
 import { PACKAGE_ROOT } from '../paths';
 import { LabError } from './errors';
-import type { LabMesh, LabState } from './lab';
+import type { LabMesh, LabState } from './state';
 
 export { PROXY_RUN_DIR };
 

@@ -1,77 +1,18 @@
 /**
- * Per-connection load balancing: the interface, and balancers registered by
- * policy name (grpc-js `registerLoadBalancerType`). Pure: no sockets, no
+ * Per-connection load balancing: balancers registered by policy name (grpc-js `registerLoadBalancerType`). Pure: no sockets, no
  * timers; the caller reports what happened through started(), finished()
  * and connectResult(), and the clock and randomness can be injected.
  */
 import { performance } from 'node:perf_hooks';
 
-import type { LoadBalancerPolicy } from '../../api/kinds';
 import { MeshError } from '../../errors';
 import { ConsistentHashPicker } from './consistent-hash';
+import { EWMA_DEFAULTS } from './ewma';
 import { LeastRequestPicker } from './least-request';
 import { LocalityBalancer } from './locality';
-import type { OutlierOptions } from './outlier';
-import { EWMA_DEFAULTS, P2cEwmaPicker, type EwmaOptions } from './p2c-ewma';
+import { P2cEwmaPicker } from './p2c-ewma';
 import { RoundRobinPicker } from './round-robin';
-
-export interface Endpoint {
-  /** Stable across updates: workload ns/name, or ip:port. */
-  id: string;
-  address: string;
-  port: number;
-  node: string;
-  ready: boolean;
-}
-
-export interface PickContext {
-  sourceIp: string;
-  sourceNode: string;
-  /** What CONSISTENT_HASH hashes (a header value, say); the source IP when absent. */
-  hashKey?: string;
-}
-
-export interface BalancerStats {
-  id: string;
-  active: number;
-  /** The latency estimate now, ms. */
-  ewmaMs: number;
-  ejected: boolean;
-  /** When the ejection ends, on the balancer's clock. */
-  ejectedUntil?: number | undefined;
-  consecutiveFailures: number;
-}
-
-export interface Balancer {
-  /** Replaces the endpoint set (keeps state of endpoints that stay, by id). */
-  update(endpoints: readonly Endpoint[]): void;
-  /** An endpoint to connect to, skipping `exclude` (ids already tried), or undefined when none is usable. */
-  pick(ctx: PickContext, exclude?: ReadonlySet<string>): Endpoint | undefined;
-  /** A connection to `id` opened (active count +1). */
-  started(id: string): void;
-  /** It closed (active count −1). */
-  finished(id: string): void;
-  /** A connect attempt's outcome, with its latency: drives the EWMA and outlier detection. */
-  connectResult(id: string, ok: boolean, latencyMs: number): void;
-  /** Debug view, per endpoint in update order. */
-  stats(): BalancerStats[];
-}
-
-/** The Service spec's `loadBalancer.policy` values. */
-export type BalancerPolicy = LoadBalancerPolicy;
-
-export interface BalancerOptions {
-  /** This proxy's node: endpoints there are preferred while one is usable. */
-  localNode?: string;
-  /** In [0, 1); Math.random by default. */
-  random?: () => number;
-  /** Milliseconds on a monotonic clock; performance.now by default. */
-  now?: () => number;
-  outlier?: OutlierOptions;
-  ewma?: EwmaOptions;
-}
-
-export type BalancerFactory = (opts: BalancerOptions) => Balancer;
+import type { Balancer, BalancerFactory, BalancerOptions, BalancerPolicy } from './types';
 
 const registry = new Map<string, BalancerFactory>();
 

@@ -9,8 +9,7 @@
  * where removing it would, and brings them back when it returns.
  * One ring holds the local endpoints, one all of them, for the two tiers.
  */
-import type { PickContext } from './balancer';
-import type { EndpointState, Picker } from './locality';
+import type { EndpointState, PickContext, Picker } from './types';
 
 /** Envoy's default minimum ring is 1024 points; 100 per endpoint keeps the spread within a few percent. */
 export const VNODES_PER_ENDPOINT = 100;

@@ -4,8 +4,7 @@
  * pass), so equal endpoints share the load instead of the first in the list
  * taking it.
  */
-import type { PickContext } from './balancer';
-import type { EndpointState, Picker } from './locality';
+import type { EndpointState, PickContext, Picker } from './types';
 
 export class LeastRequestPicker implements Picker {
   readonly #random: () => number;

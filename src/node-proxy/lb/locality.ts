@@ -15,44 +15,9 @@
  */
 import { performance } from 'node:perf_hooks';
 
-import type { Balancer, BalancerOptions, BalancerStats, Endpoint, PickContext } from './balancer';
-import { initialOutlierState, OutlierDetector, type OutlierState } from './outlier';
-import { currentLatency, EWMA_DEFAULTS, observeFailure, observeLatency, type EwmaState } from './p2c-ewma';
-
-export interface EndpointState extends OutlierState, EwmaState {
-  readonly id: string;
-  /** The latest version pushed for this id. */
-  endpoint: Endpoint;
-  /** On the proxy's own node. */
-  local: boolean;
-  /** Ready and not ejected. */
-  usable: boolean;
-  /** Connections open now. */
-  active: number;
-}
-
-/** A policy's choice among candidates. */
-export interface Picker {
-  /** The endpoint set changed; `states` are all of them, in update order. */
-  rebuild?(states: readonly EndpointState[]): void;
-  /**
-   * One of `list` whose id is not in `exclude`. `eligible` (≥ 1) counts
-   * those; `local` says `list` is the local tier.
-   */
-  choose(
-    list: readonly EndpointState[],
-    eligible: number,
-    local: boolean,
-    ctx: PickContext,
-    exclude: ReadonlySet<string> | undefined,
-  ): EndpointState | undefined;
-}
-
-/** An integer in [0, n), n ≥ 1, even from a `random` that returns 1. */
-export function randomIndex(random: () => number, n: number): number {
-  const i = Math.floor(random() * n);
-  return i < n ? (i >= 0 ? i : 0) : n - 1;
-}
+import { currentLatency, EWMA_DEFAULTS, observeFailure, observeLatency } from './ewma';
+import { initialOutlierState, OutlierDetector } from './outlier';
+import type { Balancer, BalancerOptions, BalancerStats, Endpoint, EndpointState, PickContext, Picker } from './types';
 
 export class LocalityBalancer implements Balancer {
   readonly #picker: Picker;

@@ -4,8 +4,8 @@
  * created together do not all send their first connection to the same
  * endpoint.
  */
-import type { PickContext } from './balancer';
-import { randomIndex, type EndpointState, type Picker } from './locality';
+import { randomIndex } from './random';
+import type { EndpointState, PickContext, Picker } from './types';
 
 export class RoundRobinPicker implements Picker {
   // One cursor per tier: the local list and the full list cycle independently.
