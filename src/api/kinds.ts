@@ -3,6 +3,9 @@
  * `apiVersion: nodemesh.io/v1alpha1`, `kind`, `metadata`, `spec`.
  */
 export const API_VERSION = 'nodemesh.io/v1alpha1';
+
+/** Policies here without a selector apply to the whole mesh (Istio's root namespace). */
+export const ROOT_NAMESPACE = 'nodemesh-system';
 export const GROUP = 'nodemesh.io';
 
 export const KIND_NAMES = ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'HTTPRoute', 'MeshConfig'] as const;

@@ -13,7 +13,7 @@ import type { Resource } from '../api/kinds';
 import { formatBytes, LIMITS } from '../api/limits';
 import { services, type ApplyResponse, type ConfigMessage, type CreateTokenResponse, type Document, type NodeMessage, type NodeStatusMessage, type WatchEvent } from '../api/proto';
 import { MeshError } from '../errors';
-import { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials } from './controller';
+import { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials } from '../api/credentials';
 
 export const CREDENTIALS_ENV = 'NODEMESH_CREDENTIALS';
 

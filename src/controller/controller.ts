@@ -11,6 +11,7 @@ import * as path from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials } from '../api/credentials';
 import { API_VERSION } from '../api/kinds';
 import { LIMITS } from '../api/limits';
 import { services } from '../api/proto';
@@ -28,11 +29,9 @@ import { ConfigHub } from './push';
 import { Registry } from './registry';
 import { SqliteStore } from './store';
 
-export const DEFAULT_DATA_DIR = '/var/lib/nodemesh';
 export const DEFAULT_LISTEN = '0.0.0.0:15010';
 export const DEFAULT_METRICS_LISTEN = '0.0.0.0:15014';
 /** The name in the controller's server certificate that clients check. */
-export const SERVER_NAME = 'nodemesh-controller';
 
 export interface ControllerOptions {
   dataDir?: string;
@@ -56,15 +55,7 @@ export interface ControllerOptions {
   log?: Logger;
 }
 
-export interface Credentials {
-  apiVersion: string;
-  kind: 'Credentials';
-  controller: string;
-  serverName: string;
-  ca: string;
-  cert: string;
-  key: string;
-}
+export { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials };
 
 export class ControllerError extends MeshError {}
 

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { findCgroup2Mount } from '../../bpf';
-import { DEFAULT_DATA_DIR } from '../../controller/controller';
+import { DEFAULT_DATA_DIR } from '../../api/credentials';
 import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';

@@ -7,6 +7,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { IdentityError } from '../../api/identity';
 import type { Workload } from '../../api/kinds';
 import type * as pb from '../../api/proto';
 import { MeshError } from '../../errors';
@@ -128,7 +129,7 @@ export function certificateServices(
             ctx.log.warn({ event: 'security', kind, node, peer, reason: err.message }, 'certificate request refused: too many live certificates');
             throw new AuthError(grpc.status.RESOURCE_EXHAUSTED, err.message);
           }
-          return err instanceof CaError && (err.code === 'NM_ERR_CA_REFUSED' || err.code === 'NM_ERR_CA_BAD_ID') ? refuse(kind, { node, peer }, err.message) : Promise.reject(err);
+          return (err instanceof CaError && err.code === 'NM_ERR_CA_REFUSED') || err instanceof IdentityError ? refuse(kind, { node, peer }, err.message) : Promise.reject(err);
         });
       // Signing yielded: a revoke may have come in meanwhile. Checked again and recorded in one
       // synchronous step, so a revocation either names this certificate or refuses it here.

@@ -24,7 +24,7 @@ import { isIP } from 'node:net';
 import * as path from 'node:path';
 
 import { MeshError } from '../../errors';
-import { normalizeSerial } from './serial';
+import { checkTrustDomain as checkIdTrustDomain, IdentityError, normalizeSerial, parseSpiffeId } from '../../api/identity';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -72,76 +72,17 @@ export interface SignCsrOptions {
   kind: CertificateKind | ((uri: string) => 'workload' | 'node' | 'client');
 }
 
-// ---------------------------------------------------------------------------
-// SPIFFE IDs (https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md)
+// SPIFFE IDs are the api's (src/api/identity.ts): the proxy parses them too, without the CA.
+export { parseSpiffeId, spiffeAdminId, spiffeNodeId, spiffeWorkloadId } from '../../api/identity';
 
-const TRUST_DOMAIN_RE = /^[a-z0-9._-]{1,255}$/;
-const SEGMENT_RE = /^[A-Za-z0-9._-]+$/;
-const SPIFFE_PREFIX = 'spiffe://';
-const SPIFFE_MAX_LEN = 2048;
-
+/** A CA given a bad trust domain says so as the CA (CaError NM_ERR_CA_BAD_ID). */
 function checkTrustDomain(trustDomain: string): void {
-  if (typeof trustDomain !== 'string' || !TRUST_DOMAIN_RE.test(trustDomain)) {
-    throw new CaError(
-      'NM_ERR_CA_BAD_ID',
-      `trust domain ${JSON.stringify(trustDomain)} is invalid (use 1-255 characters of a-z 0-9 . - _, e.g. "cluster.local")`,
-    );
+  try {
+    checkIdTrustDomain(trustDomain);
+  } catch (err) {
+    if (err instanceof IdentityError) throw new CaError('NM_ERR_CA_BAD_ID', err.message);
+    throw err;
   }
-}
-
-function checkSegment(what: string, value: string): void {
-  if (typeof value !== 'string' || !SEGMENT_RE.test(value) || value === '.' || value === '..') {
-    throw new CaError(
-      'NM_ERR_CA_BAD_ID',
-      `${what} ${JSON.stringify(value)} cannot be a SPIFFE path segment (use A-Z a-z 0-9 . - _, not "." or "..")`,
-    );
-  }
-}
-
-/** spiffe://TD/ns/NS/sa/SA, Istio's layout, so policies written for Istio port unchanged. */
-export function spiffeWorkloadId(trustDomain: string, namespace: string, serviceAccount: string): string {
-  checkTrustDomain(trustDomain);
-  checkSegment('namespace', namespace);
-  checkSegment('service account', serviceAccount);
-  return `${SPIFFE_PREFIX}${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
-}
-
-/** spiffe://TD/nodemesh/node/NAME: outside /ns/ so no workload can ever be given a node's identity. */
-export function spiffeNodeId(trustDomain: string, node: string): string {
-  checkTrustDomain(trustDomain);
-  checkSegment('node name', node);
-  return `${SPIFFE_PREFIX}${trustDomain}/nodemesh/node/${node}`;
-}
-
-export function spiffeAdminId(trustDomain: string): string {
-  checkTrustDomain(trustDomain);
-  return `${SPIFFE_PREFIX}${trustDomain}/nodemesh/admin`;
-}
-
-/**
- * Parses a SPIFFE ID strictly (lowercase scheme and trust domain, no port,
- * userinfo, query, fragment, empty or dot segments). `path` is '' or starts
- * with '/'. namespace/serviceAccount are set only for /ns/NS/sa/SA.
- */
-export function parseSpiffeId(
-  uri: string,
-): { trustDomain: string; path: string; namespace?: string; serviceAccount?: string } | null {
-  if (typeof uri !== 'string' || uri.length > SPIFFE_MAX_LEN || !uri.startsWith(SPIFFE_PREFIX)) return null;
-  const rest = uri.slice(SPIFFE_PREFIX.length);
-  const slash = rest.indexOf('/');
-  const trustDomain = slash === -1 ? rest : rest.slice(0, slash);
-  const idPath = slash === -1 ? '' : rest.slice(slash);
-  if (!TRUST_DOMAIN_RE.test(trustDomain)) return null;
-  if (idPath !== '') {
-    const segments = idPath.slice(1).split('/');
-    for (const s of segments) {
-      if (!SEGMENT_RE.test(s) || s === '.' || s === '..') return null;
-    }
-    if (segments.length === 4 && segments[0] === 'ns' && segments[2] === 'sa') {
-      return { trustDomain, path: idPath, namespace: segments[1], serviceAccount: segments[3] };
-    }
-  }
-  return { trustDomain, path: idPath };
 }
 
 // ---------------------------------------------------------------------------

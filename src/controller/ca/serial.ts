@@ -1,8 +1,2 @@
-/**
- * One spelling of a certificate serial number for every comparison (the
- * revocation list, the store, TLS peers): node:crypto prints uppercase hex,
- * the CA lowercase, and either may drop a leading zero.
- */
-export function normalizeSerial(serial: string): string {
-  return serial.toLowerCase().replace(/^0+(?=.)/, '');
-}
+// The api's (src/api/identity.ts): revocation lists and tunnels compare serials without the CA.
+export { normalizeSerial } from '../../api/identity';

@@ -14,9 +14,11 @@
 import { encodeItem, framedLength } from '../../api/config-wire';
 import type { Item } from '../../api/proto';
 import type { Change } from '../store';
+import { workloadIdentity } from '../../api/identity';
 import {
   MESH_CONFIG_DEFAULTS,
   resourceKey,
+  ROOT_NAMESPACE,
   type AuthorizationPolicy,
   type MeshConfigSpec,
   type PeerAuthentication,
@@ -25,8 +27,7 @@ import {
   type Workload,
 } from '../../api/kinds';
 
-/** Policies here without a selector apply to the whole mesh (Istio's root namespace). */
-export const ROOT_NAMESPACE = 'nodemesh-system';
+export { ROOT_NAMESPACE };
 export const TRUST_BUNDLE_KEY = 'TrustBundle//bundle';
 export const MESH_CONFIG_KEY = 'MeshConfig//default';
 /** Serials (normalized hex) of revoked certificates still in their validity: every node's tunnels refuse them. */
@@ -65,9 +66,8 @@ function selects(selector: Record<string, string> | undefined, labels: Record<st
   return true;
 }
 
-export function spiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
-  return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
-}
+/** A workload's SPIFFE ID (src/api/identity.ts). */
+export const spiffeId = workloadIdentity;
 
 /** A multimap from one `ns/key=value` label pair to the objects that have it (or select on it). */
 class PairIndex<T> {

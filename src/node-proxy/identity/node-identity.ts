@@ -7,7 +7,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { spiffeNodeId } from '../../controller/ca';
+import { spiffeNodeId } from '../../api/identity';
 import { ControllerClient } from '../../controller/client';
 import { MeshError } from '../../errors';
 import { generateKeyAndCsr } from './csr';

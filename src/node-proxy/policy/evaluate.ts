@@ -38,7 +38,7 @@
  * Pure: no I/O; never throws on a validated policy.
  */
 import type { AuthorizationPolicy, AuthorizationRule, StringMatchLists } from '../../api/kinds';
-import { ROOT_NAMESPACE } from '../../controller/registry';
+import { ROOT_NAMESPACE } from '../../api/kinds';
 import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from './address';
 
 export { ROOT_NAMESPACE };

@@ -8,6 +8,7 @@ import * as net from 'node:net';
 
 import {
   MESH_CONFIG_DEFAULTS,
+  ROOT_NAMESPACE,
   type AuthorizationPolicy,
   type HTTPRoute,
   type LoadBalancerPolicy,
@@ -17,8 +18,7 @@ import {
   type ServiceSpec,
   type WorkloadSpec,
 } from '../../api/kinds';
-import { normalizeSerial } from '../../controller/ca';
-import { spiffeId } from '../../controller/registry';
+import { normalizeSerial, workloadIdentity as spiffeId } from '../../api/identity';
 import type { ConfigState } from './config-state';
 
 /** A Service's endpoint: one of the mesh's workloads (the same object as its WorkloadView). */
@@ -390,7 +390,7 @@ export class MeshView {
     const pick =
       inNs.find((p) => p.spec.selector && selects(p.spec.selector.matchLabels)) ??
       inNs.find((p) => !p.spec.selector) ??
-      this.peerAuthentications.find((p) => p.metadata.namespace === 'nodemesh-system' && !p.spec.selector);
+      this.peerAuthentications.find((p) => p.metadata.namespace === ROOT_NAMESPACE && !p.spec.selector);
     return pick?.spec.mtls.mode ?? this.mesh.defaultMtlsMode;
   }
 

@@ -22,7 +22,7 @@ import * as net from 'node:net';
 import type * as stream from 'node:stream';
 import * as tls from 'node:tls';
 
-import { normalizeSerial } from '../../controller/ca';
+import { normalizeSerial } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { formatAuthority, HBONE_DEFAULTS, REASON_HEADER, SecureContextCache } from './server';
 import { certificateUris, identityToSni } from './sni';

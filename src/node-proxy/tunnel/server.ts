@@ -28,7 +28,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
-import { normalizeSerial, parseSpiffeId } from '../../controller/ca';
+import { normalizeSerial, parseSpiffeId } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';

@@ -28,7 +28,7 @@ import 'reflect-metadata';
 
 import * as x509 from '@peculiar/x509';
 
-import { parseSpiffeId } from '../../controller/ca';
+import { parseSpiffeId } from '../../api/identity';
 import { MeshError } from '../../errors';
 
 const MARKER = 'spiffe';
