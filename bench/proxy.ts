@@ -1,8 +1,9 @@
 /**
- * The L4 data path benchmark (DESIGN §8), in one run on this machine through
- * a lab: pod n1-p2 to pod n2-p1 (across nodes), directly, through nodemesh
- * (the node proxy of n1, the mTLS tunnel, the node proxy of n2), and through
- * HAProxy (mode tcp, one thread) in node n1.
+ * The L4 data path benchmark (see docs/architecture.md, 'Performance
+ * targets'), in one run on this machine through a lab: pod n1-p2 to pod
+ * n2-p1 (across nodes), directly, through nodemesh (the node proxy of n1, the
+ * mTLS tunnel, the node proxy of n2), and through HAProxy (mode tcp, one
+ * thread) in node n1.
  *   - one TCP stream's throughput (iperf3)
  *   - request/response: a new connection per request, and round trips on
  *     long-lived connections (64 B each way)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The node's data path (DESIGN §3): TCP connects from enrolled pods are sent
- * to the node proxy, and the proxy can learn where each was going.
+/* The node's data path (see docs/architecture.md, 'The data path'): TCP
+ * connects from enrolled pods are sent to the node proxy, and the proxy can
+ * learn where each was going.
  *
  *   connect4/connect6  origin stored by socket cookie, destination rewritten
  *   sockops            on TCP_CONNECT_CB the origin is copied under the

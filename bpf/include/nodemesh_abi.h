@@ -43,7 +43,7 @@ struct nm_selftest_event {
 	__u8 _pad[4];
 };
 
-/* --- redirect.bpf.o: the node's data path (DESIGN §3) --- */
+/* --- redirect.bpf.o: the node's data path (docs/architecture.md, 'The data path') --- */
 
 /* Addresses are 16 bytes, network order; IPv4 as IPv4-mapped IPv6
  * (::ffff:a.b.c.d), so one layout serves both families. */

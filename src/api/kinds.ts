@@ -1,6 +1,7 @@
 /**
- * The resource kinds of nodemesh (DESIGN §6), Kubernetes-shaped:
- * `apiVersion: nodemesh.io/v1alpha1`, `kind`, `metadata`, `spec`.
+ * The resource kinds of nodemesh, Kubernetes-shaped:
+ * `apiVersion: nodemesh.io/v1alpha1`, `kind`, `metadata`, `spec` (see
+ * docs/architecture.md, 'Resources').
  */
 export const API_VERSION = 'nodemesh.io/v1alpha1';
 

@@ -1,7 +1,8 @@
 /**
- * The edge where resource documents enter nodemesh (DESIGN §6): parse YAML or
- * JSON, check each document against its kind's JSON Schema, fill defaults,
- * and report every problem with the document and the path that caused it.
+ * The edge where resource documents enter nodemesh (see docs/architecture.md,
+ * 'Resources'): parse YAML or JSON, check each document against its kind's
+ * JSON Schema, fill defaults, and report every problem with the document and
+ * the path that caused it.
  * Everything past this point trusts the types in kinds.ts.
  */
 import * as fs from 'node:fs';

@@ -1,7 +1,7 @@
 /**
- * The cluster controller (DESIGN §6): the store, the CA, the registry of
- * derived state, config push to nodes, and the gRPC API on 15010 (metrics
- * and health on 15014). Nothing is served unauthenticated: TLS always, and
+ * The cluster controller (see docs/architecture.md, 'The controller'): the
+ * store, the CA, the registry of derived state, config push to nodes, and the
+ * gRPC API on 15010 (metrics and health on 15014). Nothing is served unauthenticated: TLS always, and
  * each call checks its caller (admin, node, or a bootstrap token for Join).
  */
 import * as fs from 'node:fs';

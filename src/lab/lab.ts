@@ -1,7 +1,7 @@
 /**
- * The lab: a cluster in one machine (DESIGN §7). Nodes and pods are network
- * namespaces joined by bridges and veths, pods also get a cgroup each, all
- * made with iproute2. Every object carries the lab's name, and a state file
+ * The lab: a cluster in one machine (see docs/architecture.md, 'The lab').
+ * Nodes and pods are network namespaces joined by bridges and veths, pods
+ * also get a cgroup each, all made with iproute2. Every object carries the lab's name, and a state file
  * under /run/nodemesh/labs records the lab, so `list`, `exec` and `down` find
  * it; `down` also sweeps by name, so it cleans up after a crashed `up` too.
  */

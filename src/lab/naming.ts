@@ -1,6 +1,7 @@
 /**
- * Names and addresses of a lab's objects (DESIGN §7). Pure: the same inputs
- * always give the same plan, so `down` can find what `up` made.
+ * Names and addresses of a lab's objects (see docs/architecture.md, 'The
+ * lab'). Pure: the same inputs always give the same plan, so `down` can find
+ * what `up` made.
  *
  * Lab slot k (0..15) owns 198.18.<16k>.0/20:
  *   the lab bridge (host netns)  nm-<lab>-br     198.18.<16k>.254/24

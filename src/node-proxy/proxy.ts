@@ -1,7 +1,8 @@
 /**
- * The node proxy (DESIGN §4): joins the controller (bootstrap token -> node
- * certificate), installs or adopts the data path, follows its config stream,
- * enrolls the node's workloads, and serves outbound connections on 15001.
+ * The node proxy (see docs/architecture.md, 'The node proxy'): joins the
+ * controller (bootstrap token -> node certificate), installs or adopts the
+ * data path, follows its config stream, enrolls the node's workloads, serves
+ * outbound connections on 15001 and tunnels from other nodes on 15008.
  * Ready (data path marked ready, /healthz/ready 200) only once config and
  * data path are in place. While the controller is away it keeps serving the
  * last config and reconnects with backoff.

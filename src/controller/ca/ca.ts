@@ -1,6 +1,7 @@
 /**
  * The cluster's certificate authority: one ECDSA P-256 root that signs
- * short-lived leaf certificates carrying SPIFFE URI SANs (DESIGN §6).
+ * short-lived leaf certificates carrying SPIFFE URI SANs (see
+ * docs/architecture.md, 'Certificates and identity').
  *
  * All X.509 encoding goes through @peculiar/x509 over Node's WebCrypto; the
  * only ASN.1 this file sees is the library's. `verifyPeer` is synchronous

@@ -1,8 +1,9 @@
 /**
- * The node's data path (DESIGN §3): loads bpf/redirect.bpf.c, attaches it at
- * the root of the cgroup2 hierarchy (or a given cgroup), pins maps and links under
- * /sys/fs/bpf/nodemesh/<node>/ so redirection outlives the proxy process,
- * enrolls pods, and answers "where was this connection going?" for the proxy.
+ * The node's data path (see docs/architecture.md, 'The data path'): loads
+ * bpf/redirect.bpf.c, attaches it at the root of the cgroup2 hierarchy (or a
+ * given cgroup), pins maps and links under /sys/fs/bpf/nodemesh/<node>/ so
+ * redirection outlives the proxy process, enrolls pods, and answers "where
+ * was this connection going?" for the proxy.
  *
  * Install adopts what an earlier run pinned: the maps are reused as they are
  * and each pinned link is switched to the newly loaded program atomically, so

@@ -39,9 +39,10 @@ export interface OutboundOptions {
   idleTimeoutMs?: number;
   /**
    * Opens a mutual-TLS tunnel stream to another node's proxy for a workload
-   * there (DESIGN §4 step 4). Without it, every destination is dialled
-   * directly. Rejects with an error carrying `status` (403: the destination
-   * refused, with `reason`) when the other side says no.
+   * there (see docs/architecture.md, 'One connection, end to end'). Without
+   * it, every destination is dialled directly. Rejects with an error carrying
+   * `status` (403: the destination refused, with `reason`) when the other
+   * side says no.
    */
   tunnel?(req: TunnelRequest): Promise<Duplex>;
   /**
