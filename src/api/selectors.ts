@@ -20,8 +20,22 @@ export interface LabelRequirement {
  * matches everything (Kubernetes LabelSelector semantics); callers that want
  * "empty selects nothing", like a Service, reject empty selectors at validation.
  */
-export function labelSelectorMatches(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
+export function labelSelectorMatches(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean {
+  if (selector === undefined) return true;
   for (const [k, v] of Object.entries(selector)) {
+    if (labels === undefined || !Object.prototype.hasOwnProperty.call(labels, k) || labels[k] !== v) return false;
+  }
+  return true;
+}
+
+/** A selector as the key/value pairs a hot path checks (a policy, once per connection). */
+export function selectorPairs(selector: Record<string, string> | undefined): readonly (readonly [string, string])[] {
+  return Object.entries(selector ?? {});
+}
+
+/** labelSelectorMatches() over pairs made once by selectorPairs(). */
+export function pairsMatch(pairs: readonly (readonly [string, string])[], labels: Record<string, string> | undefined): boolean {
+  for (const [k, v] of pairs) {
     if (labels === undefined || !Object.prototype.hasOwnProperty.call(labels, k) || labels[k] !== v) return false;
   }
   return true;

@@ -14,6 +14,7 @@ import { Composer, LineCounter, Parser, type CST } from 'yaml';
 
 import { MeshError } from '../errors';
 import { PACKAGE_ROOT } from '../paths';
+import { parseCidr } from './address';
 import {
   API_VERSION,
   KIND_NAMES,
@@ -59,14 +60,19 @@ function isIp(s: string): boolean {
   return net.isIP(s) !== 0;
 }
 
-/** An address or a block: `10.0.0.1`, `10.0.0.0/8`, `fd00::/64`. */
+/**
+ * An address or a block: `10.0.0.1`, `10.0.0.0/8`, `fd00::/64`, in the
+ * strict spelling node:net accepts, and one the proxy can match (its parser,
+ * src/api/address.ts, decides: an IPv4-mapped block shorter than /96 spans
+ * more than IPv4 and is refused here rather than matching nothing there).
+ */
 export function isCidr(s: string): boolean {
   const slash = s.indexOf('/');
-  if (slash < 0) return isIp(s);
+  if (slash < 0) return isIp(s) && parseCidr(s) !== undefined;
   const family = net.isIP(s.slice(0, slash));
   const len = s.slice(slash + 1);
   if (family === 0 || !/^(0|[1-9][0-9]{0,2})$/.test(len)) return false;
-  return Number(len) <= (family === 4 ? 32 : 128);
+  return Number(len) <= (family === 4 ? 32 : 128) && parseCidr(s) !== undefined;
 }
 
 /** Milliseconds in a Gateway API duration (`1h30m`, `500ms`); undefined when malformed. */

@@ -459,11 +459,13 @@ const BAD: { name: string; value: unknown; problems: string[] }[] = [
   },
   {
     name: 'bad ipBlocks',
-    value: AP({ rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33', '10.0.0.0/8', 'fd00::/129', '10.0.0'] } }] }] }),
+    // An IPv4-mapped block shorter than /96 spans more than IPv4: the proxy could not match it, so it is refused here.
+    value: AP({ rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33', '10.0.0.0/8', 'fd00::/129', '10.0.0', '::ffff:10.0.0.0/8', '::ffff:10.0.0.0/104'] } }] }] }),
     problems: [
       `${APX}: spec.rules[0].from[0].source.ipBlocks[0]: must be an IP address or CIDR block (like 10.0.0.0/8 or fd00::/64)`,
       `${APX}: spec.rules[0].from[0].source.ipBlocks[2]: must be an IP address or CIDR block (like 10.0.0.0/8 or fd00::/64)`,
       `${APX}: spec.rules[0].from[0].source.ipBlocks[3]: must be an IP address or CIDR block (like 10.0.0.0/8 or fd00::/64)`,
+      `${APX}: spec.rules[0].from[0].source.ipBlocks[4]: must be an IP address or CIDR block (like 10.0.0.0/8 or fd00::/64)`,
     ],
   },
   {

@@ -15,6 +15,7 @@ import { encodeItem, framedLength } from '../../api/config-wire';
 import type { Item } from '../../api/proto';
 import type { Change } from '../store';
 import { workloadIdentity } from '../../api/identity';
+import { labelSelectorMatches } from '../../api/selectors';
 import {
   MESH_CONFIG_DEFAULTS,
   resourceKey,
@@ -60,11 +61,7 @@ export const NODE_KEY_PREFIX = 'Node//';
 /** Removals remembered for nodes that come back; one that was away longer gets a snapshot. */
 const REMOVALS_KEPT = 65_536;
 
-function selects(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean {
-  if (!selector) return true;
-  for (const [k, v] of Object.entries(selector)) if (labels?.[k] !== v) return false;
-  return true;
-}
+const selects = labelSelectorMatches;
 
 /** A workload's SPIFFE ID (src/api/identity.ts). */
 export const spiffeId = workloadIdentity;

@@ -9,7 +9,7 @@
  *
  * Pure: the caller gathers the node's addresses; this only decides.
  */
-import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from './address';
+import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from '../../api/address';
 
 export type DialRefusal = 'dial-unspecified' | 'dial-loopback' | 'dial-link-local' | 'dial-own-address' | 'dial-not-an-address';
 

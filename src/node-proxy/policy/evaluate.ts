@@ -39,7 +39,8 @@
  */
 import type { AuthorizationPolicy, AuthorizationRule, StringMatchLists } from '../../api/kinds';
 import { ROOT_NAMESPACE } from '../../api/kinds';
-import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from './address';
+import { labelSelectorMatches, pairsMatch, selectorPairs } from '../../api/selectors';
+import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from '../../api/address';
 
 export { ROOT_NAMESPACE };
 
@@ -85,7 +86,7 @@ export function applicablePolicies(policies: Iterable<AuthorizationPolicy>, dest
   for (const p of policies) {
     const ns = p.metadata.namespace;
     if (ns !== dest.namespace && ns !== ROOT_NAMESPACE) continue;
-    if (selects(Object.entries(p.spec.selector?.matchLabels ?? {}), dest.labels)) out.push(p);
+    if (labelSelectorMatches(p.spec.selector?.matchLabels, dest.labels)) out.push(p);
   }
   return out;
 }
@@ -128,7 +129,7 @@ interface CompiledPolicy {
   key: string;
   isRoot: boolean;
   action: 'ALLOW' | 'DENY' | 'AUDIT';
-  selector: [string, string][];
+  selector: readonly (readonly [string, string])[];
   rules: CompiledRule[];
 }
 
@@ -154,10 +155,7 @@ function split(sorted: CompiledPolicy[]): Bucket {
   };
 }
 
-function selects(selector: readonly [string, string][], labels: Record<string, string>): boolean {
-  for (const [k, v] of selector) if (labels[k] !== v) return false;
-  return true;
-}
+const selects = pairsMatch;
 
 function decide(groups: readonly Bucket[], labels: Record<string, string>, c: Conn): Decision {
   const audit: string[] = [];
@@ -228,7 +226,7 @@ function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
     key: `${ns}/${p.metadata.name}`,
     isRoot: ns === ROOT_NAMESPACE,
     action: p.spec.action ?? 'ALLOW',
-    selector: Object.entries(p.spec.selector?.matchLabels ?? {}),
+    selector: selectorPairs(p.spec.selector?.matchLabels),
     rules: (p.spec.rules ?? []).map(compileRule),
   };
 }

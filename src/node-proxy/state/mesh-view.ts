@@ -19,6 +19,7 @@ import {
   type WorkloadSpec,
 } from '../../api/kinds';
 import { normalizeSerial, workloadIdentity as spiffeId } from '../../api/identity';
+import { labelSelectorMatches } from '../../api/selectors';
 import type { ConfigState } from './config-state';
 
 /** A Service's endpoint: one of the mesh's workloads (the same object as its WorkloadView). */
@@ -385,7 +386,7 @@ export class MeshView {
    * in the root namespace, else the mesh default.
    */
   mtlsMode(w: { namespace: string; labels: Record<string, string> }): 'STRICT' | 'PERMISSIVE' {
-    const selects = (sel: Record<string, string>): boolean => Object.entries(sel).every(([k, v]) => w.labels[k] === v);
+    const selects = (sel: Record<string, string>): boolean => labelSelectorMatches(sel, w.labels);
     const inNs = this.peerAuthentications.filter((p) => (p.metadata.namespace ?? 'default') === w.namespace);
     const pick =
       inNs.find((p) => p.spec.selector && selects(p.spec.selector.matchLabels)) ??

@@ -1,7 +1,8 @@
 /**
  * IP addresses and CIDR blocks as numbers, for matching without I/O: the
- * policy engine's ipBlocks and the proxy's dial guard use the same parser, so
- * the two can never disagree on what an address is. An IPv4-mapped IPv6
+ * controller's validation of ipBlocks, the policy engine and the proxy's dial
+ * guard use the same parser, so they can never disagree on what an address
+ * or a block is (a block validation admits is one the proxy can match). An IPv4-mapped IPv6
  * address (::ffff:a.b.c.d) is IPv4 here, in addresses and in blocks.
  */
 export interface Ip {
