@@ -103,3 +103,8 @@ export function parseCidr(text: string): Cidr | undefined {
 export function cidrContains(cidr: Cidr, ip: Ip): boolean {
   return cidr.v6 === ip.v6 && (ip.n & cidr.mask) === cidr.net;
 }
+
+/** host:port as URLs and gRPC spell it: an IPv6 host in brackets. */
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { formatHostPort } from '../api/address';
 import { DEFAULT_DATA_DIR, SERVER_NAME, type Credentials } from '../api/credentials';
 import { API_VERSION } from '../api/kinds';
 import { LIMITS } from '../api/limits';
@@ -171,7 +172,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     const hosts = [SERVER_NAME, 'localhost', '127.0.0.1', '::1', ...(opts.sans ?? [])];
     if (listen.host !== '0.0.0.0' && listen.host !== '::') hosts.push(listen.host);
     const server = await ca.issueServerCertificate([...new Set(hosts)], 365 * 24 * 3600);
-    const address = net.isIPv6(listen.host) ? `[${listen.host}]:${listen.port}` : `${listen.host}:${listen.port}`;
+    const address = formatHostPort(listen.host, listen.port);
     grpcListener = await listenGrpc({
       server: grpcServer,
       host: listen.host,
@@ -194,7 +195,7 @@ export async function startController(opts: ControllerOptions = {}): Promise<Run
     // The admin credential, written once: the CLI finds it by default.
     const credentialsPath = path.join(dataDir, 'admin.json');
     const connectHost = listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host;
-    const controllerAddr = net.isIPv6(connectHost) ? `[${connectHost}]:${port}` : `${connectHost}:${port}`;
+    const controllerAddr = formatHostPort(connectHost, port);
     let credentials: Credentials | undefined;
     try {
       credentials = JSON.parse(fs.readFileSync(credentialsPath, 'utf8')) as Credentials;

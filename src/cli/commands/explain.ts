@@ -1,6 +1,7 @@
 /** nodemesh explain: which policies decide a connection, and how, with the proxy's own evaluate(). */
 import * as net from 'node:net';
 
+import { workloadIdentity } from '../../api/identity';
 import type { AuthorizationPolicy, MeshConfigSpec, Resource, ServiceSpec, WorkloadSpec } from '../../api/kinds';
 import { labelSelectorMatches } from '../../api/selectors';
 import { explainConnection } from '../../node-proxy/policy';
@@ -46,7 +47,7 @@ export const explainCommand = defineCommand({
       ]);
       const td = (meshes.items[0]?.spec as Partial<MeshConfigSpec> | undefined)?.trustDomain ?? 'cluster.local';
       const wls = workloads.items as Workload[];
-      const identity = (w: Workload): string => `spiffe://${td}/ns/${w.metadata.namespace}/sa/${w.spec.serviceAccount}`;
+      const identity = (w: Workload): string => workloadIdentity(td, w.metadata.namespace ?? 'default', w.spec.serviceAccount);
 
       // Source.
       let source: { label: string; principal: string; namespace?: string; ip: string };
