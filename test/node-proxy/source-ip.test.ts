@@ -3,6 +3,10 @@
  * ipBlocks with the pod's own address (IPv4 and IPv6), carried on the
  * tunnel's CONNECT, and its flows show it.
  */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
 import { t, type Test } from 'tap';
 
 import { ControllerClient } from '../../src/controller/client';
@@ -56,6 +60,10 @@ bpfTest(t, 'ipBlocks across nodes see the client pod', async (t) => {
     t.match(await lastFrom(inside.name), { verdict: 'allowed', source: { ip: inside.ip } }, "n1's flow shows the client's address");
     t.equal(await whoami(lab, outside.name, server.ip), 'ECONNRESET', `${outside.ip} is outside it: refused`);
     t.match(await lastFrom(outside.name), { verdict: 'denied', reason: 'not-allowed', source: { ip: outside.ip } });
+    const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', '..', 'bin', 'nodemesh.js'), 'flows', '--node', n1!.name, '--to', 'n1-p1'], { encoding: 'utf8' });
+    t.match(cli.stdout, new RegExp(`/sa/${inside.name} \\(${inside.ip.replace(/\./g, '\\.')}\\) -> .*ALLOWED`), 'nodemesh flows on the destination names the client address');
+    const log = fs.readFileSync(lab.mesh!.proxies.find((p) => p.node === n1!.name)!.log, 'utf8');
+    t.match(log, new RegExp(`"access":true.*"srcAddr":"${inside.ip.replace(/\./g, '\\.')}:0".*"verdict":"allowed"`), "and so does its access log");
   });
 
   await t.test('DENY by ipBlocks refuses the pod in the block and admits the others (IPv4)', async (t) => {
