@@ -28,13 +28,7 @@ export function formatForwarded(address: string): string {
   return family === 6 ? `for="[${address}]"` : `for=${address}`;
 }
 
-const V4_MAPPED = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
-
-/**
- * The one client address in a `Forwarded` value, or why it is not
- * acceptable. IPv4-mapped IPv6 comes back as IPv4, so either spelling finds
- * the same workload.
- */
+/** The one client address in a `Forwarded` value (IPv6 in the kernel's spelling), or why it is not acceptable. */
 export function parseForwarded(value: unknown): ForwardedParse {
   if (Array.isArray(value)) return { ok: false, problem: `${value.length} Forwarded headers, expected one` };
   if (typeof value !== 'string') return { ok: false, problem: 'no Forwarded header' };
@@ -58,9 +52,7 @@ export function parseForwarded(value: unknown): ForwardedParse {
     const v6 = node.slice(1, -1);
     if (!net.isIPv6(v6) || v6.includes('%')) return { ok: false, problem: `Forwarded ${show}: ${JSON.stringify(v6)} is not an IPv6 address` };
     // The kernel's spelling (RFC 5952), which is how the mesh view and the policies know the address.
-    const canonical = new net.SocketAddress({ address: v6, family: 'ipv6' }).address;
-    const mapped = V4_MAPPED.exec(canonical);
-    return { ok: true, address: mapped && net.isIPv4(mapped[1]!) ? mapped[1]! : canonical };
+    return { ok: true, address: new net.SocketAddress({ address: v6, family: 'ipv6' }).address };
   }
   if (net.isIPv4(node)) return { ok: true, address: node };
   if (node.toLowerCase() === 'unknown') return { ok: false, problem: `Forwarded ${show}: the sender does not know the client (for=unknown)` };

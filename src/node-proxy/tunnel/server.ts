@@ -39,7 +39,7 @@ export interface TunnelPeer {
   /** The client's one SPIFFE URI. */
   principal: string;
   certificate: X509Certificate;
-  /** The tunnel connection's TCP source (IPv4-mapped written as IPv4): the peer node, not the pod. */
+  /** The tunnel connection's TCP source as Node reports it (IPv4-mapped on a dual-stack listener): the peer node, not the pod. */
   remoteAddress: string;
 }
 
@@ -377,8 +377,7 @@ export class HboneServer {
       socket.destroy();
       return;
     }
-    const remote = (socket.remoteAddress ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
-    const peer: TunnelPeer = { principal: uris[0]!, certificate, remoteAddress: remote };
+    const peer: TunnelPeer = { principal: uris[0]!, certificate, remoteAddress: socket.remoteAddress ?? '' };
     const session = http2.performServerHandshake(socket, this.#sessionOptions);
     this.#sessions.add(session);
     this.#peerOf.set(session, peer);

@@ -634,7 +634,7 @@ t.test("the client's address travels as Forwarded: for=, IPv4 and IPv6", async (
     await readAll(st);
     const req = h.requests.at(-1)!;
     t.equal(req.claimedSource, sourceAddress, `claimed ${String(sourceAddress)}`);
-    t.equal(req.peer.remoteAddress, '127.0.0.1', 'the peer node address, IPv4 as IPv4');
+    t.equal(req.peer.remoteAddress, '127.0.0.1', 'and the address the tunnel came from');
   }
 });
 
