@@ -180,8 +180,12 @@ export class NodeProxy {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
         if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
         const cert = await this.#certs.ready(req.sourceIdentity, 5_000);
+        // Leave from the address the controller publishes for this node: the destination believes the pod's address only from there.
+        const localAddress = address.includes(':') ? o.proxyIp6 : o.proxyIp;
         return this.#pool.connect({
           sourceIdentity: req.sourceIdentity,
+          sourceAddress: req.sourceAddress,
+          ...(localAddress ? { localAddress } : {}),
           credentials: { certPem: cert.certPem, keyPem: cert.keyPem },
           trustBundle: this.#updater.view.trustBundle,
           revoked: (serial) => this.#updater.view.revokedSerials.has(serial),

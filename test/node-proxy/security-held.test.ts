@@ -10,7 +10,11 @@
  *   spoofed connection completes) is still itself to the proxies: its
  *   identity comes from its netns cookie, so an ALLOW for the other pod does
  *   not admit it, on the same node or across nodes, and the flows name the
- *   real pod.
+ *   real pod;
+ * - a peer node speaks only for its own pods: the client address it claims on
+ *   a CONNECT (Forwarded: for=) is refused unless it is the address of a
+ *   workload with the certificate's identity on the node the tunnel comes
+ *   from, and a missing or malformed one is refused too.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -125,6 +129,7 @@ bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy 
         cert: cert.chainPem,
         key: key.keyPem,
         targets: [`${n1p1.ip}:8081`, ...refusedTargets, v6(n1p1.ip6, 8081)],
+        forwarded: `for=${n2p2.ip}`,
       }),
     );
     // From inside node n2: a peer node that holds a valid workload certificate.
@@ -143,6 +148,53 @@ bpfTest(t, 'what a pod or a peer with a valid certificate can make a node proxy 
     t.ok(denied.length >= refusedTargets.length, `n1's flows show the ${denied.length} refused CONNECTs`);
     t.equal(await whoami(lab, 'n2-p2', n1p1.ip, 8081), 'n1-p1', 'pod traffic across the nodes still flows');
     t.equal(await whoami(lab, 'n1-p2', n1p1.ip, 8081), 'n1-p1', 'and on the node');
+  });
+
+  await t.test('a peer node speaks only for its own pods: any other client address it claims is refused', async (t) => {
+    const real = await CertificateAuthority.loadOrCreate(path.dirname(lab.mesh!.controller.caFile), { trustDomain: 'cluster.local' });
+    const probe = async (identity: string, targets: { authority: string; forwarded: string | null }[]): Promise<Probe[]> => {
+      const key = await generateKeyAndCsr(spiffeWorkloadId('cluster.local', 'default', identity));
+      const cert = await real.signCsr(key.csrPem, { kind: 'workload', lifetimeSeconds: 3600, allowedUris: () => null });
+      const config = path.join(dir, `claims-${identity}.json`);
+      const ca = fs.readFileSync(lab.mesh!.controller.caFile, 'utf8');
+      fs.writeFileSync(config, JSON.stringify({ host: n1!.ip, port: 15008, servername: identityToSni(n1p1Id), ca, cert: cert.chainPem, key: key.keyPem, targets }));
+      // From inside node n2, which holds a certificate of that identity.
+      const r = await labRun(lab, n2!.name, [process.execPath, fixture('hbone-probe.js'), config]);
+      const out = JSON.parse(r.stdout.trim() || '{}') as { results?: Probe[]; error?: string };
+      t.notOk(out.error, `the TLS connection was accepted (${out.error ?? r.stderr})`);
+      return out.results ?? [];
+    };
+    const to = `${n1p1.ip}:8081`;
+    const rejected = async (): Promise<number> => {
+      const m = await labRun(lab, n1!.name, [process.execPath, '-e', "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))"]);
+      return Number(/nodemesh_listener_rejected_total\{listener="tunnel",reason="source-address"\} (\d+)/.exec(m.stdout)?.[1] ?? 0);
+    };
+    const before = await rejected();
+    const claims = await probe('n2-p2', [
+      { authority: to, forwarded: `for=${n2p2.ip}` },
+      { authority: to, forwarded: `for="[${n2p2.ip6}]"` },
+      { authority: to, forwarded: null },
+      { authority: to, forwarded: `for=${n2p1.ip}` },
+      { authority: to, forwarded: `for=${n1p2.ip}` },
+      { authority: to, forwarded: 'for=203.0.113.7' },
+      { authority: to, forwarded: 'for=unknown' },
+      { authority: to, forwarded: `for=${n2p2.ip}, for=${n2p1.ip}` },
+    ]);
+    t.match(claims[0], { status: 200, body: 'n1-p1\n' }, 'its own pod n2-p2: served (control)');
+    t.match(claims[1], { status: 200, body: 'n1-p1\n' }, "its own pod's IPv6 address: served");
+    t.match(claims[2], { status: 403, reason: 'no-source-address' }, 'no client address: refused');
+    t.match(claims[3], { status: 403, reason: 'source-address-unverified' }, 'n2-p1, another identity on its node: refused');
+    t.match(claims[4], { status: 403, reason: 'source-address-unverified' }, "n1-p2, a pod of the destination's node: refused");
+    t.match(claims[5], { status: 403, reason: 'source-address-unverified' }, 'an address outside the mesh: refused');
+    t.match(claims[6], { status: 400, reason: /^bad-forwarded: .*for=unknown/ }, 'for=unknown: 400');
+    t.match(claims[7], { status: 400, reason: /^bad-forwarded: .*more than one hop/ }, 'two addresses: 400');
+    // A node broken into that also holds a certificate for n1-p2's identity (a service account with pods on both nodes) still cannot speak for n1-p2.
+    const sameIdentity = await probe('n1-p2', [{ authority: to, forwarded: `for=${n1p2.ip}` }]);
+    t.match(sameIdentity[0], { status: 403, reason: 'source-address-unverified' }, "n1-p2's address with n1-p2's identity, from node n2: refused");
+    t.equal((await rejected()) - before, 5, 'each unverified claim is counted in nodemesh_listener_rejected_total{listener="tunnel",reason="source-address"}');
+    const denied = (await flows(n1!.name, '&verdict=denied')).filter((f) => f.reason === 'source-address-unverified' || f.reason === 'no-source-address');
+    t.equal(denied.length, 5, "n1's flows show the refused claims");
+    t.ok(denied.every((f) => f.source.ip === ''), 'with no client address: an unverified claim is not shown as the client');
   });
 
   await t.test('a pod that takes another pod\'s address is still itself: its netns decides, not its source IP', { skip: python ? false : 'needs python3 with AF_PACKET for the gratuitous ARP' }, async (t) => {

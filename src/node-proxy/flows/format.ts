@@ -7,7 +7,8 @@ function kb(n: number): string {
 
 export function formatFlow(f: Flow): string {
   const who = f.source.namespace && f.source.workload ? `${f.source.namespace}/${f.source.workload}` : (f.source.identity ?? 'unknown');
-  const src = f.source.ip ? `${who} (${f.source.ip}:${f.source.port})` : who;
+  // Port 0: the destination of a tunnel learns the client's address, not its port.
+  const src = f.source.ip ? `${who} (${f.source.port ? `${f.source.ip}:${f.source.port}` : f.source.ip})` : who;
   const svc = f.destination.service ? `${f.destination.namespace ?? ''}/${f.destination.service}` : f.destination.originalAddress;
   const dst = `${svc}${f.destination.workload ? ` -> ${f.destination.workload} ${f.destination.address}` : f.destination.address && f.destination.address !== f.destination.originalAddress ? ` -> ${f.destination.address}` : ''}`;
   const verdict = f.verdict.toUpperCase();

@@ -1,1 +1,2 @@
 export { inboundServer, type InboundOptions } from './server';
+export { checkClaimedSource, type SourceCheck, type SourceWorkload } from './source-address';

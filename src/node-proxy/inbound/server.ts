@@ -5,6 +5,11 @@
  * workload on this node, and the destination's authorization policies decide
  * (the same evaluate() as everywhere). A denial answers 403 with the reason
  * and the policy, which the source proxy puts in its own flow.
+ *
+ * The client's address comes from the CONNECT's `Forwarded: for=`, believed
+ * only when this peer may speak for it (./source-address); otherwise the
+ * stream is refused, because policies evaluated without the address would
+ * let a DENY by ipBlocks through.
  */
 import * as net from 'node:net';
 
@@ -17,6 +22,7 @@ import type { DialGuard } from '../outbound';
 import type { CompiledPolicySet } from '../policy';
 import type { MeshView } from '../state';
 import { HboneServer, type InboundDecision, type InboundRequest } from '../tunnel';
+import { checkClaimedSource } from './source-address';
 
 export interface InboundOptions {
   node: string;
@@ -40,6 +46,8 @@ function namespaceOf(principal: string): string | undefined {
 
 export function inboundServer(o: InboundOptions): HboneServer {
   const flows = new WeakMap<InboundRequest, Flow>();
+  /** The client address authorize() believed, for the flow. */
+  const sources = new WeakMap<InboundRequest, string>();
   return new HboneServer({
     trustBundle: () => o.view().trustBundle,
     revoked: (serial) => o.view().revokedSerials.has(serial),
@@ -57,8 +65,14 @@ export function inboundServer(o: InboundOptions): HboneServer {
       // A workload registered with such an address would have the proxy dial itself.
       const dial = o.dialGuard.check(req.target.host);
       if (!dial.allowed) return { accept: false, status: 403, reason: dial.reason };
+      const source = checkClaimedSource({ principal: req.peer.principal, remoteAddress: req.peer.remoteAddress, claimedSource: req.claimedSource }, (ip) => o.view().workloadAt(ip));
+      if (!source.ok) {
+        o.reporter?.reject('tunnel', 'source-address', { remote: req.peer.remoteAddress, detail: source.detail });
+        return { accept: false, status: 403, reason: source.reason };
+      }
+      sources.set(req, source.ip);
       const d = o.policies().evaluate({
-        source: { principal: req.peer.principal, namespace: namespaceOf(req.peer.principal), ip: '0.0.0.0' },
+        source: { principal: req.peer.principal, namespace: namespaceOf(req.peer.principal), ip: source.ip },
         destination: { namespace: w.namespace, labels: w.labels, ip: req.target.host, port: req.target.port },
       });
       if (d.audit.length) o.log.info({ peer: req.peer.principal, target: req.target, audit: d.audit }, 'audited');
@@ -80,7 +94,7 @@ export function inboundServer(o: InboundOptions): HboneServer {
         const [reason, policy] = e.decision.accept ? ['allowed', undefined] : e.decision.reason.split(' ');
         const flow = o.flows.open({
           node: o.node,
-          source: { identity: e.req.peer.principal, namespace: ns, ip: '', port: 0 },
+          source: { identity: e.req.peer.principal, namespace: ns, ip: sources.get(e.req) ?? '', port: 0 },
           destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: `${e.req.target.host}:${e.req.target.port}`, originalAddress: `${e.req.target.host}:${e.req.target.port}` },
           verdict: e.decision.accept ? 'allowed' : 'denied',
           reason: reason ?? 'denied',

@@ -38,6 +38,9 @@ export type RejectReason =
   | 'h2-settings'
   | 'h2-keepalive'
   | 'h2-headers'
+  // A CONNECT's Forwarded header did not parse (tunnel), or named a client the peer may not speak for (inbound).
+  | 'forwarded'
+  | 'source-address'
   | 'h2-error'
   | 'http-timeout'
   | 'http-bad-request'

@@ -65,6 +65,8 @@ export interface OutboundOptions {
 
 export interface TunnelRequest {
   sourceIdentity: string;
+  /** The pod's address as it dialled (the accepted socket's peer): the destination evaluates source.ip and ipBlocks with it. */
+  sourceAddress: string;
   destination: { identity: string; node: string; nodeAddresses: readonly string[] };
   target: { host: string; port: number };
 }
@@ -264,6 +266,7 @@ export class OutboundServer {
       const open: Promise<Duplex> = tunneled
         ? o.tunnel!({
             sourceIdentity: src!.identity,
+            sourceAddress: sourceIp,
             destination: { identity: w!.identity!, node: w!.node!, nodeAddresses: w!.nodeAddresses ?? [] },
             target: { host: target.address, port: target.port },
           })

@@ -9,6 +9,9 @@
  * to the dial's trust bundle and carry exactly the destination identity as its
  * one URI SAN; host names play no part.
  *
+ * Each CONNECT carries the pod's address in `Forwarded: for=` (./forwarded),
+ * so the destination's policies see the client and not this node.
+ *
  * The stream handed out is Node's own ClientHttp2Stream (no wrapper, no
  * per-chunk work). Its errors tell the caller's flow why it ended: the server's
  * RST_STREAM (CONNECT_ERROR when the target reset), or a TunnelError
@@ -24,6 +27,7 @@ import * as tls from 'node:tls';
 
 import { normalizeSerial } from '../../api/identity';
 import { MeshError } from '../../errors';
+import { FORWARDED_HEADER, formatForwarded } from './forwarded';
 import { formatAuthority, HBONE_DEFAULTS, REASON_HEADER, SecureContextCache } from './server';
 import { certificateUris, identityToSni } from './sni';
 
@@ -57,6 +61,19 @@ export interface TunnelDial {
   /** Expected SPIFFE ID of the server certificate; also the SNI. */
   destinationIdentity: string;
   target: { host: string; port: number };
+  /**
+   * The client's address as the pod used it, sent as `Forwarded: for=` so the
+   * destination's policies see it (source.ip, ipBlocks); the destination
+   * believes it only when it is an address of a `sourceIdentity` workload on
+   * the node this tunnel comes from.
+   */
+  sourceAddress?: string;
+  /**
+   * The tunnel connection's local address: the node address the controller
+   * publishes for this node, which the destination checks the claim against
+   * (a multi-homed node could otherwise leave from another one).
+   */
+  localAddress?: string;
   /** For the whole connect: tunnel setup and the server's answer (default 10 s). */
   timeoutMs?: number;
   /** Whether a certificate serial (normalizeSerial form) is on the revocation list: such a server is refused. */
@@ -143,17 +160,17 @@ export class HbonePool {
    * session had just died is retried once on a fresh one (nothing was sent).
    */
   async connect(d: TunnelDial): Promise<stream.Duplex> {
-    const authority = this.#check(d);
+    const { authority, forwarded } = this.#check(d);
     const sni = this.#sniOf(d.destinationIdentity);
-    const key = `${d.sourceIdentity}\n${d.node.address}\n${d.node.port}\n${d.destinationIdentity}\n${this.#serialOf(d.credentials.certPem)}`;
+    const key = `${d.sourceIdentity}\n${d.localAddress ?? ''}\n${d.node.address}\n${d.node.port}\n${d.destinationIdentity}\n${this.#serialOf(d.credentials.certPem)}`;
     const deadline = Date.now() + (d.timeoutMs ?? POOL_DEFAULTS.timeoutMs);
     const first = this.#acquire(key, d, sni, deadline);
     try {
-      return await this.#request(first.session, d, authority, deadline);
+      return await this.#request(first.session, d, authority, forwarded, deadline);
     } catch (err) {
       if (!first.reused || !(err instanceof TunnelError) || err.code !== 'NM_ERR_TUNNEL_BROKEN' || first.session.established === false) throw err;
       const again = this.#acquire(key, d, sni, deadline);
-      return this.#request(again.session, d, authority, deadline);
+      return this.#request(again.session, d, authority, forwarded, deadline);
     }
   }
 
@@ -180,7 +197,7 @@ export class HbonePool {
     await Promise.all([...this.#closing]);
   }
 
-  #check(d: TunnelDial): string {
+  #check(d: TunnelDial): { authority: string; forwarded?: string } {
     if (this.#closed) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', 'hbone: the tunnel pool is closed');
     const { node, target } = d;
     if (net.isIP(node.address) === 0 || !Number.isInteger(node.port) || node.port < 1 || node.port > 65535) {
@@ -189,7 +206,14 @@ export class HbonePool {
     if (typeof target.host !== 'string' || target.host === '' || !Number.isInteger(target.port) || target.port < 1 || target.port > 65535) {
       throw new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', `hbone: target ${JSON.stringify(target)} must be a host and a port 1-65535`);
     }
-    return formatAuthority(target);
+    if (d.localAddress !== undefined && net.isIP(d.localAddress) === 0) {
+      throw new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', `hbone: localAddress ${JSON.stringify(d.localAddress)} must be an IP address of this node`);
+    }
+    if (d.sourceAddress === undefined) return { authority: formatAuthority(target) };
+    if (net.isIP(d.sourceAddress) === 0 || d.sourceAddress.includes('%')) {
+      throw new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', `hbone: sourceAddress ${JSON.stringify(d.sourceAddress)} must be the client's IP address (no zone, no port)`);
+    }
+    return { authority: formatAuthority(target), forwarded: formatForwarded(d.sourceAddress) };
   }
 
   #sniOf(identity: string): string {
@@ -286,6 +310,7 @@ export class HbonePool {
     const options: tls.ConnectionOptions & { noDelay: boolean } = {
       host: d.node.address,
       port: d.node.port,
+      ...(d.localAddress !== undefined ? { localAddress: d.localAddress } : {}),
       servername: sni,
       secureContext: ctx,
       ALPNProtocols: ['h2'],
@@ -423,11 +448,13 @@ export class HbonePool {
     );
   }
 
-  #request(s: PooledSession, d: TunnelDial, authority: string, deadline: number): Promise<stream.Duplex> {
+  #request(s: PooledSession, d: TunnelDial, authority: string, forwarded: string | undefined, deadline: number): Promise<stream.Duplex> {
     return new Promise((resolve, reject) => {
       let req: http2.ClientHttp2Stream;
       try {
-        req = s.h2.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+        const headers: http2.OutgoingHttpHeaders = { ':method': 'CONNECT', ':authority': authority };
+        if (forwarded !== undefined) headers[FORWARDED_HEADER] = forwarded;
+        req = s.h2.request(headers, { endStream: false });
       } catch (err) {
         this.#release(s);
         s.usable = false;

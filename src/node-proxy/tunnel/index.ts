@@ -1,4 +1,5 @@
 export { HbonePool, POOL_DEFAULTS, TunnelError, type TunnelDial, type TunnelErrorCode } from './client';
+export { FORWARDED_HEADER, FORWARDED_MAX_LENGTH, formatForwarded, parseForwarded, type ForwardedParse } from './forwarded';
 export {
   formatAuthority,
   HBONE_DEFAULTS,

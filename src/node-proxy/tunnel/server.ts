@@ -32,12 +32,15 @@ import { normalizeSerial, parseSpiffeId } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
+import { FORWARDED_HEADER, parseForwarded } from './forwarded';
 import { certificateUris, sniToIdentity } from './sni';
 
 export interface TunnelPeer {
   /** The client's one SPIFFE URI. */
   principal: string;
   certificate: X509Certificate;
+  /** The tunnel connection's TCP source as Node reports it (IPv4-mapped on a dual-stack listener): the peer node, not the pod. */
+  remoteAddress: string;
 }
 
 export interface InboundRequest {
@@ -45,6 +48,12 @@ export interface InboundRequest {
   target: { host: string; port: number };
   /** The HTTP/2 stream id, unique per tunnel connection; for flows. */
   streamId: number;
+  /**
+   * The client address the peer claims in its `Forwarded: for=` header
+   * (./forwarded), undefined when it sent none. A claim only: authorize()
+   * decides whether this peer may make it.
+   */
+  claimedSource?: string;
 }
 
 export type InboundDecision = { accept: true } | { accept: false; status: 403 | 404 | 502 | 503; reason: string };
@@ -76,7 +85,8 @@ export interface HboneServerOptions {
   dial?(target: { host: string; port: number }): net.Socket;
   /**
    * Every CONNECT that parsed into an InboundRequest gets one 'decided' and
-   * then one 'closed' event. Malformed requests (405, 400) get neither.
+   * then one 'closed' event. Malformed requests (405, 400: a bad
+   * `:authority` or `Forwarded`) get neither.
    * Exceptions thrown here are ignored: an observer must not break a stream.
    */
   onStream?(e: InboundStreamEvent): void;
@@ -367,7 +377,7 @@ export class HboneServer {
       socket.destroy();
       return;
     }
-    const peer: TunnelPeer = { principal: uris[0]!, certificate };
+    const peer: TunnelPeer = { principal: uris[0]!, certificate, remoteAddress: socket.remoteAddress ?? '' };
     const session = http2.performServerHandshake(socket, this.#sessionOptions);
     this.#sessions.add(session);
     this.#peerOf.set(session, peer);
@@ -409,7 +419,19 @@ export class HboneServer {
       respond(stream, { ':status': 400, [REASON_HEADER]: headerSafe(`bad :authority ${JSON.stringify(headers[':authority'])} (expected host:port or [ipv6]:port)`) }, true);
       return;
     }
-    const req: InboundRequest = { peer, target, streamId: stream.id ?? 0 };
+    const forwarded = headers[FORWARDED_HEADER];
+    let claimedSource: string | undefined;
+    if (forwarded !== undefined) {
+      // Only a nodemesh proxy sends it, always well formed: a bad one is a broken or hostile peer, refused like a bad :authority.
+      const f = parseForwarded(forwarded);
+      if (!f.ok) {
+        this.#guard.reject('forwarded', { remote: peer.remoteAddress, detail: `${f.problem} from ${peer.principal}` });
+        respond(stream, { ':status': 400, [REASON_HEADER]: headerSafe(`bad-forwarded: ${f.problem} (send one for=IPv4 or for="[IPv6]")`) }, true);
+        return;
+      }
+      claimedSource = f.address;
+    }
+    const req: InboundRequest = { peer, target, streamId: stream.id ?? 0, ...(claimedSource !== undefined ? { claimedSource } : {}) };
     let decision: InboundDecision | Promise<InboundDecision>;
     try {
       decision = this.#o.authorize(req);

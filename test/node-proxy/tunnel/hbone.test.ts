@@ -19,6 +19,7 @@ import type { Test } from 'tap';
 
 import { CertificateAuthority, spiffeWorkloadId } from '../../../src/controller/ca';
 import { generateKeyAndCsr } from '../../../src/node-proxy/identity';
+import { ListenerReporter } from '../../../src/node-proxy/listeners';
 import {
   HbonePool,
   HboneServer,
@@ -623,6 +624,51 @@ t.test('anything but CONNECT host:port: 405 / 400', async (t) => {
   t.equal(h.requests.length, 0, 'none reached authorize');
 });
 
+t.test("the client's address travels as Forwarded: for=, IPv4 and IPv6", async (t) => {
+  const h = await startServer(t);
+  const tgt = await target(t, echo);
+  const pool = newPool(t);
+  for (const sourceAddress of ['198.18.1.2', '2001:2:1::2', undefined]) {
+    const st = await pool.connect(dialOf(h.port, tgt, sourceAddress === undefined ? {} : { sourceAddress, localAddress: '127.0.0.1' }));
+    st.end('x');
+    await readAll(st);
+    const req = h.requests.at(-1)!;
+    t.equal(req.claimedSource, sourceAddress, `claimed ${String(sourceAddress)}`);
+    t.equal(req.peer.remoteAddress, '127.0.0.1', 'and the address the tunnel came from');
+  }
+});
+
+t.test('a malformed Forwarded is a 400 naming the problem, counted, and reaches no policy', async (t) => {
+  const reporter = new ListenerReporter();
+  const h = await startServer(t, { reporter });
+  const session = http2.connect(`https://127.0.0.1:${h.port}`, { createConnection: () => tls.connect(rawOptions(h.port)) });
+  t.teardown(() => session.destroy());
+  session.on('error', () => {});
+  const answer = (forwarded: string | string[]): Promise<http2.IncomingHttpHeaders> =>
+    new Promise((resolve, reject) => {
+      const req = session.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9', forwarded } as http2.OutgoingHttpHeaders, { endStream: true });
+      req.on('error', reject);
+      req.once('response', resolve);
+      req.resume();
+    });
+  const hostile: [string | string[], RegExp][] = [
+    [`for="[${'1:'.repeat(200)}1]"`, /bytes, over 64/],
+    ['for=198.18.1.2, for=198.18.1.3', /more than one hop/],
+    [['for=198.18.1.2', 'for=198.18.1.3'], /more than one hop/],
+    ['for=unknown', /for=unknown/],
+    ['garbage', /no for= parameter/],
+    ['for=2001:2::1', /for="\[address\]"/],
+  ];
+  for (const [value, why] of hostile) {
+    const r = await answer(value);
+    t.equal(r[':status'], 400, `${JSON.stringify(value).slice(0, 40)}: 400`);
+    t.match(r['x-nodemesh-reason'], why);
+    t.match(r['x-nodemesh-reason'], /^bad-forwarded: .*\(send one for=IPv4 or for="\[IPv6\]"\)$/);
+  }
+  t.equal(h.requests.length, 0, 'none reached authorize');
+  t.equal(reporter.counts.get('tunnel forwarded'), hostile.length, 'each counted under nodemesh_listener_rejected_total{reason="forwarded"}');
+});
+
 // ---------------------------------------------------------------------------
 // lifecycle
 
@@ -672,6 +718,10 @@ t.test('bad dials fail fast with a clear code', async (t) => {
     code: 'NM_ERR_TUNNEL_BAD_ARGUMENT',
   });
   await t.rejects(pool.connect(dialOf(h.port, { host: '127.0.0.1', port: 80 }, { trustBundle: '' })), { code: 'NM_ERR_TUNNEL_BAD_ARGUMENT', message: /trust bundle/ });
+  for (const sourceAddress of ['pod-a', '198.18.1.2:80', 'fe80::1%eth0']) {
+    await t.rejects(pool.connect(dialOf(h.port, { host: '127.0.0.1', port: 80 }, { sourceAddress })), { code: 'NM_ERR_TUNNEL_BAD_ARGUMENT', message: /sourceAddress .* must be the client's IP address/ });
+  }
+  await t.rejects(pool.connect(dialOf(h.port, { host: '127.0.0.1', port: 80 }, { localAddress: 'node-1' })), { code: 'NM_ERR_TUNNEL_BAD_ARGUMENT', message: /localAddress/ });
   const closed = await unusedPort();
   await t.rejects(pool.connect(dialOf(closed, { host: '127.0.0.1', port: 80 })), { code: 'NM_ERR_TUNNEL_BROKEN', message: /ECONNREFUSED/ });
   t.ok(await waitFor(() => pool.stats().sessions === 0 && pool.stats().streams === 0), 'nothing left in the pool');
