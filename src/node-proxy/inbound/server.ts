@@ -13,6 +13,7 @@
  */
 import * as net from 'node:net';
 
+import { parseSpiffeId } from '../../api/identity';
 import type { Logger } from '../../log';
 import type { FlowTable, Flow } from '../flows';
 import type { WorkloadCertificates } from '../identity';
@@ -41,7 +42,7 @@ export interface InboundOptions {
 }
 
 function namespaceOf(principal: string): string | undefined {
-  return /\/ns\/([^/]+)\/sa\//.exec(principal)?.[1];
+  return parseSpiffeId(principal)?.namespace;
 }
 
 export function inboundServer(o: InboundOptions): HboneServer {

@@ -10,6 +10,7 @@
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 
+import { formatHostPort } from '../../api/address';
 import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
 import type { Flow, FlowTable } from '../flows';
@@ -161,7 +162,7 @@ export class OutboundServer {
     const src = o.workloadOfCookie(origin.netnsCookie);
     const view = o.view();
     const plan = planOutbound(view, origin);
-    const original = net.isIPv6(origin.ip) ? `[${origin.ip}]:${origin.port}` : `${origin.ip}:${origin.port}`;
+    const original = formatHostPort(origin.ip, origin.port);
     const source = { workload: src?.name, namespace: src?.namespace, identity: src?.identity, ip: sourceIp, port: client.remotePort ?? 0 };
     const labels = connectionLabels({
       reporter: 'source',
@@ -245,7 +246,7 @@ export class OutboundServer {
         destination_namespace: w?.namespace ?? UNKNOWN,
         connection_security_policy: security,
       };
-      const address = net.isIPv6(target.address) ? `[${target.address}]:${target.port}` : `${target.address}:${target.port}`;
+      const address = formatHostPort(target.address, target.port);
       const destination = { service: service?.name, workload: w?.name, namespace: w?.namespace, identity: w?.identity, address, originalAddress: original };
       const deny = (reason: string, policy: string | undefined, flowSecurity: 'none' | 'mutual_tls'): void => {
         const flow = o.flows.open({ node: o.node, source, destination, verdict: 'denied', reason, policy, security: flowSecurity });

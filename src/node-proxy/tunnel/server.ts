@@ -28,6 +28,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
+import { formatHostPort } from '../../api/address';
 import { normalizeSerial, parseSpiffeId } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
@@ -152,7 +153,7 @@ export function parseAuthority(authority: unknown): { host: string; port: number
 
 /** The CONNECT `:authority` for a target (IPv6 in brackets). */
 export function formatAuthority(target: { host: string; port: number }): string {
-  return net.isIPv6(target.host) ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+  return formatHostPort(target.host, target.port);
 }
 
 /**
