@@ -179,7 +179,10 @@ export class NodeProxy {
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
         if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
-        const cert = await this.#certs.ready(req.sourceIdentity, 5_000);
+        // No certificate for the source is this node's problem, not the endpoint's.
+        const cert = await this.#certs.ready(req.sourceIdentity, 5_000).catch((err: Error) => {
+          throw new TunnelError('NM_ERR_TUNNEL_LOCAL', `this node holds no certificate for ${req.sourceIdentity}: ${err.message}`, { cause: err });
+        });
         // Leave from the address the controller publishes for this node: the destination believes the pod's address only from there.
         const localAddress = address.includes(':') ? o.proxyIp6 : o.proxyIp;
         return this.#pool.connect({

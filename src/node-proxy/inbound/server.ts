@@ -77,7 +77,7 @@ export function inboundServer(o: InboundOptions): HboneServer {
         destination: { namespace: w.namespace, labels: w.labels, ip: req.target.host, port: req.target.port },
       });
       if (d.audit.length) o.log.info({ peer: req.peer.principal, target: req.target, audit: d.audit }, 'audited');
-      return d.allowed ? { accept: true } : { accept: false, status: 403, reason: `${d.reason}${d.policy ? ` ${d.policy}` : ''}` };
+      return d.allowed ? { accept: true } : { accept: false, status: 403, reason: d.reason, ...(d.policy ? { policy: d.policy } : {}) };
     },
     onStream: (e) => {
       const w = o.view().workloadAt(e.req.target.host);
@@ -92,7 +92,8 @@ export function inboundServer(o: InboundOptions): HboneServer {
         connection_security_policy: 'mutual_tls',
       });
       if (e.phase === 'decided') {
-        const [reason, policy] = e.decision.accept ? ['allowed', undefined] : e.decision.reason.split(' ');
+        const reason = e.decision.accept ? 'allowed' : e.decision.reason;
+        const policy = e.decision.accept ? undefined : e.decision.policy;
         const flow = o.flows.open({
           node: o.node,
           source: { identity: e.req.peer.principal, namespace: ns, ip: sources.get(e.req) ?? '', port: 0 },

@@ -22,6 +22,7 @@ import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import type { BalancerCache } from './balancers';
 import { DialGuard } from './dial-guard';
+import { TunnelError } from '../tunnel';
 import { planOutbound } from './plan';
 
 export interface OutboundOptions {
@@ -79,12 +80,14 @@ interface Target {
   workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: readonly string[] };
 }
 
-/** What the other node's proxy said when it refused a tunnel stream: "explicit-deny default/deny-x". */
-function refusal(err: unknown): { status: number; reason: string; policy?: string } | undefined {
-  const e = err as { status?: number; reason?: string };
-  if (typeof e?.status !== 'number') return undefined;
-  const [reason, policy] = (e.reason ?? '').split(' ');
-  return { status: e.status, reason: reason || `status-${e.status}`, policy };
+/**
+ * Whose fault a failed connect is: only an endpoint's own failure feeds its
+ * balancer (latency, outlier ejection); a local one (no certificate for the
+ * source, say) fails the connection without blaming or trying endpoints.
+ * A direct connect that fails is the endpoint's.
+ */
+export function blameOf(err: unknown): 'local' | 'tunnel' | 'endpoint' | 'refused' {
+  return err instanceof TunnelError ? err.blame : 'endpoint';
 }
 
 const UNKNOWN = 'unknown';
@@ -314,10 +317,22 @@ export class OutboundServer {
         (err: NodeJS.ErrnoException) => {
           clearTimeout(timer);
           open.then((d) => d.destroy(), () => {}); // a late success after the timeout
-          const refused = refusal(err);
-          if (refused && refused.status === 403) return deny(refused.reason, refused.policy, 'mutual_tls');
+          const blame = blameOf(err);
+          if (blame === 'refused') {
+            const t = err as TunnelError;
+            return deny(t.reason || `status-${t.status}`, t.policy, 'mutual_tls');
+          }
+          if (blame === 'local') {
+            // Another endpoint would fail the same way: say why once, blame none of them.
+            const flow = o.flows.open({ node: o.node, source, destination, verdict: 'error', reason: 'local-failure', security });
+            o.metrics.denied.inc({ ...dstLabels, reason: 'local-failure', policy: '' });
+            o.flows.close(flow, `local-failure: ${err.message}`, 0, 0);
+            o.log.warn({ src: source, dst: address, err: err.message }, 'cannot connect: this node cannot open the tunnel');
+            client.resetAndDestroy();
+            return;
+          }
           if (target.endpoint) b?.connectResult(target.endpoint.id, false, performance.now() - started);
-          o.log.debug({ dst: address, tunneled, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
+          o.log.debug({ dst: address, tunneled, blame, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
           attempt();
         },
       );

@@ -28,7 +28,7 @@ import * as tls from 'node:tls';
 import { normalizeSerial } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { FORWARDED_HEADER, formatForwarded } from './forwarded';
-import { formatAuthority, HBONE_DEFAULTS, REASON_HEADER, SecureContextCache } from './server';
+import { formatAuthority, HBONE_DEFAULTS, POLICY_HEADER, REASON_HEADER, SecureContextCache } from './server';
 import { certificateUris, identityToSni } from './sni';
 
 export type TunnelErrorCode =
@@ -36,7 +36,8 @@ export type TunnelErrorCode =
   | 'NM_ERR_TUNNEL_REFUSED' // the server answered the CONNECT with a non-200 status (`status`, `reason`)
   | 'NM_ERR_TUNNEL_TIMEOUT' // no tunnel or no answer within timeoutMs
   | 'NM_ERR_TUNNEL_BROKEN' // the node proxy is unreachable, or the tunnel connection died under the stream
-  | 'NM_ERR_TUNNEL_BAD_ARGUMENT'; // a dial that can never work: identity without an SNI form, bad PEM, bad target
+  | 'NM_ERR_TUNNEL_BAD_ARGUMENT' // a dial that can never work: identity without an SNI form, bad PEM, bad target
+  | 'NM_ERR_TUNNEL_LOCAL'; // this node cannot dial at all: no certificate yet for the source identity, the peer node's address unknown
 
 export class TunnelError extends MeshError {
   declare readonly code: TunnelErrorCode;
@@ -44,11 +45,34 @@ export class TunnelError extends MeshError {
   readonly status?: number;
   /** The server's x-nodemesh-reason (NM_ERR_TUNNEL_REFUSED). */
   readonly reason?: string;
+  /** The server's x-nodemesh-policy: the policy that refused (NM_ERR_TUNNEL_REFUSED 403). */
+  readonly policy?: string;
 
-  constructor(code: TunnelErrorCode, message: string, options?: { status?: number; reason?: string; cause?: unknown }) {
+  constructor(code: TunnelErrorCode, message: string, options?: { status?: number; reason?: string; policy?: string; cause?: unknown }) {
     super(code, message, options);
     if (options?.status !== undefined) this.status = options.status;
     if (options?.reason !== undefined) this.reason = options.reason;
+    if (options?.policy !== undefined) this.policy = options.policy;
+  }
+
+  /**
+   * Whose fault a failed dial is, for what the caller does next: `local`
+   * (this node cannot dial: no endpoint is to blame, none is tried instead),
+   * `tunnel` (the way to the peer node failed: TLS, a broken or timed-out
+   * tunnel), `endpoint` (the peer node's proxy could not reach the target),
+   * or `refused` (the destination decided no: a policy, not a failure).
+   */
+  get blame(): 'local' | 'tunnel' | 'endpoint' | 'refused' {
+    switch (this.code) {
+      case 'NM_ERR_TUNNEL_LOCAL':
+      case 'NM_ERR_TUNNEL_BAD_ARGUMENT':
+        return 'local';
+      case 'NM_ERR_TUNNEL_REFUSED':
+        // 403: a decision; 404/400: the target is not what the destination serves; 502/504: it could not reach it; 503/431: the peer is overloaded or refused the request's form.
+        return this.status === 403 ? 'refused' : this.status === 502 || this.status === 504 || this.status === 404 ? 'endpoint' : 'tunnel';
+      default:
+        return 'tunnel';
+    }
   }
 }
 
@@ -491,13 +515,14 @@ export class HbonePool {
           finish();
           return;
         }
-        const raw = headers[REASON_HEADER];
-        const reason = Array.isArray(raw) ? raw.join(', ') : raw;
+        const one = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(', ') : v);
+        const reason = one(headers[REASON_HEADER]);
+        const policy = one(headers[POLICY_HEADER]);
         finish(
           new TunnelError(
             'NM_ERR_TUNNEL_REFUSED',
-            `hbone: node ${s.node} refused CONNECT ${authority} from ${d.sourceIdentity} with ${status}${reason ? `: ${reason}` : ''}`,
-            { status, reason },
+            `hbone: node ${s.node} refused CONNECT ${authority} from ${d.sourceIdentity} with ${status}${reason ? `: ${reason}` : ''}${policy ? ` (${policy})` : ''}`,
+            { status, reason, ...(policy ? { policy } : {}) },
           ),
         );
       };

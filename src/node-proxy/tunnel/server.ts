@@ -57,7 +57,13 @@ export interface InboundRequest {
   claimedSource?: string;
 }
 
-export type InboundDecision = { accept: true } | { accept: false; status: 403 | 404 | 502 | 503; reason: string };
+/** A refusal's why: a stable reason and, for a policy's decision, the policy (namespace/name). */
+export interface Refusal {
+  reason: string;
+  policy?: string;
+}
+
+export type InboundDecision = { accept: true } | ({ accept: false; status: 403 | 404 | 502 | 503 } & Refusal);
 
 export interface InboundStreamEvent {
   req: InboundRequest;
@@ -119,6 +125,8 @@ export const HBONE_DEFAULTS = Object.freeze({
 
 /** The response header carrying why a CONNECT was not answered 200. */
 export const REASON_HEADER = 'x-nodemesh-reason';
+/** The policy (namespace/name) that refused a CONNECT, when one did. */
+export const POLICY_HEADER = 'x-nodemesh-policy';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
 const PEM_CERT = '-----BEGIN CERTIFICATE-----';
@@ -468,7 +476,7 @@ export class HboneServer {
       return;
     }
     if (!decision.accept) {
-      respond(stream, { ':status': decision.status, [REASON_HEADER]: headerSafe(decision.reason) }, true);
+      respond(stream, { ':status': decision.status, [REASON_HEADER]: headerSafe(decision.reason), ...(decision.policy ? { [POLICY_HEADER]: headerSafe(decision.policy) } : {}) }, true);
       this.#closed(req, decision, `denied: ${decision.reason}`);
       return;
     }

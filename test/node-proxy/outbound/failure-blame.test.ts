@@ -1,0 +1,140 @@
+/**
+ * Whose fault a failed connect is decides what the outbound listener does
+ * next: an endpoint's own failure is held against it (its balancer's
+ * consecutive failures, ejection) and another endpoint is tried; a tunnel's
+ * too; a local one (no certificate for the source) fails the connection once
+ * and blames no endpoint; a refusal is a policy's decision. The real
+ * listener on loopback, the tunnel answered by this test (no root).
+ */
+import * as net from 'node:net';
+import { PassThrough } from 'node:stream';
+
+import { t, type Test } from 'tap';
+
+import type { Item } from '../../../src/api/proto';
+import { silentLogger } from '../../../src/log';
+import { FlowTable } from '../../../src/node-proxy/flows';
+import { LISTENER_DEFAULTS, ListenerReporter } from '../../../src/node-proxy/listeners';
+import { ProxyMetrics } from '../../../src/node-proxy/metrics';
+import { BalancerCache, blameOf, OutboundServer, type TunnelRequest } from '../../../src/node-proxy/outbound';
+import { compilePolicies } from '../../../src/node-proxy/policy';
+import { ConfigState, MeshView, type WorkloadView } from '../../../src/node-proxy/state';
+import { TunnelError } from '../../../src/node-proxy/tunnel';
+import { waitFor } from '../../helpers/wait';
+
+const w = (name: string, node: string, addr: string): Item => ({ key: `Workload/shop/${name}`, workload: { node, serviceAccount: name, addresses: [addr], labels: { app: 'web' }, ready: true, netns: '', resourceVersion: '' } });
+const svc: Item = {
+  key: 'Service/shop/web',
+  service: { json: JSON.stringify({ kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }], loadBalancer: { policy: 'ROUND_ROBIN' } } }), endpoints: ['web-a', 'web-b'] },
+};
+const node = (name: string, a: string): Item => ({ key: `Node//${name}`, json: JSON.stringify({ kind: 'Node', metadata: { name }, addresses: [a] }) });
+
+t.test('blame by tunnel error', async (t) => {
+  const refused = (status: number): TunnelError => new TunnelError('NM_ERR_TUNNEL_REFUSED', 'x', { status, reason: 'r' });
+  const table: [unknown, string][] = [
+    [new TunnelError('NM_ERR_TUNNEL_LOCAL', 'no certificate'), 'local'],
+    [new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', 'bad pem'), 'local'],
+    [new TunnelError('NM_ERR_TUNNEL_TLS', 'wrong identity'), 'tunnel'],
+    [new TunnelError('NM_ERR_TUNNEL_BROKEN', 'gone'), 'tunnel'],
+    [new TunnelError('NM_ERR_TUNNEL_TIMEOUT', 'slow'), 'tunnel'],
+    [refused(403), 'refused'],
+    [refused(502), 'endpoint'],
+    [refused(504), 'endpoint'],
+    [refused(404), 'endpoint'],
+    [refused(503), 'tunnel'],
+    [Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }), 'endpoint'],
+  ];
+  for (const [err, blame] of table) t.equal(blameOf(err), blame, `${(err as { code?: string }).code} ${(err as { status?: number }).status ?? ''} -> ${blame}`);
+});
+
+async function setup(t: Test, tunnel: (req: TunnelRequest) => Promise<PassThrough>): Promise<{ port: number; flows: FlowTable; balancers: BalancerCache; view: MeshView }> {
+  const state = new ConfigState();
+  state.apply({ snapshot: { version: 1, items: [w('web-a', 'n2', '198.18.2.1'), w('web-b', 'n3', '198.18.3.1'), svc, node('n2', '198.18.0.2'), node('n3', '198.18.0.3')] } });
+  const view = MeshView.build(state, 'n1');
+  const client: WorkloadView = { key: 'Workload/shop/client', name: 'client', workload: 'client', namespace: 'shop', labels: {}, node: 'n1', addresses: ['198.18.1.9'], identity: 'spiffe://cluster.local/ns/shop/sa/client', serviceAccount: 'client', ready: true, local: true, nodeAddresses: [] };
+  const metrics = new ProxyMetrics();
+  const flows = new FlowTable();
+  const balancers = new BalancerCache('n1');
+  const server = new OutboundServer({
+    node: 'n1',
+    originOf: () => ({ ip: '198.19.0.10', port: 80, netnsCookie: 7n, cgroupId: 0n, pid: 0, family: 4, startNs: 0n }),
+    workloadOfCookie: () => client,
+    view: () => view,
+    policies: () => compilePolicies([]),
+    balancers,
+    flows,
+    metrics,
+    log: silentLogger(),
+    accessLogLevel: 'silent',
+    limits: LISTENER_DEFAULTS.outbound,
+    reporter: new ListenerReporter({ metrics }),
+    tunnel,
+  });
+  const port = await server.listen(0, '127.0.0.1');
+  t.teardown(() => server.close(0));
+  return { port, flows, balancers, view };
+}
+
+/** One connection through the listener: what came back, or how it ended. */
+function call(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    let got = '';
+    s.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got === 'ping') {
+        s.destroy();
+        resolve('echoed');
+      }
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    s.on('close', () => resolve(got ? 'echoed' : 'closed'));
+    s.write('ping');
+  });
+}
+
+const stats = (b: BalancerCache, view: MeshView) => b.get(view.services.get('Service/shop/web')!, 80, 4).stats();
+
+t.test('an endpoint failure is held against that endpoint; the next one serves the connection', async (t) => {
+  const tried: string[] = [];
+  const { port, balancers, view } = await setup(t, async (req) => {
+    tried.push(req.destination.node);
+    if (req.destination.node === 'n2') throw new TunnelError('NM_ERR_TUNNEL_REFUSED', 'target refused', { status: 502, reason: 'connect-failed ECONNREFUSED' });
+    return new PassThrough();
+  });
+  for (let i = 0; i < 4; i++) t.equal(await call(port), 'echoed', `connection ${i + 1} served`);
+  t.ok(tried.filter((n) => n === 'n2').length >= 1 && tried.includes('n3'));
+  const a = stats(balancers, view).find((s) => s.id === 'shop/web-a')!;
+  t.ok(a.consecutiveFailures > 0 || a.ejected, `web-a is blamed (${a.consecutiveFailures} failures, ejected ${a.ejected})`);
+});
+
+t.test('a local failure blames no endpoint and tries no other', async (t) => {
+  const tried: string[] = [];
+  const { port, flows, balancers, view } = await setup(t, async (req) => {
+    tried.push(req.destination.node);
+    throw new TunnelError('NM_ERR_TUNNEL_LOCAL', 'this node holds no certificate for spiffe://cluster.local/ns/shop/sa/client');
+  });
+  for (let i = 0; i < 6; i++) t.not(await call(port), 'echoed', `connection ${i + 1} fails`);
+  t.equal(tried.length, 6, 'one attempt per connection, not one per endpoint');
+  for (const s of stats(balancers, view)) t.match(s, { consecutiveFailures: 0, ejected: false }, `${s.id} not blamed`);
+  t.ok(await waitFor(() => flows.list({}).some((f) => f.reason === 'local-failure'), 2000));
+  t.match(flows.list({}).find((f) => f.reason === 'local-failure'), { verdict: 'error', closeReason: /^local-failure: this node holds no certificate/ }, 'the flow says why');
+});
+
+t.test('a tunnel failure moves on to another endpoint', async (t) => {
+  const { port, balancers, view } = await setup(t, async (req) => {
+    if (req.destination.node === 'n2') throw new TunnelError('NM_ERR_TUNNEL_TLS', 'n2 presented the wrong identity');
+    return new PassThrough();
+  });
+  for (let i = 0; i < 3; i++) t.equal(await call(port), 'echoed');
+  t.ok(stats(balancers, view).find((s) => s.id === 'shop/web-a')!.consecutiveFailures > 0, 'the unreachable endpoint is blamed');
+});
+
+t.test('a refusal is the destination policy, with its name', async (t) => {
+  const { port, flows } = await setup(t, async () => {
+    throw new TunnelError('NM_ERR_TUNNEL_REFUSED', 'denied', { status: 403, reason: 'explicit-deny', policy: 'shop/deny-client' });
+  });
+  t.not(await call(port), 'echoed');
+  t.ok(await waitFor(() => flows.list({}).some((f) => f.verdict === 'denied'), 2000));
+  t.match(flows.list({}).find((f) => f.verdict === 'denied'), { reason: 'explicit-deny', policy: 'shop/deny-client', security: 'mutual_tls' });
+});
