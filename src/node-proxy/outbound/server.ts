@@ -14,16 +14,16 @@ import { formatHostPort } from '../../api/address';
 import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
 import type { Flow, FlowTable } from '../flows';
-import type { Endpoint } from '../lb';
 import { LISTENER_DEFAULTS, ListenerGuard, ListenerReporter, peerAddress, type ListenerLimits } from '../listeners';
 import { connectionLabels, type ConnectionLabels, type ProxyMetrics } from '../metrics';
-import type { CompiledPolicySet, Decision } from '../policy';
+import type { CompiledPolicySet } from '../policy';
 import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import type { BalancerCache } from './balancers';
 import { DialGuard } from './dial-guard';
 import { TunnelError } from '../tunnel';
 import { planOutbound } from './plan';
+import { planAttempt, type Target } from './planner';
 
 export interface OutboundOptions {
   node: string;
@@ -73,12 +73,6 @@ export interface TunnelRequest {
   target: { host: string; port: number };
 }
 
-interface Target {
-  address: string;
-  port: number;
-  endpoint?: Endpoint;
-  workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: readonly string[] };
-}
 
 /**
  * Whose fault a failed connect is: only an endpoint's own failure feeds its
@@ -213,23 +207,23 @@ export class OutboundServer {
       labels.destination_service_namespace = plan.service.namespace;
     }
 
-    const decide = (t: Target): Decision | undefined => {
-      if (!t.workload) return undefined; // passthrough: no mesh workload, no policy selects it
-      return o.policies().evaluate({
-        source: { principal: src?.identity, namespace: src?.namespace, ip: sourceIp },
-        destination: { namespace: t.workload.namespace, labels: t.workload.labels, ip: t.address, port: t.port },
-      });
-    };
-
     const attempt = (): void => {
-      const target = next();
-      if (!target) {
+      const step = planAttempt({
+        node: o.node,
+        target: next(),
+        tried: tried.size,
+        source: { identity: src?.identity, namespace: src?.namespace, ip: sourceIp },
+        tunnels: o.tunnel !== undefined,
+        dialCheck: (a) => this.#dialGuard.check(a),
+        policies: o.policies(),
+      });
+      if (step.kind === 'none') {
         const flow = o.flows.open({
           node: o.node,
           source,
           destination: { service: service?.name, namespace: service?.namespace, address: '', originalAddress: original },
           verdict: 'error',
-          reason: tried.size ? 'connect-failed' : 'no-endpoint',
+          reason: step.reason,
           security: 'none',
         });
         o.metrics.denied.inc({ ...labels, reason: flow.reason, policy: '' });
@@ -237,11 +231,9 @@ export class OutboundServer {
         client.resetAndDestroy();
         return;
       }
-      const key = target.endpoint?.id ?? `${target.address}:${target.port}`;
-      tried.add(key);
+      const { target, tunneled } = step;
+      tried.add(target.endpoint?.id ?? `${target.address}:${target.port}`);
       const w = target.workload;
-      // A workload on another node: through a tunnel to its node, whose proxy decides.
-      const tunneled = o.tunnel !== undefined && w?.node !== undefined && w.node !== o.node && w.identity !== undefined;
       const security = tunneled ? 'mutual_tls' : 'none';
       const dstLabels: ConnectionLabels = {
         ...labels,
@@ -258,13 +250,9 @@ export class OutboundServer {
         o.log.info({ src: source, dst: address, service: service?.name, reason, policy }, 'connection denied');
         client.resetAndDestroy();
       };
-      // Dialled from this namespace, "this host" is the node, not the pod.
-      const dial = tunneled ? undefined : this.#dialGuard.check(target.address);
-      if (dial && !dial.allowed) return deny(dial.reason, undefined, 'none');
-      const decision = tunneled ? undefined : decide(target);
-      if (decision && !decision.allowed) return deny(decision.reason, decision.policy, 'none');
+      if (step.kind === 'deny') return deny(step.reason, step.policy, 'none');
+      const decision = step.decision;
       if (decision?.audit.length) o.log.info({ src: source, dst: address, audit: decision.audit }, 'audited');
-      if (tunneled && !src?.identity) return deny('unknown-source', undefined, 'none');
 
       const started = performance.now();
       const open: Promise<Duplex> = tunneled
