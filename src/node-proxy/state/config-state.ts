@@ -78,11 +78,6 @@ export class ConfigState {
     return this.#items.get(key);
   }
 
-  /** Keys of one kind ("Service/"), in key order. */
-  keysOf(kind: string): string[] {
-    return [...this.#items.keys()].filter((k) => k.startsWith(`${kind}/`)).sort();
-  }
-
   /** Forgets a message whose parts were still arriving (its stream broke: the controller starts it over). */
   abandon(): void {
     this.#gathering = undefined;
@@ -173,13 +168,6 @@ export class Staged {
     readonly upserts: Map<string, unknown>,
     readonly removals: readonly string[],
   ) {}
-
-  /** A key's value once this is taken. */
-  get(key: string): unknown {
-    if (this.upserts.has(key)) return this.upserts.get(key);
-    if (this.replace || this.removals.includes(key)) return undefined;
-    return this.base.get(key);
-  }
 
   /** The entries of one kind ("AuthorizationPolicy") once this is taken. */
   *entriesOf(kind: string): Iterable<[string, unknown]> {
