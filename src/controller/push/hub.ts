@@ -47,8 +47,6 @@ export interface PushEvents {
   acked?(node: string, version: number, seconds: number): void;
   nacked?(node: string, version: number, reason: string): void;
   connected?(count: number): void;
-  /** One part went out: its type and (an upper bound of) its size. */
-  sent?(type: 'snapshot' | 'delta', bytes: number): void;
   /** A node's queue grew past its bound: it gets a fresh snapshot instead. */
   resynced?(node: string, queuedItems: number): void;
   /** A node's config could not be sent within its limits; its stream ended. */
@@ -250,7 +248,6 @@ export class ConfigHub {
         s.inFlight--;
         this.#pump(s);
       });
-      this.#events.sent?.(o.type, msg.length);
     }
   }
 
