@@ -17,6 +17,9 @@ export const CONNECTION_LABELS = [
 ] as const;
 export type ConnectionLabels = Record<(typeof CONNECTION_LABELS)[number], string>;
 
+/** A request's labels beyond its connection's (Istio's istio_requests_total has these too). */
+export const REQUEST_LABELS = [...CONNECTION_LABELS, 'request_protocol', 'response_code', 'grpc_response_status'] as const;
+
 /** Connection labels with 'unknown' for whatever `known` does not say. */
 export function connectionLabels(known: Partial<ConnectionLabels>): ConnectionLabels {
   const out = {} as ConnectionLabels;
@@ -34,6 +37,15 @@ export class ProxyMetrics {
     name: 'nodemesh_tcp_denied_total',
     help: 'Connections refused: by an authorization policy, REGISTRY_ONLY, or for want of an endpoint',
     labelNames: [...CONNECTION_LABELS, 'reason', 'policy'] as const,
+    registers: [this.registry],
+  });
+  /** L7: one count per request the proxy answered, by its connection's labels and its outcome. */
+  readonly requests = new prom.Counter({ name: 'nodemesh_requests_total', help: 'HTTP and gRPC requests the proxy handled', labelNames: REQUEST_LABELS, registers: [this.registry] });
+  readonly requestDuration = new prom.Histogram({
+    name: 'nodemesh_request_duration_milliseconds',
+    help: 'Time from a request to the end of its response, as the client saw it through the proxy',
+    labelNames: REQUEST_LABELS,
+    buckets: [0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
     registers: [this.registry],
   });
   readonly active = new prom.Gauge({ name: 'nodemesh_tcp_active_connections', help: 'Connections open now', registers: [this.registry] });

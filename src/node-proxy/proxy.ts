@@ -16,13 +16,14 @@ import { VERSION } from '../version';
 import { startAdmin } from './admin';
 import { abi } from '../bpf';
 import { Datapath, type FlowRecord } from './datapath';
-import { FlowTable } from './flows';
+import { ConnectionRecorder, FlowTable } from './flows';
 import { NodeSession, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
 import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
+import { UpstreamConnector } from './upstream';
 import { ConfigStream, describeLink, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
 
@@ -73,6 +74,7 @@ export class NodeProxy {
   #session!: NodeSession;
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
+  #recorder!: ConnectionRecorder;
   #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
   #metrics!: ProxyMetrics;
   /** Enrolled local workloads: key -> netns cookie, and back. */
@@ -159,23 +161,12 @@ export class NodeProxy {
       onFailed: () => this.#metrics.certFailures.inc(),
     });
     const dialGuard = new DialGuard({ fixed: [o.proxyIp, o.proxyIp6], view: () => this.#updater.view });
-    this.#outbound = new OutboundServer({
+    const localAddress = (family: 4 | 6): string | undefined => (family === 4 ? o.proxyIp : o.proxyIp6);
+    this.#recorder = new ConnectionRecorder({ node: o.node, flows: this.flows, metrics: this.#metrics, log: this.#log.child({ component: 'access' }), accessLogLevel: o.accessLogLevel });
+    const upstream = new UpstreamConnector({
       node: o.node,
-      dialGuard,
-      originOf: (s) => this.#datapath.originOf(s),
-      workloadOfCookie: (c) => this.#updater.workloadOfCookie(c),
-      view: () => this.#updater.view,
-      policies: () => this.#updater.policies,
-      balancers: this.#balancers,
-      flows: this.flows,
-      metrics: this.#metrics,
-      log: this.#log.child({ component: 'outbound' }),
-      connectTimeoutMs: o.connectTimeoutMs,
-      idleTimeoutMs: o.idleTimeoutMs,
-      accessLogLevel: o.accessLogLevel,
-      limits: limits.outbound,
-      reporter,
-      localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
+      connectTimeoutMs: o.connectTimeoutMs ?? limits.outbound.connectTimeoutMs,
+      localAddress,
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
         if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
@@ -184,11 +175,11 @@ export class NodeProxy {
           throw new TunnelError('NM_ERR_TUNNEL_LOCAL', `this node holds no certificate for ${req.sourceIdentity}: ${err.message}`, { cause: err });
         });
         // Leave from the address the controller publishes for this node: the destination believes the pod's address only from there.
-        const localAddress = address.includes(':') ? o.proxyIp6 : o.proxyIp;
+        const from = address.includes(':') ? o.proxyIp6 : o.proxyIp;
         return this.#pool.connect({
           sourceIdentity: req.sourceIdentity,
           sourceAddress: req.sourceAddress,
-          ...(localAddress ? { localAddress } : {}),
+          ...(from ? { localAddress: from } : {}),
           credentials: { certPem: cert.certPem, keyPem: cert.keyPem },
           trustBundle: this.#updater.view.trustBundle,
           revoked: (serial) => this.#updater.view.revokedSerials.has(serial),
@@ -197,6 +188,21 @@ export class NodeProxy {
           target: req.target,
         });
       },
+    });
+    this.#outbound = new OutboundServer({
+      node: o.node,
+      dialGuard,
+      originOf: (s) => this.#datapath.originOf(s),
+      workloadOfCookie: (c) => this.#updater.workloadOfCookie(c),
+      view: () => this.#updater.view,
+      policies: () => this.#updater.policies,
+      balancers: this.#balancers,
+      recorder: this.#recorder,
+      upstream,
+      log: this.#log.child({ component: 'outbound' }),
+      idleTimeoutMs: o.idleTimeoutMs,
+      limits: limits.outbound,
+      reporter,
     });
     await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
       throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
@@ -207,10 +213,9 @@ export class NodeProxy {
       view: () => this.#updater.view,
       policies: () => this.#updater.policies,
       certs: this.#certs,
-      flows: this.flows,
-      metrics: this.#metrics,
+      recorder: this.#recorder,
+      upstream,
       log: this.#log.child({ component: 'inbound' }),
-      localAddress: (family) => (family === 4 ? o.proxyIp : o.proxyIp6),
       limits,
       reporter,
     });
@@ -282,20 +287,15 @@ export class NodeProxy {
       if (r.kind !== 'strict-drop') continue;
       const w = this.#updater.workloadOfCookie(r.origin.netnsCookie);
       const dst = `${r.origin.ip}:${r.origin.port}`;
-      const flow = this.flows.open({
-        node: this.node,
-        source: { ip: r.srcIp, port: r.srcPort },
-        destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: dst, originalAddress: dst },
-        verdict: 'dropped',
-        reason: 'strict-plaintext',
-        security: 'none',
-      });
-      this.flows.close(flow, 'dropped by the kernel (PeerAuthentication STRICT)', 0, 0);
-      this.#metrics.denied.inc({
-        ...connectionLabels({ reporter: 'destination', destination_workload: w?.name, destination_namespace: w?.namespace, connection_security_policy: 'none' }),
-        reason: 'strict-plaintext',
-        policy: '',
-      });
+      this.#recorder.refused(
+        {
+          source: { ip: r.srcIp, port: r.srcPort },
+          destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: dst, originalAddress: dst },
+          security: 'none',
+          labels: connectionLabels({ reporter: 'destination', destination_workload: w?.name, destination_namespace: w?.namespace, connection_security_policy: 'none' }),
+        },
+        { verdict: 'dropped', reason: 'strict-plaintext', closeReason: 'dropped by the kernel (PeerAuthentication STRICT)' },
+      );
     }
   }
 

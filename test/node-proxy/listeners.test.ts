@@ -22,7 +22,8 @@ import type { Test } from 'tap';
 import { CertificateAuthority, spiffeWorkloadId } from '../../src/controller/ca';
 import { silentLogger, type Logger } from '../../src/log';
 import { startAdmin } from '../../src/node-proxy/admin';
-import { FlowTable } from '../../src/node-proxy/flows';
+import { ConnectionRecorder, FlowTable } from '../../src/node-proxy/flows';
+import { UpstreamConnector } from '../../src/node-proxy/upstream';
 import { generateKeyAndCsr } from '../../src/node-proxy/identity';
 import { fdBudgetProblem, LISTENER_DEFAULTS, limitsFromFlags, listenerLimits, ListenerReporter, type ListenerOverrides } from '../../src/node-proxy/listeners';
 import { ProxyMetrics } from '../../src/node-proxy/metrics';
@@ -477,13 +478,11 @@ t.test('one pod holding many outbound connections hits its own bound; another po
     view: () => view,
     policies: () => compilePolicies([]),
     balancers: new BalancerCache('n1'),
-    flows: new FlowTable(),
-    metrics,
+    recorder: new ConnectionRecorder({ node: 'n1', flows: new FlowTable(), metrics, log: silentLogger(), accessLogLevel: 'silent' }),
+    upstream: new UpstreamConnector({ node: 'n1', connectTimeoutMs: LISTENER_DEFAULTS.outbound.connectTimeoutMs, tunnel: async () => new PassThrough() }),
     log: silentLogger(),
-    accessLogLevel: 'silent',
     limits: { ...LISTENER_DEFAULTS.outbound, maxConnectionsPerPeer: 4 },
     reporter: new ListenerReporter({ metrics }),
-    tunnel: async () => new PassThrough(),
   });
   const port = await server.listen(0, '127.0.0.1');
   t.teardown(() => server.close(0));

@@ -23,6 +23,32 @@ export interface Flow {
   /** How it ended: closed, reset, idle-timeout, connect-timeout, denied, error: … */
   closeReason?: string;
   security: 'none' | 'mutual_tls';
+  /** Requests (L7) seen on this connection so far; absent on a connection carried as bytes. */
+  requests?: number;
+}
+
+/** One HTTP or gRPC request on a connection (the L7 layer records it through the ConnectionRecorder). */
+export interface RequestRecord {
+  /** The connection's flow id. */
+  flow: number;
+  /** When it ended (ISO time). */
+  end: string;
+  protocol: 'http/1.1' | 'h2' | 'grpc';
+  method: string;
+  authority: string;
+  path: string;
+  /** The HTTP status sent to the client (0: none, the stream was reset). */
+  status: number;
+  grpcStatus?: number;
+  /** ns/name of the HTTPRoute or GRPCRoute that routed it. */
+  route?: string;
+  /** Why it ended as it did: a policy's denial, a timeout, retries exhausted… */
+  reason?: string;
+  /** ns/name of the policy that decided, for a denial. */
+  policy?: string;
+  /** Attempts made upstream (1 without retries). */
+  attempts?: number;
+  durationMs: number;
 }
 
 export interface FlowFilter {
@@ -42,12 +68,15 @@ export function matchesFlow(f: Flow, q: FlowFilter): boolean {
   return true;
 }
 
-export type FlowEvent = { event: 'open' | 'close'; flow: Flow };
+export type FlowEvent = { event: 'open' | 'close'; flow: Flow } | { event: 'request'; flow: Flow; request: RequestRecord };
 
 export class FlowTable {
   readonly #live = new Map<number, Flow>();
   readonly #recent: Flow[] = [];
   readonly #capacity: number;
+  /** The last requests, a ring as #recent is: a busy L7 connection must not grow its flow. */
+  readonly #requests: RequestRecord[] = [];
+  #requestHead = 0;
   #nextId = 1;
   #head = 0;
   readonly #followers = new Set<(e: FlowEvent) => void>();
@@ -81,6 +110,29 @@ export class FlowTable {
       this.#head = (this.#head + 1) % this.#capacity;
     }
     this.#emit('close', flow);
+  }
+
+  /** A request on a live flow: counted on it, kept among the recent requests, sent to followers. */
+  request(flow: Flow, r: Omit<RequestRecord, 'flow' | 'end'>): RequestRecord {
+    const record: RequestRecord = { ...r, flow: flow.id, end: new Date().toISOString() };
+    flow.requests = (flow.requests ?? 0) + 1;
+    if (this.#requests.length < this.#capacity) this.#requests.push(record);
+    else {
+      this.#requests[this.#requestHead] = record;
+      this.#requestHead = (this.#requestHead + 1) % this.#capacity;
+    }
+    if (this.#followers.size > 0) {
+      const e: FlowEvent = { event: 'request', flow: structuredClone(flow), request: { ...record } };
+      for (const f of this.#followers) f(e);
+    }
+    return record;
+  }
+
+  /** The most recent requests, oldest first, optionally of one flow. */
+  recentRequests(limit = 1000, flow?: number): RequestRecord[] {
+    const ring = this.#requests.length < this.#capacity ? this.#requests : [...this.#requests.slice(this.#requestHead), ...this.#requests.slice(0, this.#requestHead)];
+    const picked = flow === undefined ? ring : ring.filter((r) => r.flow === flow);
+    return picked.slice(-limit).map((r) => ({ ...r }));
   }
 
   /** Live and recent flows, oldest first, filtered. */

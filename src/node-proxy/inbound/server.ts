@@ -11,18 +11,17 @@
  * stream is refused, because policies evaluated without the address would
  * let a DENY by ipBlocks through.
  */
-import * as net from 'node:net';
-
 import { parseSpiffeId } from '../../api/identity';
 import type { Logger } from '../../log';
-import type { FlowTable, Flow } from '../flows';
+import type { ConnectionRecorder, OpenConnection } from '../flows';
 import type { WorkloadCertificates } from '../identity';
 import type { ListenerLimits, ListenerReporter } from '../listeners';
-import { connectionLabels, type ProxyMetrics } from '../metrics';
+import { connectionLabels } from '../metrics';
 import type { DialGuard } from '../outbound';
 import type { CompiledPolicySet } from '../policy';
 import type { MeshView } from '../state';
 import { HboneServer, type InboundDecision, type InboundRequest } from '../tunnel';
+import type { UpstreamConnector } from '../upstream';
 import { checkClaimedSource } from './source-address';
 
 export interface InboundOptions {
@@ -30,11 +29,11 @@ export interface InboundOptions {
   view(): MeshView;
   policies(): CompiledPolicySet;
   certs: WorkloadCertificates;
-  flows: FlowTable;
-  metrics: ProxyMetrics;
+  /** Where each stream's flow, counters and access-log line are written. */
+  recorder: ConnectionRecorder;
+  /** Dials this node's pods, from the proxy's address (STRICT pods accept only the proxy). */
+  upstream: UpstreamConnector;
   log: Logger;
-  /** Where deliveries to local pods come from (STRICT pods accept only the proxy). */
-  localAddress?(family: 4 | 6): string | undefined;
   limits?: Pick<ListenerLimits, 'tunnel' | 'h2'>;
   reporter?: ListenerReporter;
   /** Refuses targets the proxy must never dial (its own, loopback, unspecified, link-local addresses). */
@@ -46,16 +45,13 @@ function namespaceOf(principal: string): string | undefined {
 }
 
 export function inboundServer(o: InboundOptions): HboneServer {
-  const flows = new WeakMap<InboundRequest, Flow>();
+  const open = new WeakMap<InboundRequest, OpenConnection>();
   /** The client address authorize() believed, for the flow. */
   const sources = new WeakMap<InboundRequest, string>();
   return new HboneServer({
     trustBundle: () => o.view().trustBundle,
     revoked: (serial) => o.view().revokedSerials.has(serial),
-    dial: (target) => {
-      const local = o.localAddress?.(net.isIPv6(target.host) ? 6 : 4);
-      return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, ...(local ? { localAddress: local } : {}) });
-    },
+    dial: (target) => o.upstream.dialLocal(target),
     serverCertificate: (identity) => {
       const c = o.certs.get(identity);
       return c ? { certPem: c.certPem, keyPem: c.keyPem } : undefined;
@@ -92,33 +88,17 @@ export function inboundServer(o: InboundOptions): HboneServer {
         connection_security_policy: 'mutual_tls',
       });
       if (e.phase === 'decided') {
-        const reason = e.decision.accept ? 'allowed' : e.decision.reason;
-        const policy = e.decision.accept ? undefined : e.decision.policy;
-        const flow = o.flows.open({
-          node: o.node,
+        const address = `${e.req.target.host}:${e.req.target.port}`;
+        const facts = {
           source: { identity: e.req.peer.principal, namespace: ns, ip: sources.get(e.req) ?? '', port: 0 },
-          destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address: `${e.req.target.host}:${e.req.target.port}`, originalAddress: `${e.req.target.host}:${e.req.target.port}` },
-          verdict: e.decision.accept ? 'allowed' : 'denied',
-          reason: reason ?? 'denied',
-          policy,
-          security: 'mutual_tls',
-        });
-        flows.set(e.req, flow);
-        if (e.decision.accept) {
-          o.metrics.opened.inc(labels);
-          o.metrics.active.inc();
-        } else {
-          o.metrics.denied.inc({ ...labels, reason: reason ?? '', policy: policy ?? '' });
-        }
+          destination: { workload: w?.name, namespace: w?.namespace, identity: w?.identity, address, originalAddress: address },
+          security: 'mutual_tls' as const,
+          labels,
+        };
+        if (e.decision.accept) open.set(e.req, o.recorder.opened(facts, { reason: 'allowed' }));
+        else o.recorder.refused(facts, { verdict: 'denied', reason: e.decision.reason || 'denied', ...(e.decision.policy ? { policy: e.decision.policy } : {}), closeReason: `denied: ${e.decision.reason}` });
       } else {
-        const flow = flows.get(e.req);
-        if (flow) o.flows.close(flow, e.closeReason ?? (e.decision.accept ? 'closed' : 'denied'), e.bytesIn ?? 0, e.bytesOut ?? 0);
-        if (e.decision.accept) {
-          o.metrics.active.dec();
-          o.metrics.closed.inc(labels);
-          o.metrics.sent.inc(labels, e.bytesIn ?? 0);
-          o.metrics.received.inc(labels, e.bytesOut ?? 0);
-        }
+        open.get(e.req)?.close(e.closeReason ?? 'closed', e.bytesIn ?? 0, e.bytesOut ?? 0);
       }
     },
     // The listener reporter already counts these and logs them, rate limited: a peer decides how many there are.

@@ -6,16 +6,10 @@
  * The listener then connects, or records the refusal. Pure, so every branch
  * has a table test without sockets or root.
  */
-import type { Endpoint } from '../lb';
 import type { CompiledPolicySet, Decision, DialVerdict } from '../policy';
+import type { Target } from '../upstream';
 
-/** Where one attempt goes: an endpoint of a service, a workload, or a passthrough address. */
-export interface Target {
-  address: string;
-  port: number;
-  endpoint?: Endpoint;
-  workload?: { name: string; namespace: string; labels: Record<string, string>; identity?: string; node?: string; nodeAddresses?: readonly string[] };
-}
+export type { Target };
 
 export interface AttemptInput {
   /** This proxy's node. */

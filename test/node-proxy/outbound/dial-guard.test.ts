@@ -12,7 +12,9 @@ import { t } from 'tap';
 
 import { silentLogger } from '../../../src/log';
 import type { Origin } from '../../../src/node-proxy/datapath';
-import { FlowTable } from '../../../src/node-proxy/flows';
+import { ConnectionRecorder, FlowTable } from '../../../src/node-proxy/flows';
+import { LISTENER_DEFAULTS } from '../../../src/node-proxy/listeners';
+import { UpstreamConnector } from '../../../src/node-proxy/upstream';
 import { ProxyMetrics } from '../../../src/node-proxy/metrics';
 import { BalancerCache, OutboundServer } from '../../../src/node-proxy/outbound';
 import { compilePolicies } from '../../../src/node-proxy/policy';
@@ -58,10 +60,9 @@ t.test('passthrough to the proxy host itself is refused, with a flow and a count
     view: () => view,
     policies: () => compilePolicies([]),
     balancers: new BalancerCache('n1'),
-    flows,
-    metrics,
+    recorder: new ConnectionRecorder({ node: 'n1', flows, metrics, log: silentLogger(), accessLogLevel: 'silent' }),
+    upstream: new UpstreamConnector({ node: 'n1', connectTimeoutMs: LISTENER_DEFAULTS.outbound.connectTimeoutMs }),
     log: silentLogger(),
-    accessLogLevel: 'silent',
   });
   const port = await server.listen(0, '127.0.0.1');
   t.teardown(() => server.close(0));

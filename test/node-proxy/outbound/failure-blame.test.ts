@@ -13,10 +13,11 @@ import { t, type Test } from 'tap';
 
 import type { Item } from '../../../src/api/proto';
 import { silentLogger } from '../../../src/log';
-import { FlowTable } from '../../../src/node-proxy/flows';
+import { ConnectionRecorder, FlowTable } from '../../../src/node-proxy/flows';
 import { LISTENER_DEFAULTS, ListenerReporter } from '../../../src/node-proxy/listeners';
 import { ProxyMetrics } from '../../../src/node-proxy/metrics';
-import { BalancerCache, blameOf, OutboundServer, type TunnelRequest } from '../../../src/node-proxy/outbound';
+import { BalancerCache, OutboundServer } from '../../../src/node-proxy/outbound';
+import { blameOf, UpstreamConnector, type TunnelRequest } from '../../../src/node-proxy/upstream';
 import { compilePolicies } from '../../../src/node-proxy/policy';
 import { ConfigState, MeshView, type WorkloadView } from '../../../src/node-proxy/state';
 import { TunnelError } from '../../../src/node-proxy/tunnel';
@@ -62,13 +63,11 @@ async function setup(t: Test, tunnel: (req: TunnelRequest) => Promise<PassThroug
     view: () => view,
     policies: () => compilePolicies([]),
     balancers,
-    flows,
-    metrics,
+    recorder: new ConnectionRecorder({ node: 'n1', flows, metrics, log: silentLogger(), accessLogLevel: 'silent' }),
+    upstream: new UpstreamConnector({ node: 'n1', connectTimeoutMs: LISTENER_DEFAULTS.outbound.connectTimeoutMs, tunnel }),
     log: silentLogger(),
-    accessLogLevel: 'silent',
     limits: LISTENER_DEFAULTS.outbound,
     reporter: new ListenerReporter({ metrics }),
-    tunnel,
   });
   const port = await server.listen(0, '127.0.0.1');
   t.teardown(() => server.close(0));

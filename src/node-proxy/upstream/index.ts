@@ -1,0 +1,1 @@
+export { blameOf, UpstreamConnector, type Blame, type Target, type TunnelRequest, type UpstreamAttempt, type UpstreamOptions } from './connector';

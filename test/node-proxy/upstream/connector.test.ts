@@ -1,0 +1,144 @@
+/**
+ * The upstream connector on real loopback sockets (no root): a direct connect,
+ * delivery to this node's pods from the proxy's own address, the connect
+ * timeout, a late tunnel after it, and what each kind of failure tells the
+ * endpoint's balancer (a real ROUND_ROBIN balancer, read through its stats).
+ */
+import * as net from 'node:net';
+import { PassThrough, type Duplex } from 'node:stream';
+
+import t from 'tap';
+
+import { createBalancer, type Balancer, type Endpoint } from '../../../src/node-proxy/lb';
+import { TunnelError } from '../../../src/node-proxy/tunnel';
+import { blameOf, UpstreamConnector, type Target, type TunnelRequest } from '../../../src/node-proxy/upstream';
+import { echoTarget, unusedPort } from '../../helpers/net';
+
+const SOURCE = { identity: 'spiffe://cluster.local/ns/shop/sa/client', ip: '198.18.1.9' };
+
+function endpoint(id: string, port: number): Endpoint {
+  return { id, address: '127.0.0.1', port, node: 'n2', ready: true };
+}
+function balancerWith(ep: Endpoint): Balancer {
+  const b = createBalancer('ROUND_ROBIN');
+  b.update([ep]);
+  return b;
+}
+function failures(b: Balancer, id: string): number {
+  return b.stats().find((s) => s.id === id)!.consecutiveFailures;
+}
+function remote(workload: { node?: string; identity?: string }): Target['workload'] {
+  return { name: 'web', namespace: 'shop', labels: {}, nodeAddresses: ['198.18.0.2'], ...workload };
+}
+
+t.test('a direct connect reaches the target and carries bytes both ways', async (t) => {
+  const echo = await echoTarget(t);
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000 });
+  const ep = endpoint('shop/web', echo.port);
+  const b = balancerWith(ep);
+  const up = (await c.connect({ target: { address: echo.host, port: echo.port, endpoint: ep }, tunneled: false, source: SOURCE }, b)) as net.Socket;
+  t.teardown(() => up.destroy());
+  up.write('ping');
+  const got = await new Promise<string>((resolve) => up.once('data', (d: Buffer) => resolve(d.toString())));
+  t.equal(got, 'ping', 'the echo came back');
+  t.equal(failures(b, ep.id), 0, 'a success is reported as one');
+  t.ok(up.allowHalfOpen, 'half-open is allowed (the destination FIN does not end the pod direction)');
+});
+
+t.test("a pod of this node is dialled from the proxy's own address; another node's pod is not", async (t) => {
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    seen.push(s.remoteAddress ?? '');
+    s.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000, localAddress: (family) => (family === 4 ? '127.0.0.3' : undefined) });
+  const here = await c.connect({ target: { address: '127.0.0.1', port, workload: remote({ node: 'n1' }) }, tunneled: false, source: SOURCE });
+  here.destroy();
+  const there = await c.connect({ target: { address: '127.0.0.1', port, workload: remote({ node: 'n2' }) }, tunneled: false, source: SOURCE });
+  there.destroy();
+  const local = c.dialLocal({ host: '127.0.0.1', port });
+  await new Promise((resolve) => local.once('connect', resolve));
+  local.destroy();
+  const deadline = Date.now() + 5_000;
+  while (seen.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.same(seen, ['127.0.0.3', '127.0.0.1', '127.0.0.3'], 'this node: from the proxy address; another node: any; dialLocal: from the proxy address');
+});
+
+t.test('a refused connect is the endpoint’s failure: rejected, blamed, counted on its balancer', async (t) => {
+  const port = await unusedPort();
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000 });
+  const ep = endpoint('shop/web', port);
+  const b = balancerWith(ep);
+  const err = await c.connect({ target: { address: '127.0.0.1', port, endpoint: ep }, tunneled: false, source: SOURCE }, b).then(
+    () => undefined,
+    (e: NodeJS.ErrnoException) => e,
+  );
+  t.equal(err?.code, 'ECONNREFUSED');
+  t.equal(blameOf(err), 'endpoint');
+  t.equal(failures(b, ep.id), 1, 'one failure on the endpoint');
+});
+
+t.test('a tunnel that answers after the connect timeout fails as ETIMEDOUT, and the late stream is destroyed', async (t) => {
+  let late: PassThrough | undefined;
+  const tunnel = (req: TunnelRequest): Promise<Duplex> => {
+    t.same(req, { sourceIdentity: SOURCE.identity, sourceAddress: SOURCE.ip, destination: { identity: 'spiffe://cluster.local/ns/shop/sa/web', node: 'n2', nodeAddresses: ['198.18.0.2'] }, target: { host: '198.18.2.1', port: 8080 } }, 'the tunnel is asked with the source, the destination node and the target');
+    return new Promise((resolve) =>
+      setTimeout(() => {
+        late = new PassThrough();
+        resolve(late);
+      }, 150),
+    );
+  };
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 50, tunnel });
+  const ep = endpoint('shop/web', 8080);
+  const b = balancerWith(ep);
+  const target = { address: '198.18.2.1', port: 8080, endpoint: ep, workload: remote({ node: 'n2', identity: 'spiffe://cluster.local/ns/shop/sa/web' }) };
+  const err = await c.connect({ target, tunneled: true, source: SOURCE }, b).then(
+    () => undefined,
+    (e: NodeJS.ErrnoException) => e,
+  );
+  t.equal(err?.code, 'ETIMEDOUT');
+  t.match(err?.message, /after 50 ms/);
+  t.equal(failures(b, ep.id), 1, 'a timeout counts against the endpoint');
+  const deadline = Date.now() + 5_000;
+  while (!late && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setImmediate(r));
+  t.ok(late?.destroyed, 'the stream that arrived late was destroyed, not leaked');
+});
+
+t.test('what each tunnel failure tells the balancer: only the endpoint or its tunnel is blamed', async (t) => {
+  const cases: [TunnelError, 'local' | 'tunnel' | 'endpoint' | 'refused', number][] = [
+    [new TunnelError('NM_ERR_TUNNEL_LOCAL', 'no certificate for the source'), 'local', 0],
+    [new TunnelError('NM_ERR_TUNNEL_REFUSED', 'denied', { status: 403, reason: 'explicit-deny', policy: 'shop/deny' }), 'refused', 0],
+    [new TunnelError('NM_ERR_TUNNEL_REFUSED', 'target refused', { status: 502, reason: 'connect-failed: ECONNREFUSED' }), 'endpoint', 1],
+    [new TunnelError('NM_ERR_TUNNEL_BROKEN', 'tunnel connection closed'), 'tunnel', 1],
+  ];
+  for (const [thrown, blame, counted] of cases) {
+    const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000, tunnel: () => Promise.reject(thrown) });
+    const ep = endpoint('shop/web', 8080);
+    const b = balancerWith(ep);
+    const target = { address: '198.18.2.1', port: 8080, endpoint: ep, workload: remote({ node: 'n2', identity: 'spiffe://cluster.local/ns/shop/sa/web' }) };
+    const err = await c.connect({ target, tunneled: true, source: SOURCE }, b).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    t.equal(err, thrown, `${thrown.code} ${thrown.status ?? ''}: the error is passed on as it is`);
+    t.equal(blameOf(err), blame, `blamed: ${blame}`);
+    t.equal(failures(b, ep.id), counted, `${counted ? 'counted' : 'not counted'} against the endpoint`);
+  }
+});
+
+t.test('a tunnel asked without what it needs is a local failure naming what is missing', async (t) => {
+  const noTunnels = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000 });
+  t.notOk(noTunnels.tunnels, 'a connector without a tunnel says so');
+  const target = { address: '198.18.2.1', port: 8080, workload: remote({ node: 'n2', identity: 'spiffe://cluster.local/ns/shop/sa/web' }) };
+  const e1 = await noTunnels.connect({ target, tunneled: true, source: SOURCE }).catch((e: TunnelError) => e);
+  t.match(e1, { code: 'NM_ERR_TUNNEL_LOCAL', message: /opens no tunnels/ });
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000, tunnel: async () => new PassThrough() });
+  const e2 = await c.connect({ target, tunneled: true, source: { ip: SOURCE.ip } }).catch((e: TunnelError) => e);
+  t.match(e2, { code: 'NM_ERR_TUNNEL_LOCAL', message: /no source or destination identity/ });
+  t.equal(blameOf(e2), 'local');
+});
