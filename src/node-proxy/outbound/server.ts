@@ -231,6 +231,11 @@ export class OutboundServer {
             client.resetAndDestroy();
             return;
           }
+          if (blame === 'tunnel' && plan.kind === 'service' && w?.node !== undefined && w.identity !== undefined) {
+            // Its siblings behind the same tunnel (that node, that identity) would fail the same way, each after its own wait:
+            // skip them for this connection. Only the endpoint tried is blamed; the others are ejected by their own failures.
+            for (const e of plan.service.endpoints) if (e.node === w.node && e.identity === w.identity) tried.add(`${e.namespace}/${e.workload}`);
+          }
           o.log.debug({ dst: address, tunneled, blame, err: err.code ?? err.message }, 'connect failed; trying another endpoint');
           attempt();
         },

@@ -92,8 +92,18 @@ export class UpstreamConnector {
     const started = performance.now();
     const open = a.tunneled ? this.#tunnel(a) : this.#direct(a.target.address, a.target.port, a.target.workload?.node === this.#o.node);
     let timer: NodeJS.Timeout | undefined;
+    const ms = this.#o.connectTimeoutMs;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(Object.assign(new Error(`connect timeout after ${this.#o.connectTimeoutMs} ms`), { code: 'ETIMEDOUT' })), this.#o.connectTimeoutMs);
+      // A tunnel that does not come up in time is the tunnel's failure (its siblings on that node would wait the same); a TCP connect's is the endpoint's.
+      timer = setTimeout(
+        () =>
+          reject(
+            a.tunneled
+              ? new TunnelError('NM_ERR_TUNNEL_TIMEOUT', `no tunnel to node ${a.target.workload?.node} within the connect timeout (${ms} ms)`)
+              : Object.assign(new Error(`connect timeout after ${ms} ms`), { code: 'ETIMEDOUT' }),
+          ),
+        ms,
+      );
     });
     const id = a.target.endpoint?.id;
     return Promise.race([open, timeout]).then(

@@ -23,11 +23,12 @@ import { ConfigState, MeshView, type WorkloadView } from '../../../src/node-prox
 import { TunnelError } from '../../../src/node-proxy/tunnel';
 import { waitFor } from '../../helpers/wait';
 
-const w = (name: string, node: string, addr: string): Item => ({ key: `Workload/shop/${name}`, workload: { node, serviceAccount: name, addresses: [addr], labels: { app: 'web' }, ready: true, netns: '', resourceVersion: '' } });
-const svc: Item = {
+const w = (name: string, node: string, addr: string, serviceAccount = name): Item => ({ key: `Workload/shop/${name}`, workload: { node, serviceAccount, addresses: [addr], labels: { app: 'web' }, ready: true, netns: '', resourceVersion: '' } });
+const service = (endpoints: string[]): Item => ({
   key: 'Service/shop/web',
-  service: { json: JSON.stringify({ kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }], loadBalancer: { policy: 'ROUND_ROBIN' } } }), endpoints: ['web-a', 'web-b'] },
-};
+  service: { json: JSON.stringify({ kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, addresses: ['198.19.0.10'], ports: [{ port: 80 }], loadBalancer: { policy: 'ROUND_ROBIN' } } }), endpoints },
+});
+const svc = service(['web-a', 'web-b']);
 const node = (name: string, a: string): Item => ({ key: `Node//${name}`, json: JSON.stringify({ kind: 'Node', metadata: { name }, addresses: [a] }) });
 
 t.test('blame by tunnel error', async (t) => {
@@ -48,9 +49,13 @@ t.test('blame by tunnel error', async (t) => {
   for (const [err, blame] of table) t.equal(blameOf(err), blame, `${(err as { code?: string }).code} ${(err as { status?: number }).status ?? ''} -> ${blame}`);
 });
 
-async function setup(t: Test, tunnel: (req: TunnelRequest) => Promise<PassThrough>): Promise<{ port: number; flows: FlowTable; balancers: BalancerCache; view: MeshView }> {
+async function setup(
+  t: Test,
+  tunnel: (req: TunnelRequest) => Promise<PassThrough>,
+  items: Item[] = [w('web-a', 'n2', '198.18.2.1'), w('web-b', 'n3', '198.18.3.1'), svc],
+): Promise<{ port: number; flows: FlowTable; balancers: BalancerCache; view: MeshView }> {
   const state = new ConfigState();
-  state.apply({ snapshot: { version: 1, items: [w('web-a', 'n2', '198.18.2.1'), w('web-b', 'n3', '198.18.3.1'), svc, node('n2', '198.18.0.2'), node('n3', '198.18.0.3')] } });
+  state.apply({ snapshot: { version: 1, items: [...items, node('n2', '198.18.0.2'), node('n3', '198.18.0.3')] } });
   const view = MeshView.build(state, 'n1');
   const client: WorkloadView = { key: 'Workload/shop/client', name: 'client', workload: 'client', namespace: 'shop', labels: {}, node: 'n1', addresses: ['198.18.1.9'], identity: 'spiffe://cluster.local/ns/shop/sa/client', serviceAccount: 'client', ready: true, local: true, nodeAddresses: [] };
   const metrics = new ProxyMetrics();
@@ -127,6 +132,40 @@ t.test('a tunnel failure moves on to another endpoint', async (t) => {
   });
   for (let i = 0; i < 3; i++) t.equal(await call(port), 'echoed');
   t.ok(stats(balancers, view).find((s) => s.id === 'shop/web-a')!.consecutiveFailures > 0, 'the unreachable endpoint is blamed');
+});
+
+t.test("a tunnel failure skips the endpoint's siblings behind the same tunnel for that connection, not others on its node", async (t) => {
+  // n2 holds web-a and web-a2 (one identity: one tunnel) and web-c (another identity); n3 holds web-b.
+  const items = [w('web-a', 'n2', '198.18.2.1'), w('web-a2', 'n2', '198.18.2.2', 'web-a'), w('web-c', 'n2', '198.18.2.3'), w('web-b', 'n3', '198.18.3.1'), service(['web-a', 'web-a2', 'web-c', 'web-b'])];
+  const attempts: string[][] = [];
+  let current: string[] = [];
+  const { port, balancers, view } = await setup(
+    t,
+    async (req) => {
+      current.push(req.target.host);
+      if (req.destination.identity.endsWith('/sa/web-a')) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', 'node n2 is unreachable for this identity');
+      if (req.destination.node === 'n2') throw new TunnelError('NM_ERR_TUNNEL_REFUSED', 'target refused', { status: 502, reason: 'connect-failed ECONNREFUSED' });
+      return new PassThrough();
+    },
+    items,
+  );
+  for (let i = 0; i < 8; i++) {
+    current = [];
+    t.equal(await call(port), 'echoed', `connection ${i + 1} served by web-b`);
+    attempts.push(current);
+  }
+  for (const a of attempts) {
+    t.ok(a.filter((h) => h === '198.18.2.1' || h === '198.18.2.2').length <= 1, `at most one attempt behind the failing tunnel (${a.join(' -> ')})`);
+    t.equal(a.at(-1), '198.18.3.1', 'the connection ends on n3');
+  }
+  t.ok(attempts.some((a) => a.includes('198.18.2.3') && a.some((h) => h === '198.18.2.1' || h === '198.18.2.2')), 'web-c, another identity on n2, is still tried after a web-a tunnel failed');
+  const st = stats(balancers, view);
+  const tried = new Set(attempts.flat());
+  for (const id of ['web-a', 'web-a2']) {
+    const s = st.find((x) => x.id === `shop/${id}`)!;
+    const ip = id === 'web-a' ? '198.18.2.1' : '198.18.2.2';
+    if (tried.has(ip)) t.ok(s.consecutiveFailures > 0 || s.ejected, `${id}, tried, is blamed`);
+  }
 });
 
 t.test('a refusal is the destination policy, with its name', async (t) => {

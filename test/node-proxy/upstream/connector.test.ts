@@ -81,7 +81,7 @@ t.test('a refused connect is the endpoint’s failure: rejected, blamed, counted
   t.equal(failures(b, ep.id), 1, 'one failure on the endpoint');
 });
 
-t.test('a tunnel that answers after the connect timeout fails as ETIMEDOUT, and the late stream is destroyed', async (t) => {
+t.test('a tunnel that answers after the connect timeout is a tunnel timeout, and the late stream is destroyed', async (t) => {
   let late: PassThrough | undefined;
   const tunnel = (req: TunnelRequest): Promise<Duplex> => {
     t.same(req, { sourceIdentity: SOURCE.identity, sourceAddress: SOURCE.ip, destination: { identity: 'spiffe://cluster.local/ns/shop/sa/web', node: 'n2', nodeAddresses: ['198.18.0.2'] }, target: { host: '198.18.2.1', port: 8080 } }, 'the tunnel is asked with the source, the destination node and the target');
@@ -100,9 +100,10 @@ t.test('a tunnel that answers after the connect timeout fails as ETIMEDOUT, and 
     () => undefined,
     (e: NodeJS.ErrnoException) => e,
   );
-  t.equal(err?.code, 'ETIMEDOUT');
-  t.match(err?.message, /after 50 ms/);
-  t.equal(failures(b, ep.id), 1, 'a timeout counts against the endpoint');
+  t.equal(err?.code, 'NM_ERR_TUNNEL_TIMEOUT');
+  t.match(err?.message, /no tunnel to node n2 within the connect timeout \(50 ms\)/);
+  t.equal(blameOf(err), 'tunnel', 'blamed on the tunnel');
+  t.equal(failures(b, ep.id), 1, 'a timeout counts against the endpoint tried');
   const deadline = Date.now() + 5_000;
   while (!late && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   await new Promise((r) => setImmediate(r));
