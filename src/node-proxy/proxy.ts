@@ -7,8 +7,11 @@
  * data path are in place. While the controller is away it keeps serving the
  * last config and reconnects with backoff.
  */
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
+import { parseIp } from '../api/address';
 import { MeshError } from '../errors';
 import { readOpenFileLimit } from '../net';
 import { silentLogger, type Logger } from '../log';
@@ -60,6 +63,25 @@ export interface ProxyOptions {
 }
 
 export class ProxyError extends MeshError {}
+
+/**
+ * Why `ip` cannot be this proxy's address: not an address of this network
+ * namespace (the data path would send every pod connection to a port nobody
+ * listens on), or undefined when it is one.
+ */
+export function proxyAddressProblem(flag: string, ip: string, family: 4 | 6): string | undefined {
+  if (net.isIP(ip) !== family) return `${flag} ${JSON.stringify(ip)} is not an IPv${family} address`;
+  const own = Object.values(os.networkInterfaces())
+    .flat()
+    .filter((i): i is os.NetworkInterfaceInfo => i !== undefined && (family === 4 ? i.family === 'IPv4' : i.family === 'IPv6'))
+    .map((i) => i.address);
+  const want = parseIp(ip)!.n;
+  if (own.some((a) => parseIp(a)?.n === want)) return undefined;
+  return (
+    `${flag} ${ip} is not an address of this network namespace (it has ${own.length ? own.join(', ') : `no IPv${family} address`}): ` +
+    `pods would be redirected to a port nobody listens on; give this node's own address (in the lab, \`nodemesh lab up\` passes it)`
+  );
+}
 
 export class NodeProxy {
   readonly node: string;
@@ -131,6 +153,9 @@ export class NodeProxy {
     const o = this.#opts;
     const limits = o.limits ?? LISTENER_DEFAULTS;
     // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
+    for (const problem of [proxyAddressProblem('--proxy-ip', o.proxyIp, 4), o.proxyIp6 ? proxyAddressProblem('--proxy-ip6', o.proxyIp6, 6) : undefined]) {
+      if (problem) throw new ProxyError('NM_ERR_PROXY_IP', `nodemesh proxy: ${problem}`);
+    }
     const fdLimit = readOpenFileLimit();
     if (fdLimit !== undefined) {
       const problem = fdBudgetProblem(limits, fdLimit);
@@ -337,7 +362,11 @@ export class NodeProxy {
     };
   }
 
-  /** Stops: not ready, drains connections, closes everything; the data path stays pinned. */
+  /**
+   * Stops: not ready, stops accepting, gives connections (outbound and
+   * tunnel streams alike) `drainMs` to finish, cuts the rest and says how
+   * many, closes everything; the data path stays pinned.
+   */
   async close(drainMs = 2_000): Promise<void> {
     this.#ready = false;
     try {
@@ -346,8 +375,10 @@ export class NodeProxy {
       // the data path was uninstalled under us
     }
     this.#stream?.stop();
-    await this.#outbound?.close(drainMs);
-    await this.#inbound?.close();
+    const draining = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
+    const [cut] = await Promise.all([this.#outbound?.close(drainMs) ?? Promise.resolve(0), this.#inbound?.close(drainMs)]);
+    if (cut) this.#log.warn({ cut, drainMs, atStart: draining }, 'connections still open at the drain deadline were closed');
+    else if (this.#outbound) this.#log.info({ drainMs, atStart: draining }, 'drained');
     this.#events?.close();
     await this.#pool.close();
     this.#certs?.close();

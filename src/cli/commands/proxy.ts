@@ -8,6 +8,7 @@ import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { LIMITS } from '../../api/limits';
+import { parseDurationMs } from '../../api/validate';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
 import { NodeProxy } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
@@ -46,6 +47,7 @@ export const proxyCommand = defineCommand({
     'log-level': { type: 'string', default: 'info' },
     'access-log-level': { type: 'string', default: 'info' },
     'max-config-items': { type: 'string' },
+    'drain-timeout': { type: 'string', default: '2s' },
     ...LISTENER_FLAGS.options,
   },
   optionHelp: {
@@ -62,6 +64,7 @@ export const proxyCommand = defineCommand({
     'fail-closed': 'refuse pod connects while the proxy is not ready',
     'log-level': 'trace, debug, info, warn, error',
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
+    'drain-timeout': 'on SIGTERM or SIGINT: how long open connections get to finish before they are closed (default 2s); new ones are not accepted meanwhile',
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
@@ -82,6 +85,9 @@ export const proxyCommand = defineCommand({
     const maxConfigItems = maxItemsFlag === undefined ? undefined : Number(maxItemsFlag);
     if (maxConfigItems !== undefined && (!Number.isSafeInteger(maxConfigItems) || maxConfigItems < 1))
       throw new UsageError(`${cmd}: --max-config-items must be a whole number of at least 1, not ${JSON.stringify(maxItemsFlag)}`);
+    const drainText = values['drain-timeout'] as string;
+    const drainMs = parseDurationMs(drainText);
+    if (drainMs === undefined) throw new UsageError(`${cmd}: --drain-timeout must be a duration like 500ms, 2s or 1m, not ${JSON.stringify(drainText)}`);
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
       maxConfigItems,
@@ -101,8 +107,8 @@ export const proxyCommand = defineCommand({
     });
     io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${adminSocketOf(node)}, metrics ${proxy.ports.metrics}\n`);
     await termination();
-    log.info('shutting down');
-    await proxy.close();
+    log.info({ drainMs }, 'shutting down');
+    await proxy.close(drainMs);
     log.flush();
     return EXIT.ok;
   },

@@ -69,6 +69,8 @@ export class OutboundServer {
   readonly #o: OutboundOptions;
   readonly #idleTimeout: number;
   readonly #sockets = new Set<net.Socket>();
+  /** Each spliced client's upstream, so close() cuts both sides (a destroyed client alone leaves its tunnel stream open). */
+  readonly #upstreams = new Map<net.Socket, Duplex>();
   readonly #guard: ListenerGuard;
   readonly #dialGuard: DialGuard;
 
@@ -88,12 +90,23 @@ export class OutboundServer {
     });
   }
 
-  /** Stops accepting; gives open connections `drainMs` to finish, then cuts them. */
-  async close(drainMs = 5_000): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  /**
+   * Stops accepting at once; gives open connections `drainMs` to finish, then
+   * cuts them. Resolves with how many were cut. (server.close()'s callback
+   * waits for the last connection, so it bounds nothing: it is not awaited
+   * before the deadline.)
+   */
+  async close(drainMs = 5_000): Promise<number> {
+    const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const until = Date.now() + drainMs;
     while (this.#sockets.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-    for (const s of this.#sockets) s.destroy();
+    const cut = this.#sockets.size;
+    for (const s of this.#sockets) {
+      s.destroy();
+      this.#upstreams.get(s)?.destroy();
+    }
+    await stopped;
+    return cut;
   }
 
   #accept(client: net.Socket): void {
@@ -209,11 +222,17 @@ export class OutboundServer {
 
       o.upstream.connect({ target, tunneled, source: { identity: src?.identity, ip: sourceIp } }, b).then(
         (upstream) => {
-          if (target.endpoint && b) b.started(target.endpoint.id);
           const conn = rec.opened(facts, {
             reason: decision?.reason ?? (tunneled ? 'allowed-by-destination' : plan.kind === 'passthrough' ? 'passthrough' : 'allowed'),
             ...(decision?.policy ? { policy: decision.policy } : {}),
           });
+          if (client.destroyed) {
+            // The pod gave up (or a drain cut it) while we connected: its 'close' has been and gone, so nothing would end the flow or the upstream.
+            upstream.destroy();
+            conn.close('client closed before the upstream connected', client.bytesRead, 0);
+            return;
+          }
+          if (target.endpoint && b) b.started(target.endpoint.id);
           this.#splice(client, upstream, conn, () => {
             if (target.endpoint && b) b.finished(target.endpoint.id);
           });
@@ -248,8 +267,10 @@ export class OutboundServer {
   #splice(client: net.Socket, upstream: Duplex & { setTimeout?(ms: number, cb: () => void): unknown }, conn: OpenConnection, done: () => void): void {
     let reason = 'closed';
     let closed = 0;
+    this.#upstreams.set(client, upstream);
     const onClose = (): void => {
       if (++closed < 2) return;
+      this.#upstreams.delete(client);
       done();
       conn.close(reason, client.bytesRead, client.bytesWritten);
     };

@@ -2,7 +2,10 @@
  * Reconnect delays with jitter: each delay is drawn from [base/2, base], base
  * doubling from `initialMs` up to `maxMs`. The jitter spreads a cluster's
  * nodes apart after the controller comes back, so they do not reconnect in
- * one wave; the lower half-bound keeps a node from retrying at once.
+ * one wave; the lower half-bound keeps a node from retrying at once. The
+ * cap is low (2 s) so every node follows within about 2 s of the
+ * controller's return; a node that keeps failing tries at most about once a
+ * second, which the controller's listener bounds absorb.
  */
 export interface BackoffOptions {
   initialMs?: number;
@@ -11,7 +14,7 @@ export interface BackoffOptions {
   random?: () => number;
 }
 
-export const BACKOFF_DEFAULTS = Object.freeze({ initialMs: 200, maxMs: 30_000 });
+export const BACKOFF_DEFAULTS = Object.freeze({ initialMs: 200, maxMs: 2_000 });
 
 export class Backoff {
   readonly #initial: number;

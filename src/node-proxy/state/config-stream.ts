@@ -25,7 +25,7 @@ export interface ConfigStreamOptions {
   addresses?: string[];
   state?: ConfigState;
   log?: Logger;
-  /** Reconnect delays: drawn from [base/2, base], base doubling from backoffMs (200) to maxBackoffMs (30 s). */
+  /** Reconnect delays: drawn from [base/2, base], base doubling from backoffMs (200) to maxBackoffMs (2 s). */
   backoffMs?: number;
   maxBackoffMs?: number;
   /** In [0, 1), for the jitter; tests fix it. */

@@ -4,7 +4,8 @@
  * consecutive failures, ejection) and another endpoint is tried; a tunnel's
  * too; a local one (no certificate for the source) fails the connection once
  * and blames no endpoint; a refusal is a policy's decision. The real
- * listener on loopback, the tunnel answered by this test (no root).
+ * listener on loopback, the tunnel answered by this test (no root). Also:
+ * close() stops accepting at once and bounds its drain.
  */
 import * as net from 'node:net';
 import { PassThrough } from 'node:stream';
@@ -53,7 +54,7 @@ async function setup(
   t: Test,
   tunnel: (req: TunnelRequest) => Promise<PassThrough>,
   items: Item[] = [w('web-a', 'n2', '198.18.2.1'), w('web-b', 'n3', '198.18.3.1'), svc],
-): Promise<{ port: number; flows: FlowTable; balancers: BalancerCache; view: MeshView }> {
+): Promise<{ port: number; flows: FlowTable; balancers: BalancerCache; view: MeshView; server: OutboundServer }> {
   const state = new ConfigState();
   state.apply({ snapshot: { version: 1, items: [...items, node('n2', '198.18.0.2'), node('n3', '198.18.0.3')] } });
   const view = MeshView.build(state, 'n1');
@@ -76,7 +77,7 @@ async function setup(
   });
   const port = await server.listen(0, '127.0.0.1');
   t.teardown(() => server.close(0));
-  return { port, flows, balancers, view };
+  return { port, flows, balancers, view, server };
 }
 
 /** One connection through the listener: what came back, or how it ended. */
@@ -175,4 +176,54 @@ t.test('a refusal is the destination policy, with its name', async (t) => {
   t.not(await call(port), 'echoed');
   t.ok(await waitFor(() => flows.list({}).some((f) => f.verdict === 'denied'), 2000));
   t.match(flows.list({}).find((f) => f.verdict === 'denied'), { reason: 'explicit-deny', policy: 'shop/deny-client', security: 'mutual_tls' });
+});
+
+t.test('close() stops accepting at once and cuts what is still open at the drain deadline, counted', async (t) => {
+  const { port, server, flows } = await setup(t, async () => new PassThrough());
+  // A client that never closes: today's drain must not wait for it.
+  const held = net.connect({ host: '127.0.0.1', port });
+  held.on('error', () => {});
+  t.teardown(() => held.destroy());
+  t.ok(await waitFor(() => flows.liveCount === 1, 5_000), 'the held connection is live');
+  const started = Date.now();
+  const closing = server.close(300);
+  await new Promise((r) => setTimeout(r, 50));
+  const refused = await new Promise<string>((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => resolve('connected'));
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+  t.equal(refused, 'ECONNREFUSED', 'a new connection is refused while draining');
+  const cut = await closing;
+  const took = Date.now() - started;
+  t.equal(cut, 1, 'one connection was cut at the deadline, and said so');
+  t.ok(took < 5_000, `close() returned after the drain deadline, not after the last client (${took} ms for a 300 ms drain)`);
+  t.ok(await waitFor(() => flows.liveCount === 0, 5_000), 'its flow is closed');
+});
+
+t.test('a connection cut while its upstream connects (a drain): the flow closes and the late upstream is not left open', async (t) => {
+  let upstream: PassThrough | undefined;
+  let answer!: () => void;
+  const asked = new Promise<void>((resolve) => {
+    answer = resolve;
+  });
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const { port, flows, server } = await setup(t, async () => {
+    answer();
+    await released;
+    upstream = new PassThrough();
+    return upstream;
+  });
+  const c = net.connect({ host: '127.0.0.1', port });
+  c.on('error', () => {});
+  t.teardown(() => c.destroy());
+  await asked;
+  t.equal(await server.close(0), 1, 'the drain cut the connecting one');
+  release();
+  t.ok(await waitFor(() => flows.liveCount === 0 && flows.list().length === 1, 5_000), 'no flow left live');
+  t.match(flows.list()[0], { verdict: 'allowed', closeReason: 'client closed before the upstream connected' });
+  t.ok(upstream?.destroyed, 'the upstream that arrived late was destroyed');
 });
