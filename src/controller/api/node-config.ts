@@ -156,6 +156,12 @@ export function nodeConfigService(
             const addresses = m.hello.addresses ?? [];
             if (addresses.length > LIMITS.maxNodeAddresses || addresses.some((a) => net.isIP(a) === 0))
               return fail(new AuthError(grpc.status.INVALID_ARGUMENT, `hello.addresses must be at most ${LIMITS.maxNodeAddresses} IP addresses`), 'bad-hello');
+            const held = hub.addressHeldBy(cert, addresses);
+            if (held)
+              return fail(
+                new AuthError(grpc.status.PERMISSION_DENIED, `hello.addresses: ${held.address} is node ${held.node}'s, which is connected: a node publishes only its own addresses (check --proxy-ip on node ${cert})`),
+                'bad-hello',
+              );
             // A revoke between the stream's start and its hello must not let it in.
             try {
               requireNode(callerOf(call, ca, ledger));

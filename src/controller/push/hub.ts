@@ -16,6 +16,7 @@
  * Transport-free: a session talks through a NodeChannel (the gRPC stream in
  * api/, a fake in tests of this file's logic).
  */
+import { parseIp } from '../../api/address';
 import { formatBytes, MiB } from '../../api/limits';
 import { encodePart } from '../../api/config-wire';
 import type { ConfigMessage, NodeStatusMessage } from '../../api/proto';
@@ -299,12 +300,37 @@ export class ConfigHub {
   }
 
   /**
+   * Which connected node other than `node` has published one of `addresses`
+   * (IPv4-mapped and IPv4 compared as one), if any. A node's published
+   * address is where others open tunnels to it and whose tunnels a
+   * destination believes a pod's address from (see docs/architecture.md,
+   * 'One connection, end to end'), so one node may not take another live
+   * node's. Linear in the nodes; called once per hello.
+   */
+  addressHeldBy(node: string, addresses: readonly string[]): { address: string; node: string } | undefined {
+    const wanted = new Set(addresses.map(addressKey));
+    for (const s of this.#nodes.values()) {
+      if (s.node === node || s.channel === null) continue;
+      const a = s.addresses.find((x) => wanted.has(addressKey(x)));
+      if (a !== undefined) return { address: a, node: s.node };
+    }
+    return undefined;
+  }
+
+  /**
    * A node said hello on `channel`. `holds` is the version it has (0: none).
    * Replaces an older stream of the same node.
    */
   connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = []): void {
     // Where the node takes tunnels is part of other nodes' config: push that first.
     const moved = this.#registry.setNodeAddresses(node, addresses);
+    // An address moved here from a node that is not connected (a machine replaced, its address reused): that node no longer has it.
+    const taken = new Set(addresses.map(addressKey));
+    for (const other of this.#nodes.values()) {
+      if (other.node === node || !other.addresses.some((a) => taken.has(addressKey(a)))) continue;
+      other.addresses = other.addresses.filter((a) => !taken.has(addressKey(a)));
+      for (const k of this.#registry.setNodeAddresses(other.node, other.addresses)) moved.add(k);
+    }
     if (moved.size) this.changed(moved, this.#version);
     let s = this.#nodes.get(node);
     if (s?.channel) s.channel.close('replaced by a newer stream from the same node', undefined, 'replaced');
@@ -461,4 +487,10 @@ export class ConfigHub {
   streamNodes(): string[] {
     return this.#streams.nodes();
   }
+}
+
+/** One spelling per address: IPv4-mapped IPv6 as IPv4, IPv6 in full. */
+function addressKey(a: string): string {
+  const ip = parseIp(a);
+  return ip ? `${ip.v6 ? 6 : 4}:${ip.n}` : a;
 }

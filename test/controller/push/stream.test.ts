@@ -165,3 +165,32 @@ t.test('where a node takes tunnels reaches the other nodes in its endpoints', as
   t.same(changes.flatMap((u) => u.changed), ['Node//n1'], 'one Node item changed, not every workload on n1');
   t.same((await c.admin.listNodes()).find((n) => n.node === 'n1')!.addresses, ['198.18.0.1', '2001:2:0:0::1']);
 });
+
+t.test("a node may not publish a connected node's address; one that is gone gives it up", async (t) => {
+  const c = await testController(t);
+  await c.admin.apply([doc(wl('a-1', 'n1', 'a')), doc(service, 2)]);
+  const s1 = new ConfigStream({ client: await c.nodeClient('n1'), node: 'n1', addresses: ['198.18.0.1', '2001:2::1'] });
+  s1.start();
+  t.teardown(() => s1.stop());
+  t.ok(await waitFor(() => s1.state.version > 0), 'n1 is connected');
+  for (const claim of ['198.18.0.1', '::ffff:198.18.0.1', '2001:2:0:0:0:0:0:1']) {
+    const s3 = new ConfigStream({ client: await c.nodeClient('n3'), node: 'n3', addresses: ['198.18.0.3', claim], backoffMs: 60_000 });
+    s3.start();
+    const refused = await waitFor(() => s3.link.lastError !== '', 5000);
+    s3.stop();
+    t.ok(refused, `n3 claiming ${claim} is refused`);
+    t.match(s3.link.lastError, /PERMISSION_DENIED: hello\.addresses: .* is node n1's, which is connected: a node publishes only its own addresses \(check --proxy-ip on node n3\)/);
+    t.equal(s3.state.version, 0, 'and gets nothing');
+  }
+  t.same((await c.admin.listNodes()).find((n) => n.node === 'n1')!.addresses, ['198.18.0.1', '2001:2::1'], "n1 keeps its addresses");
+  s1.stop();
+  t.ok(await waitFor(async () => (await c.admin.listNodes()).find((n) => n.node === 'n1')?.connected === false, 5000), 'n1 is gone');
+  // Its machine replaced, the address reused by a new node:
+  const s4 = new ConfigStream({ client: await c.nodeClient('n4'), node: 'n4', addresses: ['198.18.0.1'] });
+  s4.start();
+  t.teardown(() => s4.stop());
+  t.ok(await waitFor(() => s4.state.version > 0), 'n4 takes the address of a node that is not connected');
+  const endpoint = () => MeshView.build(s4.state, 'n4').services.get('Service/shop/a')!.endpoints[0]!;
+  t.ok(await waitFor(() => endpoint().nodeAddresses?.length === 1), "n1's Node item loses it");
+  t.same(endpoint().nodeAddresses, ['2001:2::1'], 'n1 keeps only what nobody else took');
+});
