@@ -11,6 +11,8 @@ export {
   type InboundDecision,
   type InboundRequest,
   type InboundStreamEvent,
+  type StreamFinish,
+  type StreamHandler,
   type TunnelPeer,
 } from './server';
 export { certificateUris, identityToSni, sniToIdentity } from './sni';

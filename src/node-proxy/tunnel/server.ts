@@ -11,6 +11,14 @@
  * backpressure and half-close (END_STREAM <-> FIN); resets map both ways
  * (RST_STREAM CONNECT_ERROR <-> TCP RST), as RFC 9113 §8.5 asks of a proxy.
  *
+ * An accepted decision may instead carry a local handler (`handle`, a
+ * StreamHandler): then nothing is dialed; the server answers 200 and hands
+ * the stream to the handler, which reports its own figures through finish().
+ * This is the hook for L7 at the destination (HTTP routing and L7
+ * authorization take the CONNECT stream themselves); nothing uses it yet.
+ * Either way each stream gets one 'decided' and one 'closed' event and the
+ * same idle timeout (see docs/architecture.md, 'One connection, end to end').
+ *
  * Node verifies client certificates in JavaScript after the handshake, so a
  * certificate from another CA, or expired, gets no TLS alert: the connection
  * is closed right after a handshake the TLS 1.3 client already considers
@@ -63,14 +71,35 @@ export interface Refusal {
   policy?: string;
 }
 
-export type InboundDecision = { accept: true } | ({ accept: false; status: 403 | 404 | 502 | 503 } & Refusal);
+/**
+ * Reports a handed-off stream done: called once by the handler, with its own
+ * counts (bytesIn: tunnel -> handler, bytesOut: handler -> tunnel); a second
+ * call is ignored.
+ */
+export type StreamFinish = (closeReason: string, bytesIn: number, bytesOut: number) => void;
+
+/**
+ * Takes an accepted CONNECT stream instead of the server dialing its target.
+ * Called after the 200 went out, so `stream` is the tunnel's byte stream:
+ * write and end() (END_STREAM) it, close(code) resets it; it is typed as the
+ * HTTP/2 stream so a handler can read `rstCode` and reset with a code, as the
+ * dial path does. The handler must call finish() once it is done with the
+ * stream; if it has not within idleTimeoutMs of the stream closing, the server
+ * reports the stream closed itself (reason `handler-unfinished`, 0 bytes).
+ * A throw, or a returned promise that rejects, resets the stream with
+ * INTERNAL_ERROR and closes it with reason `handler-failed: ...`.
+ */
+export type StreamHandler = (stream: http2.ServerHttp2Stream, req: InboundRequest, finish: StreamFinish) => void | Promise<void>;
+
+/** `handle` on an accepted decision: the stream goes to that local handler, nothing is dialed. */
+export type InboundDecision = { accept: true; handle?: StreamHandler } | ({ accept: false; status: 403 | 404 | 502 | 503 } & Refusal);
 
 export interface InboundStreamEvent {
   req: InboundRequest;
   decision: InboundDecision;
-  /** Tunnel -> target bytes; set on 'closed'. */
+  /** Tunnel -> target (or handler) bytes; set on 'closed'. */
   bytesIn?: number;
-  /** Target -> tunnel bytes; set on 'closed'. */
+  /** Target (or handler) -> tunnel bytes; set on 'closed'. */
   bytesOut?: number;
   closeReason?: string;
   phase: 'decided' | 'closed';
@@ -83,7 +112,7 @@ export interface HboneServerOptions {
   revoked?(serial: string): boolean;
   /** The certificate (chain PEM) and key this node presents for a destination identity named by SNI; undefined -> handshake refused. */
   serverCertificate(identity: string): { certPem: string; keyPem: string } | undefined;
-  /** Decide per CONNECT (after the peer was verified); the module then dials target and pipes. */
+  /** Decide per CONNECT (after the peer was verified); accepted, the module then dials target and pipes, or hands the stream to the decision's `handle`. */
   authorize(req: InboundRequest): InboundDecision | Promise<InboundDecision>;
   /**
    * Dial the target (default net.connect). The socket should allow half-open
@@ -101,7 +130,7 @@ export interface HboneServerOptions {
   onConnectionRefused?(e: { remoteAddress?: string; reason: string }): void;
   /** Dialing the target; 504 after it (default 5 s). */
   connectTimeoutMs?: number;
-  /** A stream with no bytes either way for this long is cut; a tunnel connection with no frames is closed (default 1 h). */
+  /** A stream with no bytes either way for this long is cut (handed-off streams too); a tunnel connection with no frames is closed (default 1 h). */
   idleTimeoutMs?: number;
   /** SETTINGS_MAX_CONCURRENT_STREAMS per tunnel connection (default: limits.h2.maxConcurrentStreams). */
   maxConcurrentStreams?: number;
@@ -128,7 +157,7 @@ export const REASON_HEADER = 'x-nodemesh-reason';
 /** The policy (namespace/name) that refused a CONNECT, when one did. */
 export const POLICY_HEADER = 'x-nodemesh-policy';
 
-const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
 const PEM_CERT = '-----BEGIN CERTIFICATE-----';
 const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const PORT_RE = /^[0-9]{1,5}$/;
@@ -480,7 +509,55 @@ export class HboneServer {
       this.#closed(req, decision, `denied: ${decision.reason}`);
       return;
     }
-    this.#connect(req, stream, decision);
+    if (decision.handle) this.#handOff(req, stream, decision, decision.handle);
+    else this.#connect(req, stream, decision);
+  }
+
+  /**
+   * Answers 200 and gives the stream to a local handler; its finish() is the
+   * one 'closed' event. A cut the server made (idle timeout, a failing
+   * handler) names the reason, over the handler's: the handler only sees a
+   * reset and cannot tell who made it.
+   */
+  #handOff(req: InboundRequest, stream: http2.ServerHttp2Stream, decision: InboundDecision, handle: StreamHandler): void {
+    if (!respond(stream, { ':status': 200 }, false)) {
+      this.#closed(req, decision, 'reset before connect');
+      return;
+    }
+    let finished = false;
+    let cutReason: string | undefined;
+    let unfinished: NodeJS.Timeout | undefined;
+    const report = (closeReason: string, bytesIn: number, bytesOut: number): void => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(unfinished);
+      this.#closed(req, decision, closeReason, bytesIn, bytesOut);
+    };
+    const finish: StreamFinish = (closeReason, bytesIn, bytesOut) => report(cutReason ?? closeReason, bytesIn, bytesOut);
+    const fail = (err: unknown): void => {
+      cutReason ??= `handler-failed: ${err instanceof Error ? err.message : String(err)}`;
+      if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+      finish(cutReason, 0, 0);
+    };
+    stream.setTimeout(this.#idleTimeout, () => {
+      cutReason ??= 'idle-timeout';
+      if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+    });
+    stream.once('close', () => {
+      stream.setTimeout(0);
+      if (finished) return;
+      // A handler that lost its finish() must not leave the stream counted open forever (flows, the active gauge).
+      unfinished = setTimeout(() => report(`handler-unfinished: finish() not called within ${this.#idleTimeout} ms of the stream closing`, 0, 0), this.#idleTimeout);
+      unfinished.unref();
+    });
+    let result: void | Promise<void>;
+    try {
+      result = handle(stream, req, finish);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (isPromise(result)) result.then(undefined, fail);
   }
 
   #connect(req: InboundRequest, stream: http2.ServerHttp2Stream, decision: InboundDecision): void {
