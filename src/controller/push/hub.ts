@@ -92,6 +92,8 @@ interface NodeState {
   lastSeen: number;
   proxyVersion: string;
   addresses: string[];
+  /** 'fail-closed' or 'fail-open', as its hello said; '' when it did not say. */
+  failMode: string;
   channel: NodeChannel | null;
   /** version -> when its write was committed (ms), until ACKed. */
   pending: Map<number, number>;
@@ -302,7 +304,7 @@ export class ConfigHub {
    * A node said hello on `channel`. `holds` is the version it has (0: none).
    * Replaces an older stream of the same node.
    */
-  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = []): void {
+  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = [], failMode = ''): void {
     // Where the node takes tunnels is part of other nodes' config: push that first.
     const moved = this.#registry.setNodeAddresses(node, addresses);
     if (moved.size) this.changed(moved, this.#version);
@@ -322,6 +324,7 @@ export class ConfigHub {
         lastSeen: Date.now(),
         proxyVersion,
         addresses,
+        failMode,
         channel,
         pending: new Map(),
         resync: false,
@@ -334,6 +337,7 @@ export class ConfigHub {
     s.channel = channel;
     s.proxyVersion = proxyVersion;
     s.addresses = addresses;
+    s.failMode = failMode;
     s.lastSeen = Date.now();
     s.pending.clear();
     s.queue = [];
@@ -415,7 +419,7 @@ export class ConfigHub {
     }
   }
 
-  nodes(): Pick<NodeStatusMessage, 'node' | 'connected' | 'sentVersion' | 'ackedVersion' | 'nackedVersion' | 'nackReason' | 'lastSeenUnixMs' | 'peer' | 'proxyVersion' | 'addresses' | 'streamCertificateSerial'>[] {
+  nodes(): Pick<NodeStatusMessage, 'node' | 'connected' | 'sentVersion' | 'ackedVersion' | 'nackedVersion' | 'nackReason' | 'lastSeenUnixMs' | 'peer' | 'proxyVersion' | 'addresses' | 'streamCertificateSerial' | 'failMode'>[] {
     return [...this.#nodes.values()]
       .sort((a, b) => (a.node < b.node ? -1 : 1))
       .map((s) => ({
@@ -429,6 +433,7 @@ export class ConfigHub {
         peer: s.channel?.peer ?? '',
         proxyVersion: s.proxyVersion,
         addresses: s.addresses,
+        failMode: s.failMode,
         streamCertificateSerial: s.channel?.serial ?? '',
       }));
   }
