@@ -7,6 +7,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { t, type Test } from 'tap';
@@ -18,7 +19,7 @@ import { PACKAGE_ROOT } from '../../../src/paths';
 import { bpfTest } from '../../helpers/bpf';
 import { fixture } from '../../helpers/child';
 import { labProcess, labRun, testLab } from '../../helpers/lab';
-import { onCleanup } from '../../helpers/scratch';
+import { onCleanup, tempCgroup, tempPinDir } from '../../helpers/scratch';
 import { waitFor } from '../../helpers/wait';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
@@ -368,4 +369,23 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
   t.notOk(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`), 'no pins remain');
   t.same(codes((await client(lab, pod.name, VIP, 80)).results), ['ENETUNREACH'], 'no longer redirected');
   t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /nothing was installed/, 'uninstall is idempotent');
+});
+
+bpfTest(t, 'an install over maps pinned with an older layout replaces them, fail closed', async (t) => {
+  const pinBase = tempPinDir(t);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-dp-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const cgroup = tempCgroup(t);
+  const node = 'layout';
+  const pinDir = Datapath.pinDirOf(node, pinBase);
+  fs.mkdirSync(pinDir, { recursive: true });
+  // What an install before the heartbeat left: a 24-byte nm_config (fail_closed 0: fail open) and 8 counters.
+  execFileSync('bpftool', ['map', 'create', path.join(pinDir, 'nm_config'), 'type', 'array', 'key', '4', 'value', '24', 'entries', '1', 'name', 'nm_config']);
+  execFileSync('bpftool', ['map', 'create', path.join(pinDir, 'nm_stats'), 'type', 'percpu_array', 'key', '4', 'value', '8', 'entries', '8', 'name', 'nm_stats']);
+  const dp = Datapath.install({ node, cgroup, proxyIp: '198.18.0.1', pinBase, stateDir });
+  onCleanup(t, () => Datapath.uninstall(node, { pinBase, stateDir }));
+  t.match(dp.config(), { proxyIp: '198.18.0.1', ready: false, failOpen: false, heartbeatNs: 0n, watchdogMs: 0 }, 'a new nm_config: not ready, fail closed');
+  t.same(Object.keys(dp.counters()), [...abi.STATS], 'nm_stats has every counter');
+  t.equal(dp.links().filter((l) => l.attached).length, 5, 'attached');
+  dp.close();
 });
