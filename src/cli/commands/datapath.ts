@@ -150,8 +150,9 @@ const echo = defineCommand({
     echoOrigins(dp, server, io);
     const port = intFlag(cmd, 'port', values.port, 1, 65535);
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, values.listen as string, resolve));
-    // Ready while something listens; not ready (fail open or closed) after.
-    dp.setReady(true);
+    // Ready while something listens; not ready (fail closed, or open if chosen) after. It beats
+    // no heartbeat: the watchdog a proxy set before is turned off.
+    dp.configure({ ready: true, watchdogMs: 0 });
     io.out(`listening on ${values.listen as string}:${port} for ${dp.node}\n`);
     await termination();
     dp.setReady(false);
