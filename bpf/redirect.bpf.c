@@ -173,7 +173,8 @@ static __always_inline int excluded(const __u8 dst[16], __u16 port, __u64 netns_
 /* Whether the proxy is there to take a connect: ready, and (with the
  * watchdog on) its heartbeat recent. A proxy killed with SIGKILL leaves
  * ready set in the pinned map; its heartbeat stops, and after watchdog_ms the
- * node counts as having no proxy (docs/architecture.md, 'The data path'). */
+ * node counts as having no proxy (docs/architecture.md, 'Fail closed, and
+ * the watchdog'). */
 static __always_inline int proxy_ready(const struct nm_config *cfg)
 {
 	if (!cfg->ready)

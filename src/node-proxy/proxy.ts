@@ -93,6 +93,8 @@ export class NodeProxy {
   #heartbeat: NodeJS.Timeout | undefined;
 
   private constructor(opts: ProxyOptions) {
+    if (opts.watchdogMs !== undefined && (!Number.isInteger(opts.watchdogMs) || opts.watchdogMs < 0 || opts.watchdogMs > 0xffff_ffff))
+      throw new ProxyError('NM_ERR_CONFIG', `nodemesh proxy: watchdog ${opts.watchdogMs} ms must be a whole number of ms (0: no watchdog)`);
     this.node = opts.node;
     this.#opts = opts;
     this.state = new ConfigState({ maxItems: opts.maxConfigItems });
@@ -139,8 +141,6 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const o = this.#opts;
     const limits = o.limits ?? LISTENER_DEFAULTS;
-    if (o.watchdogMs !== undefined && (!Number.isInteger(o.watchdogMs) || o.watchdogMs < 0 || o.watchdogMs > 0xffff_ffff))
-      throw new ProxyError('NM_ERR_CONFIG', `nodemesh proxy: watchdog ${o.watchdogMs} ms must be a whole number of ms (0: no watchdog)`);
     // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
     const fdLimit = readOpenFileLimit();
     if (fdLimit !== undefined) {
@@ -287,7 +287,7 @@ export class NodeProxy {
    * Ready in the kernel, with a heartbeat it checks: a proxy that dies
    * without close() (SIGKILL) stops beating, and after watchdogMs the node's
    * pods are refused (or, fail open, let around) instead of being sent to a
-   * dead port (docs/architecture.md, 'The data path').
+   * dead port (docs/architecture.md, 'Fail closed, and the watchdog').
    */
   #markReady(): void {
     const watchdogMs = this.#opts.watchdogMs ?? DEFAULT_WATCHDOG_MS;

@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { t, type Test } from 'tap';
 
 import { abi } from '../../src/bpf';
+import { main } from '../../src/cli/main';
 import { ControllerClient } from '../../src/controller/client';
 import type { LabState } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
@@ -72,6 +73,13 @@ function alive(pid: number): boolean {
     return false;
   }
 }
+
+t.test('nodemesh proxy refuses --fail-open with --fail-closed, before touching anything', async (t) => {
+  let err = '';
+  const code = await main(['proxy', '--node', 'n1', '--controller', '127.0.0.1:1', '--proxy-ip', '198.18.0.1', '--fail-open', '--fail-closed'], { out: () => {}, err: (s) => void (err += s) });
+  t.equal(code, 64, 'a usage error');
+  t.match(err, /--fail-open and --fail-closed contradict each other: give one \(fail closed is the default\)/);
+});
 
 bpfTest(t, 'no bypass while a node proxy is down', async (t) => {
   const lab = await testLab(t, 2, 2, true);
@@ -215,11 +223,19 @@ bpfTest(t, 'no bypass while a node proxy is down', async (t) => {
 
   await t.test('MeshConfig failOpen lets only the workload it names around a proxy that is down', async (t) => {
     const p = await startProxy(t);
+    const flags = (): number[] => dp.pods().map((e) => e.flags & abi.POD_FAIL_OPEN);
+    const storeBefore = (await admin.nodeList()).version;
+    await t.rejects(
+      admin.apply([doc({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { failOpen: [{ selector: { matchLabels: { pod: client.name } } }] } })]),
+      { message: /spec\.failOpen\[0\]\.namespace: required/ },
+      'a failOpen entry without its namespace is refused, naming the field',
+    );
+    t.equal((await admin.nodeList()).version, storeBefore, 'nothing applied');
+    t.same(flags().filter(Boolean), [], 'no pod carries the flag');
     const r = await admin.apply([
       doc({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { failOpen: [{ namespace: 'default', selector: { matchLabels: { pod: client.name } } }] } }),
     ]);
     t.ok(await acked(r.version, [n1.name, n2.name]), 'the MeshConfig is on the nodes');
-    const flags = (): number[] => dp.pods().map((e) => e.flags & abi.POD_FAIL_OPEN);
     t.ok(await waitFor(() => flags().filter(Boolean).length === 1, 5_000), 'one pod of n1 carries the fail-open flag in nm_pods');
     p.child.kill('SIGTERM');
     t.ok(await waitFor(() => p.child.exitCode !== null, 30_000, 50), 'the proxy exits');

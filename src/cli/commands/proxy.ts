@@ -73,6 +73,7 @@ export const proxyCommand = defineCommand({
     const cmd = 'nodemesh proxy';
     if (values.token !== undefined)
       throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
+    if (values['fail-open'] && values['fail-closed']) throw new UsageError(`${cmd}: --fail-open and --fail-closed contradict each other: give one (fail closed is the default)`);
     const node = requiredFlag(cmd, 'node', values.node);
     const token = readBootstrapToken(values['token-file'] as string | undefined);
     const cgroup = (values.cgroup as string | undefined) ?? findCgroup2Mount();
@@ -87,7 +88,6 @@ export const proxyCommand = defineCommand({
     const maxConfigItems = maxItemsFlag === undefined ? undefined : Number(maxItemsFlag);
     if (maxConfigItems !== undefined && (!Number.isSafeInteger(maxConfigItems) || maxConfigItems < 1))
       throw new UsageError(`${cmd}: --max-config-items must be a whole number of at least 1, not ${JSON.stringify(maxItemsFlag)}`);
-    if (values['fail-open'] && values['fail-closed']) throw new UsageError(`${cmd}: --fail-open and --fail-closed contradict each other: give one (fail closed is the default)`);
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
       maxConfigItems,

@@ -399,7 +399,7 @@ export class Datapath {
         failOpen: opts.failOpen ?? cur.failOpen,
         // An adopted `ready` comes with the old proxy's heartbeat: once that
         // is stale the kernel treats the node as having no proxy until this
-        // one beats (docs/architecture.md, 'The data path').
+        // one beats (docs/architecture.md, 'Fail closed, and the watchdog').
         ready: opts.ready ?? (cur.proxyPort === 0 ? false : cur.ready),
         // Marked ready by hand (`datapath install --ready`): no proxy beats for it.
         ...(opts.ready === true ? { watchdogMs: 0 } : {}),

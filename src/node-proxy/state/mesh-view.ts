@@ -397,8 +397,8 @@ export class MeshView {
 
   /**
    * Whether MeshConfig failOpen names this workload: its connects go around
-   * the proxy while none is ready on its node (docs/architecture.md, 'The
-   * data path'). Everything else fails closed.
+   * the proxy while none is ready on its node (docs/architecture.md, 'Fail
+   * closed, and the watchdog'). Everything else fails closed.
    */
   failOpen(w: { namespace: string; labels: Record<string, string> }): boolean {
     return (this.mesh.failOpen ?? []).some((e) => e.namespace === w.namespace && (!e.selector || labelSelectorMatches(e.selector.matchLabels, w.labels)));
