@@ -10,6 +10,7 @@
  *   turns "connection refused by a dead port" into EPERM, counted;
  * - MeshConfig failOpen: only the workload it names goes around.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -219,6 +220,8 @@ bpfTest(t, 'no bypass while a node proxy is down', async (t) => {
     t.notOk(d.proxy_down_open, 'none let around the proxy');
     t.match(dp.status().proxy, { alive: false, mode: 'fail-closed' });
     t.ok(dp.config().ready, 'ready is still set in the map: the heartbeat is what says the proxy is gone');
+    const cli = execFileSync(process.execPath, [BIN, 'status', '--node', n1.name], { encoding: 'utf8' });
+    t.match(cli, /^proxy .* NOT ready \(heartbeat \d+ \w+ old: proxy gone\)  fail-closed: pods' connects are refused with EPERM while no proxy is ready$/m, 'nodemesh status --node says so');
   });
 
   await t.test('MeshConfig failOpen lets only the workload it names around a proxy that is down', async (t) => {

@@ -18,8 +18,8 @@ export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   const p = s.proxy;
   // What the kernel decides: ready with a heartbeat older than the watchdog is a dead proxy.
   const live = p.alive ? 'ready' : c.ready ? `NOT ready (heartbeat ${p.heartbeatAgeMs === null ? 'never written' : `${formatAge(p.heartbeatAgeMs)} old`}: proxy gone)` : 'NOT ready';
-  const down = p.mode === 'fail-open' ? "pods' connects go around the proxy while none is ready" : "pods' connects are refused (EPERM) while no proxy is ready";
-  out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${live}  ${p.mode} (${down})`);
+  const down = p.mode === 'fail-open' ? "pods' connects go around the proxy while none is ready" : "pods' connects are refused with EPERM while no proxy is ready";
+  out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${live}  ${p.mode}: ${down}`);
   out.push('', 'programs');
   out.push(table(['PROGRAM', 'ATTACHED', 'PROG ID', 'PIN'], s.links.map((l) => [l.program, l.attached ? 'yes' : 'NO', l.progId ?? '-', l.pinned ? l.pinPath : '-'])).trimEnd());
   out.push('', `pods (${s.pods.length} enrolled)`);
