@@ -170,10 +170,42 @@ static __always_inline int excluded(const __u8 dst[16], __u16 port, __u64 netns_
 	return bpf_map_lookup_elem(&nm_exclude_ports, &pk) != NULL;
 }
 
+/* Whether the proxy is there to take a connect: ready, and (with the
+ * watchdog on) its heartbeat recent. A proxy killed with SIGKILL leaves
+ * ready set in the pinned map; its heartbeat stops, and after watchdog_ms the
+ * node counts as having no proxy (docs/architecture.md, 'Fail closed, and
+ * the watchdog'). */
+static __always_inline int proxy_ready(const struct nm_config *cfg)
+{
+	if (!cfg->ready)
+		return 0;
+	if (!cfg->watchdog_ms)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - cfg->heartbeat_ns <= (__u64)cfg->watchdog_ms * 1000000ULL)
+		return 1;
+	stat_inc(NM_STAT_PROXY_STALE);
+	return 0;
+}
+
+/* No proxy takes this connect: refuse it (fail closed, the default) unless
+ * the node or the pod chose to fail open. Returns 0 to refuse, 1 to let the
+ * connect go to its own destination. */
+static __always_inline int proxy_down(const struct nm_config *cfg, const struct nm_pod *pod)
+{
+	stat_inc(NM_STAT_PROXY_DOWN);
+	if ((cfg && cfg->fail_open) || (pod && (pod->flags & NM_POD_FAIL_OPEN))) {
+		stat_inc(NM_STAT_PROXY_DOWN_OPEN);
+		return 1;
+	}
+	return 0;
+}
+
 /* Decides for one connect. Returns 1 to redirect, 0 to leave the socket
- * alone, -1 to refuse the connect. On 1, *cfg_out is the config to use. */
+ * alone, -1 to refuse the connect. On 1, *cfg_out and *pod_out are the
+ * config and the pod entry to use. */
 static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16], __u16 port, int this_host,
-				  struct nm_config **cfg_out, __u64 *netns_cookie)
+				  struct nm_config **cfg_out, struct nm_pod **pod_out, __u64 *netns_cookie)
 {
 	if (ctx->protocol != NM_IPPROTO_TCP)
 		return 0; /* UDP (DNS) untouched */
@@ -182,7 +214,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16],
 	 * machine: a socket of a netns not enrolled here leaves at once, with no
 	 * counter written (NM_STAT_NOT_ENROLLED stays 0). */
 	*netns_cookie = bpf_get_netns_cookie(ctx);
-	if (!bpf_map_lookup_elem(&nm_pods, netns_cookie))
+	struct nm_pod *pod = bpf_map_lookup_elem(&nm_pods, netns_cookie);
+	if (!pod)
 		return 0;
 	if (this_host || excluded(dst, port, *netns_cookie)) {
 		stat_inc(NM_STAT_EXCLUDED);
@@ -190,11 +223,10 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16],
 	}
 	__u32 zero = 0;
 	struct nm_config *cfg = bpf_map_lookup_elem(&nm_config, &zero);
-	if (!cfg || !cfg->ready) {
-		stat_inc(NM_STAT_PROXY_DOWN);
-		return cfg && cfg->fail_closed ? -1 : 0;
-	}
+	if (!cfg || !proxy_ready(cfg))
+		return proxy_down(cfg, pod) ? 0 : -1;
 	*cfg_out = cfg;
+	*pod_out = pod;
 	return 1;
 }
 
@@ -227,14 +259,13 @@ int nm_connect4(struct bpf_sock_addr *ctx)
 	ip4_mapped(dst, ip4);
 
 	struct nm_config *cfg = NULL;
+	struct nm_pod *pod = NULL;
 	__u64 netns_cookie = 0;
-	int verdict = decide(ctx, dst, port, this_host4(ip4), &cfg, &netns_cookie);
+	int verdict = decide(ctx, dst, port, this_host4(ip4), &cfg, &pod, &netns_cookie);
 	if (verdict <= 0)
 		return verdict < 0 ? 0 : 1;
-	if (!cfg->proxy_ip4) {
-		stat_inc(NM_STAT_PROXY_DOWN);
-		return cfg->fail_closed ? 0 : 1;
-	}
+	if (!cfg->proxy_ip4)
+		return proxy_down(cfg, pod);
 	/* Never loop the proxy's own address back into itself. */
 	if (ip4 == cfg->proxy_ip4 && port == cfg->proxy_port)
 		return 1;
@@ -258,8 +289,9 @@ int nm_connect6(struct bpf_sock_addr *ctx)
 	int mapped = is_ip4_mapped(dst);
 
 	struct nm_config *cfg = NULL;
+	struct nm_pod *pod = NULL;
 	__u64 netns_cookie = 0;
-	int verdict = decide(ctx, dst, port, this_host6(w, mapped), &cfg, &netns_cookie);
+	int verdict = decide(ctx, dst, port, this_host6(w, mapped), &cfg, &pod, &netns_cookie);
 	if (verdict <= 0)
 		return verdict < 0 ? 0 : 1;
 
@@ -267,20 +299,16 @@ int nm_connect6(struct bpf_sock_addr *ctx)
 	 * proxy address, mapped; a native IPv6 one to the IPv6 address. */
 	__u32 p[4];
 	if (mapped) {
-		if (!cfg->proxy_ip4) {
-			stat_inc(NM_STAT_PROXY_DOWN);
-			return cfg->fail_closed ? 0 : 1;
-		}
+		if (!cfg->proxy_ip4)
+			return proxy_down(cfg, pod);
 		p[0] = 0;
 		p[1] = 0;
 		p[2] = bpf_htonl(0xffff);
 		p[3] = cfg->proxy_ip4;
 	} else {
 		__builtin_memcpy(p, cfg->proxy_ip6, 16);
-		if (!(p[0] | p[1] | p[2] | p[3])) {
-			stat_inc(NM_STAT_PROXY_DOWN);
-			return cfg->fail_closed ? 0 : 1;
-		}
+		if (!(p[0] | p[1] | p[2] | p[3]))
+			return proxy_down(cfg, pod);
 	}
 	if (w[0] == p[0] && w[1] == p[1] && w[2] == p[2] && w[3] == p[3] && port == cfg->proxy_port)
 		return 1;

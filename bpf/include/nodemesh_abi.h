@@ -48,13 +48,17 @@ struct nm_selftest_event {
 /* Addresses are 16 bytes, network order; IPv4 as IPv4-mapped IPv6
  * (::ffff:a.b.c.d), so one layout serves both families. */
 
-/* nm_config[0]: what the hooks redirect to, and whether to. */
+/* nm_config[0]: what the hooks redirect to, and whether to. All zero (a
+ * map just created) means no proxy and fail closed: nothing goes around. */
 struct nm_config {
 	__u8 proxy_ip6[16];  /* native IPv6 proxy address; all zero: none */
 	__u32 proxy_ip4;     /* IPv4 proxy address, network order; 0: none */
 	__u16 proxy_port;    /* host order (15001) */
-	__u8 ready;          /* 0: the proxy is not accepting; see fail_closed */
-	__u8 fail_closed;    /* when not ready: 1 refuses pod connects (EPERM), 0 lets them through */
+	__u8 ready;          /* 0: the proxy is not accepting; see fail_open */
+	__u8 fail_open;      /* when no proxy is ready: 0 refuses pod connects (EPERM), 1 lets them around the proxy */
+	__u64 heartbeat_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the proxy's latest heartbeat */
+	__u32 watchdog_ms;   /* ready lapses once heartbeat_ns is older than this; 0: no watchdog */
+	__u32 _pad;
 };
 
 /* nm_pods value, keyed by the pod's netns cookie (__u64). */
@@ -63,7 +67,8 @@ struct nm_pod {
 	__u32 flags;  /* NM_POD_* */
 };
 
-#define NM_POD_STRICT (1U << 0) /* PeerAuthentication STRICT: TCP only from the node proxy */
+#define NM_POD_STRICT (1U << 0)    /* PeerAuthentication STRICT: TCP only from the node proxy */
+#define NM_POD_FAIL_OPEN (1U << 1) /* MeshConfig failOpen: this pod's connects go around the proxy while none is ready */
 
 /* nm_exclude key: an LPM trie over IPv4-mapped/IPv6 addresses. */
 struct nm_cidr_key {
@@ -124,11 +129,13 @@ enum nm_stat {
 	NM_STAT_REDIRECTED = 0,
 	NM_STAT_EXCLUDED,
 	NM_STAT_NOT_ENROLLED, /* no longer counted: at the cgroup root it would count every connect of the machine; kept so the indexes stay */
-	NM_STAT_PROXY_DOWN,
+	NM_STAT_PROXY_DOWN,   /* connects while no proxy was ready: refused, unless counted in NM_STAT_PROXY_DOWN_OPEN too */
 	NM_STAT_LOOKUP_MISS,
 	NM_STAT_MAP_FULL,
 	NM_STAT_CLOSED,
 	NM_STAT_STRICT_DROP,
+	NM_STAT_PROXY_DOWN_OPEN, /* of NM_STAT_PROXY_DOWN: let through around the proxy (fail open, node or pod) */
+	NM_STAT_PROXY_STALE,     /* of NM_STAT_PROXY_DOWN: ready was set but the heartbeat was older than watchdog_ms */
 	NM_STAT_MAX,
 };
 

@@ -149,6 +149,18 @@ export interface MeshConfigSpec {
   defaultMtlsMode: 'STRICT' | 'PERMISSIVE';
   /** Workload certificate lifetime, seconds. */
   certificateLifetimeSeconds: number;
+  /**
+   * Workloads that fail open: while no proxy is ready on their node, their
+   * connects go around it (no policy, no mTLS) instead of being refused.
+   * Each entry names a namespace and, optionally, a selector in it.
+   */
+  failOpen: readonly FailOpenEntry[];
+}
+
+export interface FailOpenEntry {
+  namespace: string;
+  /** None: every workload of the namespace. */
+  selector?: { matchLabels: Record<string, string> };
 }
 
 export const MESH_CONFIG_DEFAULTS: Readonly<MeshConfigSpec> = Object.freeze({
@@ -156,6 +168,7 @@ export const MESH_CONFIG_DEFAULTS: Readonly<MeshConfigSpec> = Object.freeze({
   outboundTrafficPolicy: Object.freeze({ mode: 'ALLOW_ANY' as const }),
   defaultMtlsMode: 'PERMISSIVE' as const,
   certificateLifetimeSeconds: 24 * 3600,
+  failOpen: Object.freeze([]) as readonly FailOpenEntry[],
 });
 
 export type Workload = Resource<'Workload', WorkloadSpec>;

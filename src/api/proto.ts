@@ -114,6 +114,8 @@ export interface Hello {
   /** Why the node's previous stream ended ('' on its first). */
   lastError?: string;
   maxMessageBytes?: number;
+  /** 'fail-closed' or 'fail-open': what the node's pods get while no proxy is ready. */
+  failMode?: string;
 }
 export interface NodeMessage {
   msg?: 'hello' | 'ack' | 'nack' | 'heartbeat';
@@ -185,6 +187,8 @@ export interface NodeStatusMessage {
   lastError: string;
   lastErrorUnixMs: number;
   streamsOpened: number;
+  /** 'fail-closed' or 'fail-open', from the node's hello; '' before one. */
+  failMode: string;
 }
 export interface RevokeNodeResponse {
   serials: string[];

@@ -36,7 +36,10 @@ export const Config = struct('nm_config', {
   proxy_ip4: 'ipv4',
   proxy_port: 'u16',
   ready: 'u8',
-  fail_closed: 'u8',
+  fail_open: 'u8',
+  heartbeat_ns: 'u64',
+  watchdog_ms: 'u32',
+  _pad: 'pad4',
 });
 
 export const Pod = struct('nm_pod', {
@@ -92,9 +95,11 @@ export const EVENT_CLOSE = 0;
 export const EVENT_STRICT_DROP = 1;
 /** nm_pod.flags */
 export const POD_STRICT = 1;
+/** nm_pod.flags: MeshConfig failOpen selects this pod; its connects go around the proxy while none is ready. */
+export const POD_FAIL_OPEN = 2;
 
 /** enum nm_stat, in order: the index of each per-CPU counter in nm_stats. */
-export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed', 'strict_drop'] as const;
+export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed', 'strict_drop', 'proxy_down_open', 'proxy_stale'] as const;
 export type StatName = (typeof STATS)[number];
 
 /** Every shared struct, with the object (bpf/<object>.bpf.c) whose BTF has it. */

@@ -68,7 +68,8 @@ export class ProxyMetrics {
     if (datapathCounters) {
       new prom.Gauge({
         name: 'nodemesh_datapath_events',
-        help: 'Data path counters from the kernel (redirected, excluded, proxy_down, lookup_miss, map_full, closed, strict_drop; not_enrolled is no longer counted)',
+        help:
+          'Data path counters from the kernel (redirected, excluded, proxy_down: connects while no proxy was ready, refused unless also in proxy_down_open: let around the proxy by fail open, proxy_stale: of proxy_down, those where the proxy was marked ready but its heartbeat had stopped, lookup_miss, map_full, closed, strict_drop; not_enrolled is no longer counted)',
         labelNames: ['counter'] as const,
         registers: [this.registry],
         collect() {

@@ -18,7 +18,7 @@ import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
 import { startAdmin } from './admin';
 import { abi } from '../bpf';
-import { Datapath, type FlowRecord } from './datapath';
+import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
 import { ConnectionRecorder, FlowTable } from './flows';
 import { NodeSession, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
@@ -43,7 +43,14 @@ export interface ProxyOptions {
   cgroup?: string;
   proxyIp: string;
   proxyIp6?: string;
-  failClosed?: boolean;
+  /**
+   * Let this node's pods connect around the proxy while none is ready
+   * (`--fail-open`). Default false: fail closed, their connects are refused
+   * (EPERM) until a proxy is ready; MeshConfig failOpen picks workloads.
+   */
+  failOpen?: boolean;
+  /** The kernel counts the proxy gone once its heartbeat is this old (default DEFAULT_WATCHDOG_MS; 0: no watchdog). */
+  watchdogMs?: number;
   outboundPort?: number;
   /** Tunnel port other nodes' proxies connect to (15008). */
   tunnelPort?: number;
@@ -105,8 +112,11 @@ export class NodeProxy {
   readonly #pool = new HbonePool();
   #inbound: HboneServer | undefined;
   #events: { close(): void } | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
 
   private constructor(opts: ProxyOptions) {
+    if (opts.watchdogMs !== undefined && (!Number.isInteger(opts.watchdogMs) || opts.watchdogMs < 0 || opts.watchdogMs > 0xffff_ffff))
+      throw new ProxyError('NM_ERR_CONFIG', `nodemesh proxy: watchdog ${opts.watchdogMs} ms must be a whole number of ms (0: no watchdog)`);
     this.node = opts.node;
     this.#opts = opts;
     this.state = new ConfigState({ maxItems: opts.maxConfigItems });
@@ -122,7 +132,8 @@ export class NodeProxy {
       },
       certificates: { want: (id) => this.#certs.want(id), drop: (id) => this.#certs.drop(id), wanted: () => this.#certs.wanted() },
       // PeerAuthentication STRICT: the kernel drops plaintext that bypasses the proxy.
-      podFlags: (view, w) => (view.mtlsMode(w) === 'STRICT' ? abi.POD_STRICT : 0),
+      // MeshConfig failOpen: this pod's connects go around the proxy while none is ready.
+      podFlags: (view, w) => (view.mtlsMode(w) === 'STRICT' ? abi.POD_STRICT : 0) | (view.failOpen(w) ? abi.POD_FAIL_OPEN : 0),
       onCommit: (view) => this.#onCommit(view),
     });
     this.#balancers = new BalancerCache(opts.node);
@@ -173,7 +184,7 @@ export class NodeProxy {
       onRenewed: (client) => this.#stream?.setClient(client),
     });
 
-    this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failClosed: o.failClosed });
+    this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failOpen: o.failOpen ?? false });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
     const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#certs = new WorkloadCertificates({
@@ -277,6 +288,7 @@ export class NodeProxy {
       node: o.node,
       proxyVersion: VERSION,
       addresses: [o.proxyIp, ...(o.proxyIp6 ? [o.proxyIp6] : [])],
+      failMode: failMode({ failOpen: o.failOpen ?? false }),
       state: this.state,
       log: this.#log,
       validate: (s) => this.#updater.validate(s),
@@ -291,9 +303,29 @@ export class NodeProxy {
     await first;
     await this.#updater.reconcile();
     this.#ready = true;
-    this.#datapath.setReady(true);
+    this.#markReady();
     this.#metrics.ready.set(1);
     this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
+  }
+
+  /**
+   * Ready in the kernel, with a heartbeat it checks: a proxy that dies
+   * without close() (SIGKILL) stops beating, and after watchdogMs the node's
+   * pods are refused (or, fail open, let around) instead of being sent to a
+   * dead port (docs/architecture.md, 'Fail closed, and the watchdog').
+   */
+  #markReady(): void {
+    const watchdogMs = this.#opts.watchdogMs ?? DEFAULT_WATCHDOG_MS;
+    this.#datapath.configure({ ready: true, watchdogMs });
+    this.#datapath.heartbeat();
+    this.#heartbeat = setInterval(() => {
+      try {
+        this.#datapath.heartbeat();
+      } catch (err) {
+        this.#log.warn({ err: (err as Error).message }, 'data path heartbeat');
+      }
+    }, watchdogMs > 0 ? Math.min(HEARTBEAT_MS, Math.max(100, Math.floor(watchdogMs / 3))) : HEARTBEAT_MS);
+    this.#heartbeat.unref();
   }
 
   /** In the tick a version is taken, after the lookups changed. */
@@ -344,6 +376,7 @@ export class NodeProxy {
       node: this.node,
       version: VERSION,
       ready: this.#ready,
+      failMode: failMode({ failOpen: this.#opts.failOpen ?? false }),
       controller: this.#controllerStatus(),
       identity: this.#session
         ? { node: this.node, notAfter: this.#session.identity.notAfter.toISOString(), trustDomain: this.#session.identity.trustDomain, renewals: this.#session.renewals }
@@ -365,10 +398,15 @@ export class NodeProxy {
   /**
    * Stops: not ready, stops accepting, gives connections (outbound and
    * tunnel streams alike) `drainMs` to finish, cuts the rest and says how
-   * many, closes everything; the data path stays pinned.
+   * many, closes everything; the data path stays pinned. The kernel is told
+   * at once: fail closed (the default) new pod connects are refused with
+   * EPERM and counted in proxy_down for the whole drain; only a node or
+   * workload that chose fail open goes around the proxy meanwhile. Nothing
+   * here changes the fail mode.
    */
   async close(drainMs = 2_000): Promise<void> {
     this.#ready = false;
+    clearInterval(this.#heartbeat);
     try {
       this.#datapath?.setReady(false);
     } catch {

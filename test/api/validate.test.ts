@@ -342,7 +342,7 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
   {
     name: 'MeshConfig, minimal (no spec): every default from MESH_CONFIG_DEFAULTS, no namespace added',
     value: { apiVersion: V, kind: 'MeshConfig', metadata: { name: 'default' } },
-    want: { apiVersion: V, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { ...MESH_CONFIG_DEFAULTS, outboundTrafficPolicy: { mode: 'ALLOW_ANY' } } },
+    want: { apiVersion: V, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { ...MESH_CONFIG_DEFAULTS, outboundTrafficPolicy: { mode: 'ALLOW_ANY' }, failOpen: [] } },
   },
   {
     name: 'MeshConfig, partial: the rest filled',
@@ -351,7 +351,7 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
       apiVersion: V,
       kind: 'MeshConfig',
       metadata: { name: 'default' },
-      spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'ALLOW_ANY' }, defaultMtlsMode: 'PERMISSIVE', certificateLifetimeSeconds: 86400 },
+      spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'ALLOW_ANY' }, defaultMtlsMode: 'PERMISSIVE', certificateLifetimeSeconds: 86400, failOpen: [] },
     },
   },
   {
@@ -360,13 +360,25 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
       apiVersion: V,
       kind: 'MeshConfig',
       metadata: { name: 'default' },
-      spec: { trustDomain: 'mesh.example', outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' }, defaultMtlsMode: 'STRICT', certificateLifetimeSeconds: 3600 },
+      spec: {
+        trustDomain: 'mesh.example',
+        outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' },
+        defaultMtlsMode: 'STRICT',
+        certificateLifetimeSeconds: 3600,
+        failOpen: [{ namespace: 'kube-system' }, { namespace: 'default', selector: { matchLabels: { app: 'legacy' } } }],
+      },
     },
     want: {
       apiVersion: V,
       kind: 'MeshConfig',
       metadata: { name: 'default' },
-      spec: { trustDomain: 'mesh.example', outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' }, defaultMtlsMode: 'STRICT', certificateLifetimeSeconds: 3600 },
+      spec: {
+        trustDomain: 'mesh.example',
+        outboundTrafficPolicy: { mode: 'REGISTRY_ONLY' },
+        defaultMtlsMode: 'STRICT',
+        certificateLifetimeSeconds: 3600,
+        failOpen: [{ namespace: 'kube-system' }, { namespace: 'default', selector: { matchLabels: { app: 'legacy' } } }],
+      },
     },
   },
 ];
@@ -790,6 +802,26 @@ const BAD: { name: string; value: unknown; problems: string[] }[] = [
       'policies.yaml doc 2 (MeshConfig default): spec.defaultMtlsMode: must be one of STRICT, PERMISSIVE',
       'policies.yaml doc 2 (MeshConfig default): spec.certificateLifetimeSeconds: must be <= 31536000',
     ],
+  },
+  {
+    name: 'MeshConfig failOpen: not a list',
+    value: MC({ name: 'default' }, { failOpen: true }),
+    problems: ['policies.yaml doc 2 (MeshConfig default): spec.failOpen: must be array'],
+  },
+  {
+    name: 'MeshConfig failOpen: an entry without its namespace, a bad namespace, a stray field, a selector without matchLabels',
+    value: MC({ name: 'default' }, { failOpen: [{ selector: { matchLabels: { app: 'a' } } }, { namespace: 'Prod' }, { namespace: 'a', workload: 'x' }, { namespace: 'b', selector: {} }] }),
+    problems: [
+      'policies.yaml doc 2 (MeshConfig default): spec.failOpen[0].namespace: required',
+      "policies.yaml doc 2 (MeshConfig default): spec.failOpen[1].namespace: must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+      'policies.yaml doc 2 (MeshConfig default): spec.failOpen[2].workload: unknown field (expected one of namespace, selector)',
+      'policies.yaml doc 2 (MeshConfig default): spec.failOpen[3].selector.matchLabels: required',
+    ],
+  },
+  {
+    name: 'MeshConfig failOpen: too many entries',
+    value: MC({ name: 'default' }, { failOpen: Array.from({ length: 65 }, (_, i) => ({ namespace: `ns${i}` })) }),
+    problems: ['policies.yaml doc 2 (MeshConfig default): spec.failOpen: must list at most 64 entries (select workloads with labels instead)'],
   },
 ];
 

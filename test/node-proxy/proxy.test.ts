@@ -157,7 +157,7 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     t.match(n.nackReason, /Workload\/default\/ghost: its netns \/run\/netns\/nodemesh-test-no-such-netns does not exist/);
     t.same(await whoami(lab, 'n1-p2', VIP, 81, 2), ['n2-p1', 'n2-p1'], 'and keeps serving the config it had (n1-p1 is down since the last test)');
     const cli = await labRun(lab, 'n1', [process.execPath, BIN, 'status', '--credentials', lab.mesh!.controller.credentials]);
-    t.match(cli.stdout, new RegExp(`${n1!.name} +yes +\\d+ +\\d+ +${r.version} .*does not exist`), `nodemesh status shows the refusal: ${cli.stdout}${cli.stderr}`);
+    t.match(cli.stdout, new RegExp(`${n1!.name} +yes +fail-closed +\\d+ +\\d+ +${r.version} .*does not exist`), `nodemesh status shows the refusal: ${cli.stdout}${cli.stderr}`);
     await admin.delete([{ kind: 'Workload', namespace: 'default', name: 'ghost' }]);
     t.ok(await waitFor(async () => (await admin.listNodes()).find((x) => x.node === n1!.name)!.ackedVersion > r.version, 5000), 'the next good version is taken');
   });

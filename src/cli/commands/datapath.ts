@@ -1,18 +1,19 @@
 import * as net from 'node:net';
 
-import { Datapath, DEFAULT_PROXY_PORT, plainIp, type Origin } from '../../node-proxy/datapath';
+import { Datapath, DEFAULT_PROXY_PORT, failMode, plainIp, type Origin } from '../../node-proxy/datapath';
 import { defineCommand, EXIT, termination, type Command, type Io } from '../command';
 import { intFlag, requiredFlag, toJson } from '../output';
 
 const install = defineCommand({
   name: 'install',
   summary: 'Load the redirect programs, attach them at the cgroup2 root and pin them',
-  usage: 'datapath install --node N --proxy-ip IP [--cgroup PATH] [--proxy-port 15001] [--fail-closed] [--ready]',
+  usage: 'datapath install --node N --proxy-ip IP [--cgroup PATH] [--proxy-port 15001] [--fail-open] [--ready]',
   description:
     'Maps and links are pinned under /sys/fs/bpf/nodemesh/<node>/, so redirection outlives this\n' +
     'command. Run again on an installed node, it adopts the pins and switches the programs in\n' +
     'place (or moves them, without a gap, when --cgroup changed). Pods are redirected only once\n' +
-    'enrolled and once the proxy is marked ready. At the cgroup2 root (the default) every socket\n' +
+    'enrolled and once the proxy is marked ready; until then their connects are refused (EPERM),\n' +
+    'unless --fail-open lets them go around the proxy. At the cgroup2 root (the default) every socket\n' +
     "of an enrolled pod's network namespace is redirected, whichever cgroup its process is in;\n" +
     'with --cgroup only those of processes below that cgroup are.',
   options: {
@@ -21,7 +22,7 @@ const install = defineCommand({
     'proxy-ip': { type: 'string' },
     'proxy-ip6': { type: 'string' },
     'proxy-port': { type: 'string', default: String(DEFAULT_PROXY_PORT) },
-    'fail-closed': { type: 'boolean', default: false },
+    'fail-open': { type: 'boolean', default: false },
     ready: { type: 'boolean' },
   },
   optionHelp: {
@@ -30,8 +31,8 @@ const install = defineCommand({
     'proxy-ip': "the node proxy's IPv4 address (required)",
     'proxy-ip6': "the node proxy's IPv6 address",
     'proxy-port': 'the outbound port of the proxy',
-    'fail-closed': 'refuse pod connects while the proxy is not ready',
-    ready: 'mark the proxy ready now (otherwise the proxy does it)',
+    'fail-open': 'let pod connects around the proxy while it is not ready (default: refuse them, EPERM)',
+    ready: 'mark the proxy ready now, with no watchdog (otherwise the proxy does it, and keeps a heartbeat)',
   },
   async run(values, _p, io) {
     const cmd = 'nodemesh datapath install';
@@ -41,11 +42,11 @@ const install = defineCommand({
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
       proxyPort: intFlag(cmd, 'proxy-port', values['proxy-port'], 1, 65535),
-      failClosed: values['fail-closed'] as boolean,
+      failOpen: values['fail-open'] as boolean,
       ready: values.ready as boolean | undefined,
     });
     const c = dp.config();
-    io.out(`datapath ${dp.node}: attached to ${dp.cgroup()}, redirecting to ${c.proxyIp}:${c.proxyPort} (${c.ready ? 'ready' : 'not ready'}, fail-${c.failClosed ? 'closed' : 'open'}), pinned at ${dp.pinDir}\n`);
+    io.out(`datapath ${dp.node}: attached to ${dp.cgroup()}, redirecting to ${c.proxyIp}:${c.proxyPort} (${c.ready ? 'ready' : 'not ready'}, ${failMode(c)}), pinned at ${dp.pinDir}\n`);
     dp.close();
     return EXIT.ok;
   },
@@ -149,8 +150,9 @@ const echo = defineCommand({
     echoOrigins(dp, server, io);
     const port = intFlag(cmd, 'port', values.port, 1, 65535);
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, values.listen as string, resolve));
-    // Ready while something listens; not ready (fail open or closed) after.
-    dp.setReady(true);
+    // Ready while something listens; not ready (fail closed, or open if chosen) after. It beats
+    // no heartbeat: the watchdog a proxy set before is turned off.
+    dp.configure({ ready: true, watchdogMs: 0 });
     io.out(`listening on ${values.listen as string}:${port} for ${dp.node}\n`);
     await termination();
     dp.setReady(false);

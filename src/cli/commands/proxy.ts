@@ -24,13 +24,15 @@ const LISTENER_FLAGS = listenerFlagOptions();
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
-  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR]',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--fail-open]',
   description:
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
     `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
     `$${TOKEN_ENV}, never on the command line, where every \`ps\` would show it.\n` +
     'Installs or adopts the eBPF data path (at the cgroup2 root), enrolls\n' +
-    'the workloads the controller places on this node, and proxies their connections. In the\n' +
+    'the workloads the controller places on this node, and proxies their connections. While no\n' +
+    "proxy is ready the node fails closed: its pods' connects are refused (EPERM), never sent\n" +
+    'around the mesh, unless --fail-open (this node) or MeshConfig failOpen (named workloads). In the\n' +
     'lab, `nodemesh lab up` runs one per node.',
   options: {
     node: { type: 'string' },
@@ -43,6 +45,8 @@ export const proxyCommand = defineCommand({
     cgroup: { type: 'string' },
     'proxy-ip': { type: 'string' },
     'proxy-ip6': { type: 'string' },
+    'fail-open': { type: 'boolean', default: false },
+    // The default now; accepted so existing command lines keep working.
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
     'access-log-level': { type: 'string', default: 'info' },
@@ -61,7 +65,8 @@ export const proxyCommand = defineCommand({
     cgroup: 'cgroup v2 directory to attach the data path to (default: the cgroup2 root, so every socket of a pod netns is captured)',
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
-    'fail-closed': 'refuse pod connects while the proxy is not ready',
+    'fail-open': "while no proxy is ready (starting, stopping, killed), let this node's pods connect around it: no policy, no mTLS. Default: fail closed, their connects are refused (EPERM)",
+    'fail-closed': 'the default (accepted for older command lines): refuse pod connects while no proxy is ready',
     'log-level': 'trace, debug, info, warn, error',
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
     'drain-timeout': 'on SIGTERM or SIGINT: how long open connections get to finish before they are closed (default 2s); new ones are not accepted meanwhile',
@@ -71,6 +76,7 @@ export const proxyCommand = defineCommand({
     const cmd = 'nodemesh proxy';
     if (values.token !== undefined)
       throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
+    if (values['fail-open'] && values['fail-closed']) throw new UsageError(`${cmd}: --fail-open and --fail-closed contradict each other: give one (fail closed is the default)`);
     const node = requiredFlag(cmd, 'node', values.node);
     const token = readBootstrapToken(values['token-file'] as string | undefined);
     const cgroup = (values.cgroup as string | undefined) ?? findCgroup2Mount();
@@ -100,7 +106,7 @@ export const proxyCommand = defineCommand({
       cgroup,
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
-      failClosed: values['fail-closed'] as boolean,
+      failOpen: values['fail-open'] as boolean,
       accessLogLevel: accessLevel(values['access-log-level'] as string),
       limits,
       log,

@@ -15,7 +15,11 @@ export function formatStatus(s: DatapathStatus, f: FeatureReport): string {
   const capture = { netns: ' (cgroup2 root: every socket of an enrolled pod netns)', cgroup: ' (only processes below this cgroup are captured)' } as const;
   out.push(`cgroup    ${s.cgroup ?? 'unknown (no install record)'}${s.capture ? capture[s.capture] : ''}`);
   out.push(`pins      ${s.pinDir}`);
-  out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${c.ready ? 'ready' : 'NOT ready'}  fail-${c.failClosed ? 'closed' : 'open'}`);
+  const p = s.proxy;
+  // What the kernel decides: ready with a heartbeat older than the watchdog is a dead proxy.
+  const live = p.alive ? 'ready' : c.ready ? `NOT ready (heartbeat ${p.heartbeatAgeMs === null ? 'never written' : `${formatAge(p.heartbeatAgeMs)} old`}: proxy gone)` : 'NOT ready';
+  const down = p.mode === 'fail-open' ? "pods' connects go around the proxy while none is ready" : "pods' connects are refused with EPERM while no proxy is ready";
+  out.push(`proxy     ${c.proxyIp ?? '-'}${c.proxyIp6 ? ` [${c.proxyIp6}]` : ''}:${c.proxyPort}  ${live}  ${p.mode}: ${down}`);
   out.push('', 'programs');
   out.push(table(['PROGRAM', 'ATTACHED', 'PROG ID', 'PIN'], s.links.map((l) => [l.program, l.attached ? 'yes' : 'NO', l.progId ?? '-', l.pinned ? l.pinPath : '-'])).trimEnd());
   out.push('', `pods (${s.pods.length} enrolled)`);
@@ -49,10 +53,11 @@ async function controllerStatus(values: Record<string, unknown>, io: Io, format:
     const now = Date.now();
     io.out(
       table(
-        ['NODE', 'CONNECTED', 'SENT', 'ACKED', 'NACKED', 'CONFIG', 'STREAMS', 'LAST SEEN', 'LAST ERROR'],
+        ['NODE', 'CONNECTED', 'MODE', 'SENT', 'ACKED', 'NACKED', 'CONFIG', 'STREAMS', 'LAST SEEN', 'LAST ERROR'],
         nodes.map((n) => [
           n.node,
           n.connected ? 'yes' : 'NO',
+          n.failMode || '-',
           n.sentVersion,
           n.ackedVersion,
           n.nackedVersion || '-',
@@ -69,6 +74,7 @@ async function controllerStatus(values: Record<string, unknown>, io: Io, format:
 
 interface ProxyStatus {
   ready: boolean;
+  failMode?: string;
   version: string;
   controller: { address: string; connected: boolean; configVersion: number; summary?: string };
   identity: { notAfter: string } | null;
@@ -90,7 +96,7 @@ async function proxyStatus(node: string): Promise<ProxyStatus | undefined> {
 
 function formatProxy(p: ProxyStatus): string {
   return [
-    `  health      ${p.ready ? 'ready' : 'NOT ready'} (nodemesh ${p.version})`,
+    `  health      ${p.ready ? 'ready' : 'NOT ready'} (nodemesh ${p.version})${p.failMode ? `, ${p.failMode}` : ''}`,
     `  controller  ${p.controller.address}: ${p.controller.summary ?? (p.controller.connected ? 'connected' : 'not connected')}`,
     `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
     `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads`,
@@ -108,7 +114,7 @@ export const statusCommand = defineCommand({
   usage: 'status [--node N] [-o text|json]',
   description:
     'Without --node: every node, whether it is connected, the config versions sent and\n' +
-    'acknowledged, what config it holds (CONFIG: NONE, receiving, current, applying N,\n' +
+    'acknowledged, its fail mode (MODE: fail-closed or fail-open), what config it holds (CONFIG: NONE, receiving, current, applying N,\n' +
     'refused N, kept N while not connected), the streams it opened and why the last one failed\n' +
     '(admin credentials). With --node: that node\'s data path on this host: what is attached\n' +
     'where, enrolled pods, map fill, counters, and its proxy\'s link to the controller.',

@@ -174,7 +174,8 @@ export function nodeConfigService(
             const lastError = clip(m.hello.lastError ?? '', LIMITS.maxNodeTextChars);
             ctx.log.info({ node, peer, holds: m.hello.version, proxyVersion, ...(lastError ? { lastError } : {}) }, 'node connected');
             hub.streamReported(node, lastError);
-            hub.connect(node, m.hello.version, proxyVersion, channel, addresses);
+            const failMode = m.hello.failMode === 'fail-open' || m.hello.failMode === 'fail-closed' ? m.hello.failMode : '';
+            hub.connect(node, m.hello.version, proxyVersion, channel, addresses, failMode);
             return;
           }
           switch (m.msg) {
@@ -252,6 +253,7 @@ export function nodeConfigService(
             lastError: h?.lastError ?? '',
             lastErrorUnixMs: h?.lastErrorUnixMs ?? 0,
             streamsOpened: h?.streamsOpened ?? 0,
+            failMode: s?.failMode ?? '',
           };
         }),
       };

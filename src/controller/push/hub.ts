@@ -93,6 +93,8 @@ interface NodeState {
   lastSeen: number;
   proxyVersion: string;
   addresses: string[];
+  /** 'fail-closed' or 'fail-open', as its hello said; '' when it did not say. */
+  failMode: string;
   channel: NodeChannel | null;
   /** version -> when its write was committed (ms), until ACKed. */
   pending: Map<number, number>;
@@ -321,7 +323,7 @@ export class ConfigHub {
    * A node said hello on `channel`. `holds` is the version it has (0: none).
    * Replaces an older stream of the same node.
    */
-  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = []): void {
+  connect(node: string, holds: number, proxyVersion: string, channel: NodeChannel, addresses: string[] = [], failMode = ''): void {
     // Where the node takes tunnels is part of other nodes' config: push that first.
     const moved = this.#registry.setNodeAddresses(node, addresses);
     // An address moved here from a node that is not connected (a machine replaced, its address reused): that node no longer has it.
@@ -348,6 +350,7 @@ export class ConfigHub {
         lastSeen: Date.now(),
         proxyVersion,
         addresses,
+        failMode,
         channel,
         pending: new Map(),
         resync: false,
@@ -360,6 +363,7 @@ export class ConfigHub {
     s.channel = channel;
     s.proxyVersion = proxyVersion;
     s.addresses = addresses;
+    s.failMode = failMode;
     s.lastSeen = Date.now();
     s.pending.clear();
     s.queue = [];
@@ -441,7 +445,7 @@ export class ConfigHub {
     }
   }
 
-  nodes(): Pick<NodeStatusMessage, 'node' | 'connected' | 'sentVersion' | 'ackedVersion' | 'nackedVersion' | 'nackReason' | 'lastSeenUnixMs' | 'peer' | 'proxyVersion' | 'addresses' | 'streamCertificateSerial'>[] {
+  nodes(): Pick<NodeStatusMessage, 'node' | 'connected' | 'sentVersion' | 'ackedVersion' | 'nackedVersion' | 'nackReason' | 'lastSeenUnixMs' | 'peer' | 'proxyVersion' | 'addresses' | 'streamCertificateSerial' | 'failMode'>[] {
     return [...this.#nodes.values()]
       .sort((a, b) => (a.node < b.node ? -1 : 1))
       .map((s) => ({
@@ -455,6 +459,7 @@ export class ConfigHub {
         peer: s.channel?.peer ?? '',
         proxyVersion: s.proxyVersion,
         addresses: s.addresses,
+        failMode: s.failMode,
         streamCertificateSerial: s.channel?.serial ?? '',
       }));
   }

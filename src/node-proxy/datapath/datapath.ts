@@ -29,6 +29,13 @@ import { bpfObjectPath } from '../../paths';
 export const DEFAULT_PIN_BASE = '/sys/fs/bpf/nodemesh';
 export const DEFAULT_STATE_DIR = '/run/nodemesh/datapath';
 export const DEFAULT_PROXY_PORT = 15001;
+/**
+ * How old the proxy's heartbeat in nm_config may be before the kernel counts
+ * the node as having no proxy (a SIGKILLed proxy leaves `ready` set). The
+ * proxy beats every HEARTBEAT_MS; the margin absorbs a busy event loop.
+ */
+export const DEFAULT_WATCHDOG_MS = 3_000;
+export const HEARTBEAT_MS = 1_000;
 
 /** Programs of redirect.bpf.o and the pinned link name of each. */
 const PROGRAMS = ['nm_connect4', 'nm_connect6', 'nm_sockops', 'nm_ingress', 'nm_sock_release'] as const;
@@ -52,7 +59,12 @@ export interface DatapathConfig {
   proxyIp6: string | null;
   proxyPort: number;
   ready: boolean;
-  failClosed: boolean;
+  /** While no proxy is ready: true lets pod connects around the proxy, false (the default) refuses them with EPERM. */
+  failOpen: boolean;
+  /** CLOCK_MONOTONIC ns (bpf_ktime_get_ns) of the proxy's latest heartbeat; 0n: none yet. */
+  heartbeatNs: bigint;
+  /** `ready` lapses once the heartbeat is older than this; 0: no watchdog. */
+  watchdogMs: number;
 }
 
 export interface InstallOptions {
@@ -65,8 +77,8 @@ export interface InstallOptions {
   proxyIp: string;
   proxyIp6?: string;
   proxyPort?: number;
-  /** Refuse pod connects while the proxy is not ready (default: let them through). */
-  failClosed?: boolean;
+  /** Let pod connects around the proxy while none is ready. Default: what an earlier install set, else false (refuse them, EPERM). */
+  failOpen?: boolean;
   /** Mark the proxy ready now. Default: keep what an earlier run set, else not ready. */
   ready?: boolean;
   pinBase?: string;
@@ -125,12 +137,40 @@ export interface DatapathStatus {
   /** netns: attached at the cgroup2 root, every socket of an enrolled netns is captured; cgroup: only those of processes below `cgroup`. */
   capture: 'netns' | 'cgroup' | null;
   config: DatapathConfig;
+  /** What the kernel does with a pod's connect now: redirect to the proxy, or (no proxy ready) refuse or let it around. */
+  proxy: ProxyLiveness;
   links: LinkStatus[];
   pods: PodEntry[];
   excludedCidrs: string[];
   excludedPorts: { port: number; netnsCookie: bigint }[];
   maps: { name: string; entries: number; maxEntries: number }[];
   counters: Record<abi.StatName, bigint>;
+}
+
+export interface ProxyLiveness {
+  /** ready and, with the watchdog on, a heartbeat younger than watchdogMs: what the kernel checks. */
+  alive: boolean;
+  /** Age of the latest heartbeat, ms; null: none written. */
+  heartbeatAgeMs: number | null;
+  /** fail-open: pods' connects go around the proxy while none is alive; fail-closed: they are refused. */
+  mode: 'fail-open' | 'fail-closed';
+}
+
+/** The mode a node's data path is in, as `nodemesh status` and the proxy's /status say it. */
+export function failMode(c: Pick<DatapathConfig, 'failOpen'>): 'fail-open' | 'fail-closed' {
+  return c.failOpen ? 'fail-open' : 'fail-closed';
+}
+
+/** CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads. */
+export function monotonicNs(): bigint {
+  return process.hrtime.bigint();
+}
+
+/** What proxy_ready() in bpf/redirect.bpf.c decides, for a config read now. */
+export function proxyLiveness(c: DatapathConfig, nowNs = monotonicNs()): ProxyLiveness {
+  const heartbeatAgeMs = c.heartbeatNs === 0n ? null : Number((nowNs - c.heartbeatNs) / 1_000_000n);
+  const fresh = c.watchdogMs === 0 || (heartbeatAgeMs !== null && heartbeatAgeMs <= c.watchdogMs);
+  return { alive: c.ready && fresh, heartbeatAgeMs, mode: failMode(c) };
 }
 
 interface InstallRecord {
@@ -205,6 +245,29 @@ function openMaps(open: (name: string, codecs: { key?: unknown; value?: unknown 
   } catch (err) {
     for (const m of opened) m.close();
     throw err;
+  }
+}
+
+/**
+ * Maps pinned by an install of another layout (nm_config before the
+ * heartbeat, nm_stats before its newer counters) cannot be reused by the new
+ * object: libbpf refuses to load it. Their pins are removed so the load
+ * creates them anew; the old programs keep the old maps until their links
+ * switch. A new nm_config starts all zero: no proxy, fail closed.
+ */
+function dropIncompatiblePins(pinDir: string): void {
+  const want: Record<string, { valueSize: number; maxEntries?: number }> = {
+    [MAPS.config]: { valueSize: abi.Config.size },
+    [MAPS.pods]: { valueSize: abi.Pod.size },
+    [MAPS.stats]: { valueSize: 8, maxEntries: abi.STATS.length },
+  };
+  for (const [name, w] of Object.entries(want)) {
+    const pin = path.join(pinDir, name);
+    if (native().pinnedKind(pin) !== 'map') continue;
+    const m = BpfMap.openPinned(pin);
+    const fits = m.info.valueSize === w.valueSize && (w.maxEntries === undefined || m.info.maxEntries === w.maxEntries);
+    m.close();
+    if (!fits) fs.rmSync(pin);
   }
 }
 
@@ -290,6 +353,7 @@ export class Datapath {
     }
 
     const hadPins = fs.existsSync(pinDir);
+    dropIncompatiblePins(pinDir);
     const made: Link[] = [];
     let obj: BpfObject | undefined;
     try {
@@ -332,8 +396,13 @@ export class Datapath {
         proxyIp: opts.proxyIp,
         proxyIp6: opts.proxyIp6 ?? null,
         proxyPort: port,
-        failClosed: opts.failClosed ?? cur.failClosed,
+        failOpen: opts.failOpen ?? cur.failOpen,
+        // An adopted `ready` comes with the old proxy's heartbeat: once that
+        // is stale the kernel treats the node as having no proxy until this
+        // one beats (docs/architecture.md, 'Fail closed, and the watchdog').
         ready: opts.ready ?? (cur.proxyPort === 0 ? false : cur.ready),
+        // Marked ready by hand (`datapath install --ready`): no proxy beats for it.
+        ...(opts.ready === true ? { watchdogMs: 0 } : {}),
       });
       const record: InstallRecord = { node: opts.node, cgroup, cgroupId: String(cgid), installedAt: new Date().toISOString() };
       fs.mkdirSync(path.dirname(stateFile), { recursive: true });
@@ -421,7 +490,9 @@ export class Datapath {
       proxyIp6: c.proxy_ip6 === '::' ? null : c.proxy_ip6,
       proxyPort: c.proxy_port,
       ready: c.ready !== 0,
-      failClosed: c.fail_closed !== 0,
+      failOpen: c.fail_open !== 0,
+      heartbeatNs: c.heartbeat_ns,
+      watchdogMs: c.watchdog_ms,
     };
   }
 
@@ -433,12 +504,19 @@ export class Datapath {
       proxy_ip6: next.proxyIp6 ?? '::',
       proxy_port: next.proxyPort,
       ready: next.ready ? 1 : 0,
-      fail_closed: next.failClosed ? 1 : 0,
+      fail_open: next.failOpen ? 1 : 0,
+      heartbeat_ns: next.heartbeatNs,
+      watchdog_ms: next.watchdogMs,
     });
   }
 
   setReady(ready: boolean): void {
     this.configure({ ready });
+  }
+
+  /** The proxy is alive now: the kernel's watchdog reads this (every HEARTBEAT_MS from a running proxy). */
+  heartbeat(nowNs = monotonicNs()): void {
+    this.configure({ heartbeatNs: nowNs });
   }
 
   /**
@@ -596,6 +674,7 @@ export class Datapath {
       cgroup,
       capture: cgroup === null ? null : cgroup === findCgroup2Mount() ? 'netns' : 'cgroup',
       config: this.config(),
+      proxy: proxyLiveness(this.config()),
       links: this.links(),
       pods: this.pods(),
       excludedCidrs: this.excludedCidrs(),

@@ -23,6 +23,8 @@ export interface ConfigStreamOptions {
   proxyVersion?: string;
   /** Where other nodes reach this node's proxy (sent in the hello). */
   addresses?: string[];
+  /** The data path's mode, for the controller's node list (sent in the hello). */
+  failMode?: 'fail-closed' | 'fail-open';
   state?: ConfigState;
   log?: Logger;
   /** Reconnect delays: drawn from [base/2, base], base doubling from backoffMs (200) to maxBackoffMs (2 s). */
@@ -132,6 +134,7 @@ export class ConfigStream extends EventEmitter<ConfigStreamEvents> {
         addresses: this.#opts.addresses ?? [],
         maxMessageBytes: this.#client.maxResponseBytes,
         lastError: this.#endedWith,
+        failMode: this.#opts.failMode ?? '',
       },
     });
     call.on('data', (m: ConfigMessage) => {

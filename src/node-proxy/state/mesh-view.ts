@@ -395,6 +395,15 @@ export class MeshView {
     return pick?.spec.mtls.mode ?? this.mesh.defaultMtlsMode;
   }
 
+  /**
+   * Whether MeshConfig failOpen names this workload: its connects go around
+   * the proxy while none is ready on its node (docs/architecture.md, 'Fail
+   * closed, and the watchdog'). Everything else fails closed.
+   */
+  failOpen(w: { namespace: string; labels: Record<string, string> }): boolean {
+    return (this.mesh.failOpen ?? []).some((e) => e.namespace === w.namespace && (!e.selector || labelSelectorMatches(e.selector.matchLabels, w.labels)));
+  }
+
   /** The Service answering on ip:port. */
   serviceAt(ip: string, port: number): { service: ServiceView; port: ServicePort } | undefined {
     return this.#byVip.get(`${normalizeIp(ip)}|${port}`);

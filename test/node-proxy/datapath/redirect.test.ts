@@ -7,18 +7,19 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { t, type Test } from 'tap';
 
 import { abi, cgroupId, findCgroup2Mount, netnsCookie } from '../../../src/bpf';
 import type { LabState } from '../../../src/lab';
-import { Datapath, type FlowRecord } from '../../../src/node-proxy/datapath';
+import { Datapath, monotonicNs, type FlowRecord } from '../../../src/node-proxy/datapath';
 import { PACKAGE_ROOT } from '../../../src/paths';
 import { bpfTest } from '../../helpers/bpf';
 import { fixture } from '../../helpers/child';
 import { labProcess, labRun, testLab } from '../../helpers/lab';
-import { onCleanup } from '../../helpers/scratch';
+import { onCleanup, tempCgroup, tempPinDir } from '../../helpers/scratch';
 import { waitFor } from '../../helpers/wait';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
@@ -242,17 +243,44 @@ bpfTest(t, 'the data path in a lab', async (t) => {
     t.same(codes((await client(lab, `n${n2.index}`, p2!.ip, 9090)).results), ['ok'], 'PERMISSIVE again: it gets in');
   });
 
-  await t.test('not ready: fail open by default, fail closed when configured', async (t) => {
+  await t.test('not ready: fail closed by default; fail open for the node or for one pod', async (t) => {
     dp.setReady(false);
-    t.teardown(() => dp.configure({ ready: true, failClosed: false }));
+    t.teardown(() => {
+      dp.configure({ ready: true, failOpen: false });
+      dp.enrollCookie(cookie1, { index: 1 });
+    });
+    t.equal(dp.config().failOpen, false, 'a new install fails closed');
     let before = dp.counters();
-    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['ENETUNREACH'], 'fail open: the connect goes out unredirected');
-    dp.configure({ failClosed: true });
     t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['EPERM'], 'fail closed: refused');
-    t.same(delta(before, dp.counters()), { proxy_down: 2 });
-    dp.configure({ ready: true, failClosed: false });
+    t.same(delta(before, dp.counters()), { proxy_down: 1 }, 'counted as proxy down, nothing let around');
+    dp.configure({ failOpen: true });
     before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['ENETUNREACH'], 'fail open (the node): the connect goes out unredirected');
+    t.same(delta(before, dp.counters()), { proxy_down: 1, proxy_down_open: 1 }, 'counted as let around the proxy');
+    dp.configure({ failOpen: false });
+    dp.enrollCookie(cookie1, { index: 1, flags: abi.POD_FAIL_OPEN });
+    before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['ENETUNREACH'], 'fail open (this pod, nm_pods flag): goes around');
+    t.same(codes((await client(lab, 'n1-p2', VIP, 80)).results), ['EPERM'], 'the other pod of the node: still refused');
+    t.same(delta(before, dp.counters()), { proxy_down: 2, proxy_down_open: 1 });
+    dp.enrollCookie(cookie1, { index: 1 });
+    dp.configure({ ready: true });
     t.equal(answers((await client(lab, 'n1-p1', VIP, 80)).results)[0]!.origin?.ip, VIP, 'ready again: redirected');
+  });
+
+  await t.test('watchdog: ready with a stale heartbeat counts as no proxy', async (t) => {
+    t.teardown(() => dp.configure({ ready: true, watchdogMs: 0, heartbeatNs: 0n }));
+    // process.hrtime.bigint() is CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() reads.
+    dp.configure({ ready: true, watchdogMs: 2_000, heartbeatNs: monotonicNs() });
+    t.equal(answers((await client(lab, 'n1-p1', VIP, 80)).results)[0]!.origin?.ip, VIP, 'a fresh heartbeat: redirected');
+    dp.configure({ heartbeatNs: monotonicNs() - 10_000_000_000n });
+    const before = dp.counters();
+    t.same(codes((await client(lab, 'n1-p1', VIP, 80)).results), ['EPERM'], 'a heartbeat 10 s old (the proxy died): refused, fail closed');
+    t.same(delta(before, dp.counters()), { proxy_down: 1, proxy_stale: 1 });
+    t.match(dp.status().proxy, { alive: false, mode: 'fail-closed' }, 'the status says so');
+    t.ok(dp.status().proxy.heartbeatAgeMs! >= 10_000, 'with the heartbeat age');
+    dp.heartbeat();
+    t.equal(answers((await client(lab, 'n1-p1', VIP, 80)).results)[0]!.origin?.ip, VIP, 'beating again: redirected');
   });
 
   await t.test('2,000 connections from two pods at once: every origin found, maps empty after', async (t) => {
@@ -341,4 +369,23 @@ bpfTest(t, 'installed by a process that exits; adopted by the next; uninstall le
   t.notOk(fs.existsSync(`/sys/fs/bpf/nodemesh/${n1.name}`), 'no pins remain');
   t.same(codes((await client(lab, pod.name, VIP, 80)).results), ['ENETUNREACH'], 'no longer redirected');
   t.match(cli(['datapath', 'uninstall', '--node', n1.name]), /nothing was installed/, 'uninstall is idempotent');
+});
+
+bpfTest(t, 'an install over maps pinned with an older layout replaces them, fail closed', async (t) => {
+  const pinBase = tempPinDir(t);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-dp-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const cgroup = tempCgroup(t);
+  const node = 'layout';
+  const pinDir = Datapath.pinDirOf(node, pinBase);
+  fs.mkdirSync(pinDir, { recursive: true });
+  // What an install before the heartbeat left: a 24-byte nm_config (fail_closed 0: fail open) and 8 counters.
+  execFileSync('bpftool', ['map', 'create', path.join(pinDir, 'nm_config'), 'type', 'array', 'key', '4', 'value', '24', 'entries', '1', 'name', 'nm_config']);
+  execFileSync('bpftool', ['map', 'create', path.join(pinDir, 'nm_stats'), 'type', 'percpu_array', 'key', '4', 'value', '8', 'entries', '8', 'name', 'nm_stats']);
+  const dp = Datapath.install({ node, cgroup, proxyIp: '198.18.0.1', pinBase, stateDir });
+  onCleanup(t, () => Datapath.uninstall(node, { pinBase, stateDir }));
+  t.match(dp.config(), { proxyIp: '198.18.0.1', ready: false, failOpen: false, heartbeatNs: 0n, watchdogMs: 0 }, 'a new nm_config: not ready, fail closed');
+  t.same(Object.keys(dp.counters()), [...abi.STATS], 'nm_stats has every counter');
+  t.equal(dp.links().filter((l) => l.attached).length, 5, 'attached');
+  dp.close();
 });

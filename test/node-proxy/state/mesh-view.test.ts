@@ -90,3 +90,20 @@ t.test('HTTPRoutes are found by the services they attach to', async (t) => {
   t.same(view.routesFor('Service/shop/b'), [], 'a removed route is gone');
   t.same(view.routesFor('Service/shop/a').map((x) => x.metadata.name), ['x', 'r2']);
 });
+
+t.test('MeshConfig failOpen names the workloads that fail open: a whole namespace, or a selector in one', async (t) => {
+  const state = new ConfigState();
+  const failOpen = [{ namespace: 'legacy' }, { namespace: 'shop', selector: { matchLabels: { app: 'batch' } } }];
+  const item: Item = { key: 'MeshConfig//default', json: JSON.stringify({ kind: 'MeshConfig', metadata: { name: 'default' }, spec: { trustDomain: 'cluster.local', failOpen } }) };
+  state.apply({ snapshot: { version: 1, items: [item] } });
+  const view = MeshView.build(state, 'n1');
+  const cases: [string, { namespace: string; labels: Record<string, string> }, boolean][] = [
+    ['every workload of a listed namespace', { namespace: 'legacy', labels: {} }, true],
+    ['a selected workload', { namespace: 'shop', labels: { app: 'batch', tier: 'x' } }, true],
+    ['another workload of that namespace', { namespace: 'shop', labels: { app: 'web' } }, false],
+    ['the same labels in another namespace', { namespace: 'other', labels: { app: 'batch' } }, false],
+  ];
+  for (const [what, w, want] of cases) t.equal(view.failOpen(w), want, what);
+  const none = MeshView.build(new ConfigState(), 'n1');
+  t.equal(none.failOpen({ namespace: 'legacy', labels: {} }), false, 'no MeshConfig: every workload fails closed');
+});
