@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs';
 
+import { POD_FAIL_OPEN, POD_STRICT } from '../../bpf/abi';
 import { silentLogger, type Logger } from '../../log';
 import { compilePolicies, type CompiledPolicySet } from '../policy';
 import type { ApplyResult, ConfigState, Staged } from './config-state';
@@ -161,7 +162,7 @@ export class StateUpdater {
           continue;
         }
         this.#enrolled.set(key, { cookie, netns });
-        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie), strict: flags !== 0 }, 'enrolled');
+        this.#log.info({ workload: key, netns: w.netns, cookie: String(cookie), strict: (flags & POD_STRICT) !== 0, failOpen: (flags & POD_FAIL_OPEN) !== 0 }, 'enrolled');
       } else {
         ops.update(cookie, { index, flags });
       }
