@@ -8,8 +8,9 @@ import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { LIMITS } from '../../api/limits';
+import { parseDurationMs } from '../../api/validate';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
-import { NodeProxy } from '../../node-proxy/proxy';
+import { NodeProxy, PROXY_DEFAULTS } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
 
@@ -46,6 +47,7 @@ export const proxyCommand = defineCommand({
     'log-level': { type: 'string', default: 'info' },
     'access-log-level': { type: 'string', default: 'info' },
     'max-config-items': { type: 'string' },
+    'controller-wait': { type: 'string' },
     ...LISTENER_FLAGS.options,
   },
   optionHelp: {
@@ -55,13 +57,14 @@ export const proxyCommand = defineCommand({
     token: `refused: a token on the command line is visible to every user in ps; use --token-file or $${TOKEN_ENV}`,
     'token-file': `file holding the bootstrap token, mode 0600 (first start; or $${TOKEN_ENV})`,
     'ca-file': "the controller's CA certificate (first start)",
-    'state-dir': `where the node certificate is kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
+    'state-dir': `where the node certificate, the last config and the workload certificates are kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
     cgroup: 'cgroup v2 directory to attach the data path to (default: the cgroup2 root, so every socket of a pod netns is captured)',
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
     'fail-closed': 'refuse pod connects while the proxy is not ready',
     'log-level': 'trace, debug, info, warn, error',
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
+    'controller-wait': `how long to wait at start for the controller's config before serving the last one this node kept in its state dir (default ${PROXY_DEFAULTS.controllerWaitMs / 1000}s); pod traffic is not served before one of them is held`,
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
@@ -82,9 +85,13 @@ export const proxyCommand = defineCommand({
     const maxConfigItems = maxItemsFlag === undefined ? undefined : Number(maxItemsFlag);
     if (maxConfigItems !== undefined && (!Number.isSafeInteger(maxConfigItems) || maxConfigItems < 1))
       throw new UsageError(`${cmd}: --max-config-items must be a whole number of at least 1, not ${JSON.stringify(maxItemsFlag)}`);
+    const waitFlag = values['controller-wait'] as string | undefined;
+    const controllerWaitMs = waitFlag === undefined ? undefined : parseDurationMs(waitFlag);
+    if (controllerWaitMs === undefined && waitFlag !== undefined) throw new UsageError(`${cmd}: --controller-wait must be a duration such as 2500ms, 3s or 1m, not ${JSON.stringify(waitFlag)}`);
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
       maxConfigItems,
+      controllerWaitMs,
       node,
       controller: requiredFlag(cmd, 'controller', values.controller),
       token,
