@@ -1,10 +1,10 @@
 /**
- * No serving before policy, in a 2-node lab with real processes: kill -9 a
- * node's proxy and the controller, start the proxy again while the
- * controller stays down, and the DENY it had is enforced from the first
- * connection it accepts (on its node and across nodes over mTLS, with the
- * workload certificates it kept); the controller comes back and a new
- * policy reaches it. A proxy with no usable config accepts nothing at all.
+ * No serving before policy, in a 2-node lab with real processes: kill -9
+ * both proxies and the controller, start the proxies again while the
+ * controller stays down, and the DENY they had is enforced from the first
+ * connection they accept (on a node and across nodes over mTLS, with the
+ * workload certificates they kept); the controller comes back and a new
+ * policy reaches them. A proxy with no usable config accepts nothing at all.
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -107,7 +107,8 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
   const lab = await testLab(t, 2, 2, true);
   const [n1, n2] = lab.nodes;
   const mesh = lab.mesh!;
-  const px1 = mesh.proxies.find((p) => p.node === n1!.name)!;
+  const proxyOf = (node: LabState['nodes'][number]) => mesh.proxies.find((p) => p.node === node.name)!;
+  const px1 = proxyOf(n1!);
   const server = lab.pods.find((p) => p.name === 'n1-p1')!;
   const dataDir = path.dirname(mesh.controller.credentials);
   let admin = ControllerClient.fromCredentials(mesh.controller.credentials);
@@ -124,7 +125,9 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
   t.equal(await whoami(lab, 'n2-p2', server.ip, 7004), 'ECONNRESET', 'and across nodes');
   t.equal(await whoami(lab, 'n2-p2', server.ip, 8081), 'n1-p1', '8081 is allowed');
   t.ok(await waitFor(async () => ((await status(n1!.name)).config.lastGood?.version ?? 0) >= r.version, 10_000), 'n1 wrote the version to its state dir');
+  t.ok(await waitFor(async () => ((await status(n2!.name)).config.lastGood?.version ?? 0) > 0, 10_000), 'so did n2');
   const before = await status(n1!.name);
+  const before2 = await status(n2!.name);
   t.equal(fs.statSync(path.join(px1.stateDir, 'config.bin')).mode & 0o777, 0o600, 'config.bin is mode 0600');
   t.equal(fs.statSync(path.join(px1.stateDir, 'workload-certs.json')).mode & 0o777, 0o600, 'so is workload-certs.json');
 
@@ -149,11 +152,12 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
     t.ok(await waitFor(async () => (await admin.listNodes().catch(() => undefined)) !== undefined, 30_000, 100), 'the controller is back');
   };
   // Cleanups go on the whole test: a proxy started in one subtest serves the next.
-  const startProxy = (): number => {
-    const log = fs.openSync(px1.log, 'a');
+  const startProxy = (node = n1!): number => {
+    const px = proxyOf(node);
+    const log = fs.openSync(px.log, 'a');
     const child = spawn(
       'nsenter',
-      [`--net=/run/netns/${n1!.netns}`, process.execPath, BIN, 'proxy', '--node', n1!.name, '--controller', mesh.controller.address, '--state-dir', px1.stateDir, '--proxy-ip', n1!.ip, '--proxy-ip6', n1!.ip6],
+      [`--net=/run/netns/${node.netns}`, process.execPath, BIN, 'proxy', '--node', node.name, '--controller', mesh.controller.address, '--state-dir', px.stateDir, '--proxy-ip', node.ip, '--proxy-ip6', node.ip6],
       { detached: true, stdio: ['ignore', log, log] },
     );
     fs.closeSync(log);
@@ -167,18 +171,20 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
     });
     return child.pid!;
   };
-  const stopBoth = async (t: Test): Promise<void> => {
+  const stopAll = async (t: Test, nodes = [n1!]): Promise<void> => {
     t.ok(await killed(controllerPid), 'kill -9 the controller');
-    t.ok(await killed(proxyPid(px1.stateDir)!), `kill -9 the proxy of ${n1!.name}`);
+    for (const node of nodes) t.ok(await killed(proxyPid(proxyOf(node).stateDir)!), `kill -9 the proxy of ${node.name}`);
   };
 
-  await t.test('kill -9 proxy and controller; the proxy restarts with the controller down and enforces its last config from the first connection', async (t) => {
-    await stopBoth(t);
+  await t.test('kill -9 both proxies and the controller; restarted with the controller down, they enforce their last config from the first connection', async (t) => {
+    await stopAll(t, [n1!, n2!]);
     const restartedAt = Date.now();
     const probes = Promise.all([probe(lab, 'n1-p2', server.ip, [7004, 8081], 9_000), probe(lab, 'n2-p2', server.ip, [7004, 8081], 9_000)]);
-    startProxy();
-    t.ok(await waitFor(async () => (await statusOrNone(n1!.name))?.ready === true, 20_000, 50), 'ready again without the controller');
+    startProxy(n1);
+    startProxy(n2);
+    t.ok(await waitFor(async () => (await statusOrNone(n1!.name))?.ready === true && (await statusOrNone(n2!.name))?.ready === true, 20_000, 50), 'both ready again without the controller');
     const readyAt = Date.now();
+    t.match((await status(n2!.name)).config, { source: 'disk', version: before2.config.version }, 'n2 too serves the version it had');
     const s = await status(n1!.name);
     t.match(s.config, { source: 'disk', version: before.config.version }, 'serving the version it had, from disk');
     t.match(s.config.summary, /config version \d+ from disk \(.*config\.bin, saved at .*\), until the controller answers/);
@@ -187,6 +193,10 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
     t.match(fs.readFileSync(px1.log, 'utf8'), new RegExp(`serving the last config from disk, version ${before.config.version}, saved at \\d{4}-`), 'and the log');
     const kept = (id: Status) => id.workloadCertificates.find((c) => c.identity.endsWith('/sa/n1-p1'))?.notAfter;
     t.equal(kept(s), kept(before), "n1-p1's certificate is the one kept in the state dir (the controller cannot sign)");
+    const kept2 = (id: Status) => id.workloadCertificates.find((c) => c.identity.endsWith('/sa/n2-p2'))?.notAfter;
+    t.ok(kept2(before2) && kept2(await status(n2!.name)) === kept2(before2), "so is n2-p2's on n2, the tunnel's client side");
+    const cli = await labRun(lab, n1!.name, [process.execPath, BIN, 'status', '--node', n1!.name]);
+    t.match(cli.stdout, /config +\d+ services, 1 authorization policies, 2 local workloads; config version \d+ from disk/, `nodemesh status --node says so: ${cli.stdout}${cli.stderr}`);
 
     const [local, remote] = await probes;
     for (const [where, attempts] of [['on n1', local], ['across nodes', remote]] as const) {
@@ -221,7 +231,7 @@ bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and nev
     ['with a damaged config file', () => fs.writeFileSync(path.join(px1.stateDir, 'config.bin'), 'nodemesh-config v1\n{"node":"x"', { mode: 0o600 })],
   ] as const) {
     await t.test(`${name} and the controller down, the proxy accepts nothing`, async (t) => {
-      await stopBoth(t);
+      await stopAll(t);
       prepare();
       const logFrom = fs.statSync(px1.log).size;
       startProxy();
