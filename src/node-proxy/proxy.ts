@@ -447,7 +447,8 @@ export class NodeProxy {
     await this.#inbound?.close();
     this.#events?.close();
     await this.#pool.close();
-    await kept;
+    // Bounded: a stuck disk must not hold the exit (the previous file stays whole).
+    await Promise.race([kept, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
     this.#lastGood?.close();
     this.#certs?.close();
     await this.#admin?.close();

@@ -45,7 +45,7 @@ export const LAST_GOOD_DEFAULTS = Object.freeze({
   /** A burst of versions within this is written once, as its last version. */
   saveDelayMs: 1_000,
   /** Items encoded per tick of the event loop. */
-  chunkItems: 2_000,
+  chunkItems: 500,
   /** Larger files are not read (a 250,000-item config compresses far below this). */
   maxFileBytes: 256 * 1024 * 1024,
   maxBodyBytes: 1024 * 1024 * 1024,
