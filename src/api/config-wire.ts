@@ -11,12 +11,13 @@ import * as path from 'node:path';
 
 import * as protobuf from 'protobufjs';
 
-import { PROTO_DIR, type Item } from './proto';
+import { PROTO_DIR, type ConfigMessage, type Item } from './proto';
 
 interface Types {
   Item: protobuf.Type;
   Snapshot: protobuf.Type;
   Delta: protobuf.Type;
+  ConfigMessage: protobuf.Type;
 }
 
 let types: Types | undefined;
@@ -30,6 +31,7 @@ function load(): Types {
     Item: root.lookupType('nodemesh.v1.Item'),
     Snapshot: root.lookupType('nodemesh.v1.Snapshot'),
     Delta: root.lookupType('nodemesh.v1.Delta'),
+    ConfigMessage: root.lookupType('nodemesh.v1.ConfigMessage'),
   };
   return types;
 }
@@ -102,4 +104,15 @@ export function encodePart(h: PartHeader, items: readonly Buffer[]): Buffer {
     at += it.length;
   }
   return out;
+}
+
+/**
+ * A ConfigMessage from its bytes, in the shape the node's gRPC decoder gives
+ * (the options of api/proto.ts): a config kept on disk in the stream's own
+ * form is read back into what the stream would have delivered.
+ * Throws on bytes that are not one.
+ */
+export function decodeConfigMessage(bytes: Uint8Array): ConfigMessage {
+  const t = load();
+  return t.ConfigMessage.toObject(t.ConfigMessage.decode(bytes), { longs: Number, enums: String, defaults: true, oneofs: true }) as ConfigMessage;
 }

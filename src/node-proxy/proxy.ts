@@ -6,6 +6,11 @@
  * Ready (data path marked ready, /healthz/ready 200) only once config and
  * data path are in place. While the controller is away it keeps serving the
  * last config and reconnects with backoff.
+ *
+ * No serving before policy (see docs/architecture.md, 'No serving before
+ * policy'): 15001 and 15008 listen only once a validated config is held,
+ * from the controller or, when it does not answer within controllerWaitMs,
+ * the last one this node ACKed, kept in its state dir.
  */
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -20,14 +25,14 @@ import { startAdmin } from './admin';
 import { abi } from '../bpf';
 import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
 import { ConnectionRecorder, FlowTable } from './flows';
-import { NodeSession, WorkloadCertificates } from './identity';
+import { NodeSession, WORKLOAD_CERTS_FILE, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
 import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from './listeners';
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
 import { UpstreamConnector } from './upstream';
-import { ConfigStream, describeLink, StateUpdater, type MeshView } from './state';
+import { applyLastGood, ConfigStream, describeLink, LastGoodError, LastGoodStore, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
 
 export interface ProxyOptions {
@@ -66,10 +71,22 @@ export interface ProxyOptions {
   limits?: Readonly<ListenerLimits>;
   /** Items of config this node holds at most (default LIMITS.maxNodeConfigItems). */
   maxConfigItems?: number;
+  /** How long to wait for the controller's first config before serving the last one kept in the state dir (default PROXY_DEFAULTS.controllerWaitMs). */
+  controllerWaitMs?: number;
+  /** A burst of config versions within this is written to the state dir once (default 1 s). */
+  configSaveDelayMs?: number;
   log?: Logger;
 }
 
 export class ProxyError extends MeshError {}
+
+export const PROXY_DEFAULTS = Object.freeze({
+  /** Long enough for a controller that is up to answer, short enough that a node whose controller is down serves its last config soon. */
+  controllerWaitMs: 2_500,
+});
+
+/** Where the config the proxy serves came from. */
+export type ConfigSource = 'none' | 'controller' | 'disk';
 
 /**
  * Why `ip` cannot be this proxy's address: not an address of this network
@@ -113,6 +130,10 @@ export class NodeProxy {
   #inbound: HboneServer | undefined;
   #events: { close(): void } | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
+  #lastGood!: LastGoodStore;
+  #source: ConfigSource = 'none';
+  /** Why the kept config is not served, when it is not. */
+  #lastGoodError = '';
 
   private constructor(opts: ProxyOptions) {
     if (opts.watchdogMs !== undefined && (!Number.isInteger(opts.watchdogMs) || opts.watchdogMs < 0 || opts.watchdogMs > 0xffff_ffff))
@@ -144,7 +165,7 @@ export class NodeProxy {
   }
 
   get ports(): { outbound: number; tunnel: number; admin: number; metrics: number; health: number } {
-    return { outbound: (this.#outbound.server.address() as { port: number }).port, tunnel: this.#tunnelPort, ...this.#admin.ports };
+    return { outbound: (this.#outbound.server.address() as { port: number } | null)?.port ?? 0, tunnel: this.#tunnelPort, ...this.#admin.ports };
   }
 
   #tunnelPort = 0;
@@ -187,9 +208,12 @@ export class NodeProxy {
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failOpen: o.failOpen ?? false });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
     const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
+    this.#lastGood = new LastGoodStore({ dir: o.stateDir, node: o.node, log: this.#log, saveDelayMs: o.configSaveDelayMs });
     this.#certs = new WorkloadCertificates({
       sign: (csr) => this.#session.client.sign(csr),
       log: this.#log,
+      file: path.join(o.stateDir, WORKLOAD_CERTS_FILE),
+      node: o.node,
       onIssued: (c, renewal) => {
         this.#metrics.certExpiry.set({ identity: c.identity }, Math.floor(c.notAfter.getTime() / 1000));
         if (renewal) this.#metrics.certRenewals.inc({ identity: c.identity });
@@ -240,8 +264,12 @@ export class NodeProxy {
       limits: limits.outbound,
       reporter,
     });
-    await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
+    // Found now, not once a config arrives (which may be never while the controller is down).
+    await portFree(o.outboundPort ?? 15001).catch((err: Error) => {
       throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+    });
+    await portFree(o.tunnelPort ?? 15008).catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
     });
     this.#inbound = inboundServer({
       node: o.node,
@@ -259,14 +287,12 @@ export class NodeProxy {
       (records) => this.#onDatapathEvents(records),
       (err) => this.#log.warn({ err: err.message }, 'data path events'),
     );
-    this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
-    });
     this.#admin = await startAdmin(
       {
         flows: this.flows,
         metrics: this.#metrics,
         ready: () => this.#ready,
+        readiness: () => this.#configSummary(),
         configDump: () => ({ node: o.node, version: this.state.version, items: Object.fromEntries(this.state.items) }),
         status: () => this.status(),
       },
@@ -295,17 +321,75 @@ export class NodeProxy {
     });
     const first = new Promise<void>((resolve) => this.#stream.once('update', () => resolve()));
     // The lookups and policies follow the state in the same tick as it was committed.
-    this.#stream.on('update', (result) => this.#updater.commit(result));
+    this.#stream.on('update', (result) => {
+      this.#updater.commit(result);
+      this.#lastGood.save(this.state);
+      if (this.#source === 'disk') this.#log.info({ version: result.version, was: this.#lastGood.saved?.version }, `caught up with the controller: serving version ${result.version}`);
+      this.#source = 'controller';
+    });
     // At debug: a stream that keeps failing would write these on every attempt; the stream's own warning is rate limited.
     this.#stream.on('disconnected', (reason) => this.#log.debug({ reason }, 'controller away; serving the last config'));
     this.#stream.on('connected', () => this.#log.debug('controller connected'));
     this.#stream.start();
-    await first;
+    await this.#firstConfig(first);
     await this.#updater.reconcile();
+    // Only now may a pod's connection or a tunnel reach the proxy: before a config is held, the kernel refuses them (nothing listens).
+    await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+    });
+    this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
+    });
     this.#ready = true;
     this.#markReady();
     this.#metrics.ready.set(1);
-    this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
+    this.#log.info({ version: this.state.version, source: this.#source, ports: this.ports }, 'proxy ready');
+  }
+
+  /**
+   * Resolves once a validated config is held: the controller's first
+   * version, or, when none came within controllerWaitMs, the one kept in the
+   * state dir (the stream goes on trying; its first version replaces it). A
+   * kept config that cannot be used is not: the proxy then waits for the
+   * controller, however long.
+   */
+  async #firstConfig(fromController: Promise<void>): Promise<void> {
+    const waitMs = this.#opts.controllerWaitMs ?? PROXY_DEFAULTS.controllerWaitMs;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([fromController, new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    clearTimeout(timer);
+    if (this.#source !== 'none') return;
+    try {
+      const loaded = await this.#lastGood.load();
+      if (!loaded) this.#lastGoodError = `none is kept in ${this.#lastGood.file}`;
+      else if (applyLastGood(loaded, this.state, this.#updater, this.#opts.maxConfigItems)) {
+        this.#source = 'disk';
+        const at = new Date(loaded.savedAtUnixMs).toISOString();
+        this.#log.warn(
+          { version: loaded.version, savedAt: at, items: loaded.items, file: loaded.file, waitedMs: waitMs },
+          `serving the last config from disk, version ${loaded.version}, saved at ${at}: the controller did not answer within ${waitMs} ms; it replaces this config when it does`,
+        );
+        return;
+      }
+    } catch (err) {
+      if (!(err instanceof LastGoodError)) throw err;
+      this.#lastGoodError = err.message;
+      this.#log.error({ code: err.code, file: this.#lastGood.file }, err.message);
+    }
+    if (this.#source !== 'none') return;
+    this.#log.warn({ waitedMs: waitMs, lastGood: this.#lastGoodError }, 'no config from the controller yet and none from disk: not serving (15001 and 15008 stay closed) until the controller answers');
+    await fromController;
+  }
+
+  /** Where the config served came from, in a few words: the readiness body and /status. */
+  #configSummary(): string {
+    const v = this.state.version;
+    if (this.#source === 'controller') return `config version ${v} from the controller`;
+    if (this.#source === 'disk') {
+      const saved = this.#lastGood.saved;
+      return `config version ${v} from disk (${this.#lastGood.file}, saved at ${saved ? new Date(saved.savedAtUnixMs).toISOString() : '?'}), until the controller answers`;
+    }
+    return `no config yet: waiting for the controller${this.#stream ? '' : ' (not connecting yet)'}; pod traffic is not served${this.#lastGoodError ? ` (the kept config: ${this.#lastGoodError})` : ''}`;
   }
 
   /**
@@ -389,7 +473,17 @@ export class NodeProxy {
       services: this.#updater.view.services.size,
       policies: this.#updater.view.policies.length,
       // What the node holds of the mesh, and what it costs.
-      config: { items: this.state.items.size, meshWorkloads: this.#updater.view.workloads.size, receiving: this.state.receiving ?? null },
+      config: {
+        source: this.#source,
+        summary: this.#configSummary(),
+        version: this.state.version,
+        items: this.state.items.size,
+        meshWorkloads: this.#updater.view.workloads.size,
+        receiving: this.state.receiving ?? null,
+        // The file a restart while the controller is away would serve.
+        lastGood: this.#lastGood?.saved ?? null,
+        ...(this.#lastGoodError && this.#source !== 'disk' ? { lastGoodError: this.#lastGoodError } : {}),
+      },
       memory: (({ rss, heapUsed }) => ({ rssBytes: rss, heapUsedBytes: heapUsed }))(process.memoryUsage()),
       datapath: this.#datapath ? { counters: this.#datapath.counters(), config: this.#datapath.config() } : null,
     };
@@ -413,15 +507,30 @@ export class NodeProxy {
       // the data path was uninstalled under us
     }
     this.#stream?.stop();
+    // The newest ACKed version reaches the state dir while connections drain.
+    const kept = Promise.all([this.#lastGood?.flush(), this.#certs?.flush()]).catch(() => {});
     const draining = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
     const [cut] = await Promise.all([this.#outbound?.close(drainMs) ?? Promise.resolve(0), this.#inbound?.close(drainMs)]);
     if (cut) this.#log.warn({ cut, drainMs, atStart: draining }, 'connections still open at the drain deadline were closed');
     else if (this.#outbound) this.#log.info({ drainMs, atStart: draining }, 'drained');
     this.#events?.close();
     await this.#pool.close();
+    // Bounded: a stuck disk must not hold the exit (the previous file stays whole).
+    await Promise.race([kept, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+    this.#lastGood?.close();
     this.#certs?.close();
     await this.#admin?.close();
     this.#session?.close();
     this.#datapath?.close();
   }
+}
+
+/** Fails as listen() would if `port` is taken; nothing is left listening. */
+function portFree(port: number): Promise<void> {
+  if (port === 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen({ port, host: '::', ipv6Only: false }, () => probe.close(() => resolve()));
+  });
 }

@@ -10,7 +10,7 @@ import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { LIMITS } from '../../api/limits';
 import { parseDurationMs } from '../../api/validate';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
-import { NodeProxy } from '../../node-proxy/proxy';
+import { NodeProxy, PROXY_DEFAULTS } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
 
@@ -52,6 +52,7 @@ export const proxyCommand = defineCommand({
     'access-log-level': { type: 'string', default: 'info' },
     'max-config-items': { type: 'string' },
     'drain-timeout': { type: 'string', default: '2s' },
+    'controller-wait': { type: 'string' },
     ...LISTENER_FLAGS.options,
   },
   optionHelp: {
@@ -61,7 +62,7 @@ export const proxyCommand = defineCommand({
     token: `refused: a token on the command line is visible to every user in ps; use --token-file or $${TOKEN_ENV}`,
     'token-file': `file holding the bootstrap token, mode 0600 (first start; or $${TOKEN_ENV})`,
     'ca-file': "the controller's CA certificate (first start)",
-    'state-dir': `where the node certificate is kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
+    'state-dir': `where the node certificate, the last config and the workload certificates are kept (default ${DEFAULT_DATA_DIR}/proxy/<node>)`,
     cgroup: 'cgroup v2 directory to attach the data path to (default: the cgroup2 root, so every socket of a pod netns is captured)',
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
@@ -70,6 +71,7 @@ export const proxyCommand = defineCommand({
     'log-level': 'trace, debug, info, warn, error',
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
     'drain-timeout': 'on SIGTERM or SIGINT: how long open connections get to finish before they are closed (default 2s); new ones are not accepted meanwhile',
+    'controller-wait': `how long to wait at start for the controller's config before serving the last one this node kept in its state dir (default ${PROXY_DEFAULTS.controllerWaitMs / 1000}s); pod traffic is not served before one of them is held`,
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
@@ -94,9 +96,13 @@ export const proxyCommand = defineCommand({
     const drainText = values['drain-timeout'] as string;
     const drainMs = parseDurationMs(drainText);
     if (drainMs === undefined) throw new UsageError(`${cmd}: --drain-timeout must be a duration like 500ms, 2s or 1m, not ${JSON.stringify(drainText)}`);
+    const waitFlag = values['controller-wait'] as string | undefined;
+    const controllerWaitMs = waitFlag === undefined ? undefined : parseDurationMs(waitFlag);
+    if (controllerWaitMs === undefined && waitFlag !== undefined) throw new UsageError(`${cmd}: --controller-wait must be a duration such as 2500ms, 3s or 1m, not ${JSON.stringify(waitFlag)}`);
     const log = createLogger({ level: values['log-level'] as string });
     const proxy = await NodeProxy.start({
       maxConfigItems,
+      controllerWaitMs,
       node,
       controller: requiredFlag(cmd, 'controller', values.controller),
       token,

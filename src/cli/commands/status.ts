@@ -84,6 +84,8 @@ interface ProxyStatus {
   tunnels: { sessions: number; streams: number };
   services: number;
   policies: number;
+  /** Where the config it serves came from (proxies that say). */
+  config?: { summary?: string };
 }
 
 async function proxyStatus(node: string): Promise<ProxyStatus | undefined> {
@@ -99,7 +101,7 @@ function formatProxy(p: ProxyStatus): string {
     `  health      ${p.ready ? 'ready' : 'NOT ready'} (nodemesh ${p.version})${p.failMode ? `, ${p.failMode}` : ''}`,
     `  controller  ${p.controller.address}: ${p.controller.summary ?? (p.controller.connected ? 'connected' : 'not connected')}`,
     `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
-    `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads`,
+    `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads${p.config?.summary ? `; ${p.config.summary}` : ''}`,
     `  connections ${p.connections.live} open; tunnels: ${p.tunnels.sessions} connections, ${p.tunnels.streams} streams`,
     ...p.workloads.map((w) => `  workload    ${w.workload}  ${w.identity}`),
     ...p.workloadCertificates.map(

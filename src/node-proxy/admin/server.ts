@@ -20,6 +20,8 @@ export interface AdminSources {
   configDump(): unknown;
   status(): unknown;
   ready(): boolean;
+  /** Why it is or is not ready, in a few words (where its config came from): the readiness body after "ready: " or "not ready: ". */
+  readiness?(): string;
   metrics: ProxyMetrics;
 }
 
@@ -124,7 +126,8 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ c
       if (req.url !== '/healthz/ready') return json(res, 404, { error: 'not found: /healthz/ready' });
       const ok = src.ready();
       res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
-      res.end(ok ? 'ready\n' : 'not ready\n');
+      const why = src.readiness?.();
+      res.end(`${ok ? 'ready' : 'not ready'}${why ? `: ${why}` : ''}\n`);
     }).server;
     servers.push(health);
     await listen(health, { port: l.healthPort, host: l.healthHost });

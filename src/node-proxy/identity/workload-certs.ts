@@ -1,13 +1,23 @@
 /**
  * A certificate for each identity of this node's workloads: a fresh key and
  * CSR per identity, signed by the controller, renewed at half its lifetime,
- * retried with backoff when the controller is away. Keys stay in memory and
- * are never logged.
+ * retried with backoff when the controller is away. Keys are never logged.
+ *
+ * With `file`, the certificates and their keys are also kept in the state dir
+ * (mode 0600, beside the node's own key), rewritten after each issue or drop:
+ * a proxy restarted while the controller is away presents them again, so
+ * cross-node mTLS keeps working until they expire (see docs/architecture.md,
+ * 'No serving before policy'). Expired ones, and pairs whose key does not
+ * match, are dropped when the file is read.
  */
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 
 import { silentLogger, type Logger } from '../../log';
+import { writeFileAtomic } from '../state/atomic-file';
 import { generateKeyAndCsr } from './csr';
+
+export const WORKLOAD_CERTS_FILE = 'workload-certs.json';
 
 export interface WorkloadCertificate {
   identity: string;
@@ -33,6 +43,17 @@ export interface WorkloadCertificatesOptions {
   onIssued?: (cert: WorkloadCertificate, renewal: boolean) => void;
   /** Called after each failed request (it is retried). */
   onFailed?: (identity: string, err: string) => void;
+  /** Where the certificates and keys are kept across restarts (mode 0600); none: in memory only. */
+  file?: string;
+  /** The node they are kept for: a file of another node is not used. */
+  node?: string;
+}
+
+interface StoredCertificate {
+  identity: string;
+  certPem: string;
+  keyPem: string;
+  trustBundlePem: string;
 }
 
 interface Entry {
@@ -51,10 +72,76 @@ export class WorkloadCertificates {
   readonly #log: Logger;
   readonly #entries = new Map<string, Entry>();
   #closed = false;
+  /** Read from the file at start, taken by want() for its identity. */
+  readonly #restored = new Map<string, WorkloadCertificate>();
+  #saving: Promise<void> | undefined;
+  #dirty = false;
 
   constructor(opts: WorkloadCertificatesOptions) {
     this.#opts = opts;
     this.#log = (opts.log ?? silentLogger()).child({ component: 'workload-certs' });
+    if (opts.file) this.#restore(opts.file);
+  }
+
+  /** Identities whose certificate was read from the file and not yet taken. */
+  get restored(): string[] {
+    return [...this.#restored.keys()];
+  }
+
+  #restore(file: string): void {
+    let raw: { node?: unknown; certificates?: unknown };
+    try {
+      raw = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof raw;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      this.#log.error({ file, err: (err as Error).message }, `workload certificates in ${file} are not used: the file cannot be read or is not JSON; new ones are requested from the controller (remove the file to silence this)`);
+      return;
+    }
+    if (this.#opts.node !== undefined && raw.node !== this.#opts.node) {
+      this.#log.error({ file, holds: raw.node, node: this.#opts.node }, `workload certificates in ${file} are of node ${String(raw.node)}, not this one: not used (give each node its own --state-dir)`);
+      return;
+    }
+    const now = Date.now();
+    let expired = 0;
+    let bad = 0;
+    for (const c of Array.isArray(raw.certificates) ? (raw.certificates as StoredCertificate[]) : []) {
+      try {
+        const x = new crypto.X509Certificate(c.certPem);
+        if (!x.checkPrivateKey(crypto.createPrivateKey(c.keyPem))) throw new Error('key does not match');
+        const cert: WorkloadCertificate = { identity: c.identity, certPem: c.certPem, keyPem: c.keyPem, trustBundlePem: c.trustBundlePem, notBefore: new Date(x.validFrom), notAfter: new Date(x.validTo), serial: x.serialNumber };
+        if (cert.notAfter.getTime() <= now) expired++;
+        else this.#restored.set(c.identity, cert);
+      } catch {
+        bad++;
+      }
+    }
+    this.#log.info({ file, restored: this.#restored.size, expired, unusable: bad }, 'workload certificates read from the state dir');
+  }
+
+  /** Rewrites the file with the certificates held now; coalesced, one write at a time. */
+  #save(): void {
+    const file = this.#opts.file;
+    if (!file || this.#closed) return;
+    this.#dirty = true;
+    this.#saving ??= (async () => {
+      try {
+        while (this.#dirty && !this.#closed) {
+          this.#dirty = false;
+          const certificates: StoredCertificate[] = [];
+          for (const e of this.#entries.values()) if (e.cert) certificates.push({ identity: e.identity, certPem: e.cert.certPem, keyPem: e.cert.keyPem, trustBundlePem: e.cert.trustBundlePem });
+          await writeFileAtomic(file, JSON.stringify({ node: this.#opts.node, certificates }) + '\n', 0o600).catch((err: Error) =>
+            this.#log.warn({ file, err: err.message }, 'cannot keep the workload certificates in the state dir (a restart while the controller is away would have none)'),
+          );
+        }
+      } finally {
+        this.#saving = undefined;
+      }
+    })();
+  }
+
+  /** Resolves once the file holds what is held now. */
+  async flush(): Promise<void> {
+    while (this.#saving) await this.#saving;
   }
 
   /** Keeps a certificate for `identity` from now on (idempotent). */
@@ -62,7 +149,23 @@ export class WorkloadCertificates {
     if (this.#closed || this.#entries.has(identity)) return;
     const e: Entry = { identity, backoff: this.#opts.backoffMs ?? 200, renewals: 0, waiters: [], inflight: false };
     this.#entries.set(identity, e);
+    const kept = this.#restored.get(identity);
+    this.#restored.delete(identity);
+    if (kept && kept.notAfter.getTime() > Date.now()) {
+      e.cert = kept;
+      this.#log.info({ identity, serial: kept.serial, notAfter: kept.notAfter }, 'workload certificate taken from the state dir');
+      this.#opts.onIssued?.(kept, false);
+      this.#renewLater(e, kept);
+      return;
+    }
     void this.#issue(e);
+  }
+
+  /** Renews at half the lifetime left now (notBefore is backdated for clock skew). */
+  #renewLater(e: Entry, cert: WorkloadCertificate): void {
+    const at = (cert.notAfter.getTime() - Date.now()) / 2;
+    e.timer = setTimeout(() => void this.#issue(e), Math.max(0, Math.min(at, 2 ** 31 - 1)));
+    e.timer.unref();
   }
 
   /** Stops keeping it (no workload of this node has it any more). */
@@ -71,6 +174,7 @@ export class WorkloadCertificates {
     if (!e) return;
     clearTimeout(e.timer);
     this.#entries.delete(identity);
+    if (e.cert) this.#save();
   }
 
   /** Identities currently kept. */
@@ -127,10 +231,8 @@ export class WorkloadCertificates {
       this.#log.info({ identity: e.identity, serial: cert.serial, notAfter: cert.notAfter, renewal }, renewal ? 'workload certificate renewed' : 'workload certificate issued');
       this.#opts.onIssued?.(cert, renewal);
       for (const w of e.waiters.splice(0)) w(cert);
-      // Renew at half the lifetime left now (notBefore is backdated for clock skew).
-      const at = (cert.notAfter.getTime() - Date.now()) / 2;
-      e.timer = setTimeout(() => void this.#issue(e), Math.max(0, Math.min(at, 2 ** 31 - 1)));
-      e.timer.unref();
+      this.#save();
+      this.#renewLater(e, cert);
     } catch (err) {
       e.lastError = err instanceof Error ? err.message : String(err);
       this.#log.warn({ identity: e.identity, err: e.lastError, retryInMs: e.backoff }, 'workload certificate request failed');

@@ -4,3 +4,5 @@ export { MeshView, normalizeIp, type EndpointView, type ServiceView, type Worklo
 export { Backoff, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff';
 export { describeLink, formatAge, type ControllerLink } from './controller-link';
 export { StateUpdater, type CertificateOps, type EnrollmentOps, type StateUpdaterOptions } from './updater';
+export { applyLastGood, decodeLastGood, encodeLastGood, LAST_GOOD_DEFAULTS, LAST_GOOD_FILE, LastGoodError, LastGoodStore, wireItem, type LoadedConfig, type SavedConfig } from './last-good';
+export { writeFileAtomic } from './atomic-file';

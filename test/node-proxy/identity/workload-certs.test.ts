@@ -1,12 +1,14 @@
 /** Workload certificates from a real controller: issued, renewed at half life, retried while it is away. */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 import { t } from 'tap';
 
 import { ControllerClient } from '../../../src/controller/client';
 import { startController } from '../../../src/controller/controller';
-import { generateKeyAndCsr, WorkloadCertificates } from '../../../src/node-proxy/identity';
+import { CertificateAuthority } from '../../../src/controller/ca';
+import { generateKeyAndCsr, WORKLOAD_CERTS_FILE, WorkloadCertificates, type SignFn } from '../../../src/node-proxy/identity';
 import { doc, tempDir, testController } from '../../helpers/controller';
 import { waitFor } from '../../helpers/wait';
 
@@ -54,4 +56,50 @@ t.test('issued for workloads on the node, renewed at half life', async (t) => {
   await t.rejects(certs.ready('spiffe://cluster.local/ns/shop/sa/other', 500), /no certificate for .* within 500 ms: .*runs no workload/);
   certs.drop(WEB);
   t.equal(certs.get(WEB), undefined, 'dropped');
+});
+
+t.test('kept in the state dir: a restarted proxy presents them again without the controller; expired ones are dropped', async (t) => {
+  const dir = tempDir(t);
+  const ca = await CertificateAuthority.loadOrCreate(path.join(dir, 'ca'), { trustDomain: 'cluster.local' });
+  const signer =
+    (lifetimeSeconds: number): SignFn =>
+    async (csr) => {
+      const c = await ca.signCsr(csr, { lifetimeSeconds, allowedUris: () => null, kind: 'workload' });
+      return { certificateChainPem: c.chainPem, trustBundlePem: ca.rootPem, expiresUnixMs: c.notAfter.getTime() };
+    };
+  const file = path.join(dir, WORKLOAD_CERTS_FILE);
+  const DB = 'spiffe://cluster.local/ns/shop/sa/db';
+  const first = new WorkloadCertificates({ sign: signer(3600), file, node: 'n1' });
+  first.want(WEB);
+  const web = await first.ready(WEB);
+  await first.flush();
+  first.close();
+  // db's certificate lives 3 s only.
+  const short = new WorkloadCertificates({ sign: signer(3), file: path.join(dir, 'short.json'), node: 'n1' });
+  short.want(DB);
+  const db = await short.ready(DB);
+  await short.flush();
+  short.close();
+  const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as { certificates: unknown[] };
+  kept.certificates.push(...(JSON.parse(fs.readFileSync(path.join(dir, 'short.json'), 'utf8')) as { certificates: unknown[] }).certificates);
+  fs.writeFileSync(file, JSON.stringify({ ...kept, node: 'n1' }), { mode: 0o600 });
+  t.equal(fs.statSync(file).mode & 0o777, 0o600, 'the file with the keys is mode 0600');
+
+  const down: SignFn = () => Promise.reject(new Error('14 UNAVAILABLE: the controller is down'));
+  const again = new WorkloadCertificates({ sign: down, file, node: 'n1', backoffMs: 50 });
+  t.teardown(() => again.close());
+  t.same(again.restored.sort(), [DB, WEB].sort(), 'both read back');
+  again.want(WEB);
+  const got = await again.ready(WEB, 1000);
+  t.equal(got.serial, web.serial, 'the same certificate, with the controller down');
+  t.equal(got.keyPem, web.keyPem);
+  await new Promise((r) => setTimeout(r, Math.max(0, db.notAfter.getTime() - Date.now() + 1100)));
+  const later = new WorkloadCertificates({ sign: down, file, node: 'n1', backoffMs: 50 });
+  t.teardown(() => later.close());
+  t.same(later.restored, [WEB], "db's expired certificate is dropped when the file is read");
+  later.want(DB);
+  await t.rejects(later.ready(DB, 300), /no certificate for .*db within 300 ms: 14 UNAVAILABLE/, 'and db has none until the controller is back');
+  const other = new WorkloadCertificates({ sign: down, file, node: 'n2' });
+  t.teardown(() => other.close());
+  t.same(other.restored, [], "another node's file is not used");
 });
