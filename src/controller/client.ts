@@ -87,6 +87,10 @@ export class ControllerClient {
       'grpc.default_authority': name,
       'grpc.max_send_message_length': this.#maxRequestBytes,
       'grpc.max_receive_message_length': this.maxResponseBytes,
+      // The channel's own reconnect back-off (grpc-js: 1 s doubling to 120 s) would hold a node's config stream long after the
+      // controller is back, whatever the stream's back-off says: capped as that one is (2 s).
+      'grpc.initial_reconnect_backoff_ms': 200,
+      'grpc.max_reconnect_backoff_ms': 2_000,
     };
     const svc = services();
     // One channel for all four services.
