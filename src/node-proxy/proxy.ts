@@ -5,8 +5,11 @@
  * outbound connections on 15001 and tunnels from other nodes on 15008.
  * Ready (data path marked ready, /healthz/ready 200) only once config and
  * data path are in place. While the controller is away it keeps serving the
- * last config and reconnects with backoff.
+ * last config and reconnects with backoff. An upgrade hands over from one
+ * process to the next without dropping a connection (docs/architecture.md,
+ * 'Upgrades that drop nothing').
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,7 +19,7 @@ import { MeshError } from '../errors';
 import { readOpenFileLimit } from '../net';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
-import { startAdmin } from './admin';
+import { startAdmin, type AdminHandle, type HandoverSide, type LiveAtHandover, type Prepared } from './admin';
 import { abi } from '../bpf';
 import { Datapath, type FlowRecord } from './datapath';
 import { ConnectionRecorder, FlowTable } from './flows';
@@ -59,8 +62,19 @@ export interface ProxyOptions {
   limits?: Readonly<ListenerLimits>;
   /** Items of config this node holds at most (default LIMITS.maxNodeConfigItems). */
   maxConfigItems?: number;
+  /** This process replaces a running proxy of the node (`nodemesh proxy --upgrade`): what that one said when it prepared. */
+  upgrade?: Pick<Prepared, 'nextFlowId'>;
   log?: Logger;
 }
+
+/**
+ * Flow ids the old process may still give between its prepare and its
+ * hand-over (it accepts beside the new one meanwhile): the new one starts
+ * after them, so no id names two flows.
+ */
+export const UPGRADE_FLOW_ID_GAP = 1_000_000;
+
+const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
 
 export class ProxyError extends MeshError {}
 
@@ -97,7 +111,7 @@ export class NodeProxy {
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
   #recorder!: ConnectionRecorder;
-  #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
+  #admin!: AdminHandle;
   #metrics!: ProxyMetrics;
   /** Enrolled local workloads: key -> netns cookie, and back. */
   readonly #balancers: BalancerCache;
@@ -105,6 +119,12 @@ export class NodeProxy {
   readonly #pool = new HbonePool();
   #inbound: HboneServer | undefined;
   #events: { close(): void } | undefined;
+  /** Whether close() may clear the data path's ready flag: not while an upgrade's new process has not taken over, nor once this one handed over. */
+  #holdsReady: boolean;
+  #handedOver = false;
+  #retire!: () => void;
+  /** Resolves once this process handed over to a new one and drained (the CLI then exits). */
+  readonly retired = new Promise<void>((resolve) => (this.#retire = resolve));
 
   private constructor(opts: ProxyOptions) {
     this.node = opts.node;
@@ -126,6 +146,8 @@ export class NodeProxy {
       onCommit: (view) => this.#onCommit(view),
     });
     this.#balancers = new BalancerCache(opts.node);
+    this.#holdsReady = opts.upgrade === undefined;
+    if (opts.upgrade) this.flows.continueFrom(opts.upgrade.nextFlowId + UPGRADE_FLOW_ID_GAP);
   }
 
   get ready(): boolean {
@@ -229,9 +251,9 @@ export class NodeProxy {
       limits: limits.outbound,
       reporter,
     });
-    await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
-    });
+    this.#allowAcceptQueueMigration();
+    // An upgrade's new process shares its ports with a proxy that serves: it listens once it holds the config (below).
+    if (!o.upgrade) await this.#listenOutbound();
     this.#inbound = inboundServer({
       node: o.node,
       dialGuard,
@@ -248,9 +270,7 @@ export class NodeProxy {
       (records) => this.#onDatapathEvents(records),
       (err) => this.#log.warn({ err: err.message }, 'data path events'),
     );
-    this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
-    });
+    if (!o.upgrade) await this.#listenTunnel();
     this.#admin = await startAdmin(
       {
         flows: this.flows,
@@ -258,6 +278,7 @@ export class NodeProxy {
         ready: () => this.#ready,
         configDump: () => ({ node: o.node, version: this.state.version, items: Object.fromEntries(this.state.items) }),
         status: () => this.status(),
+        handover: this.#handoverSide(),
       },
       {
         adminHost: '127.0.0.1',
@@ -290,10 +311,113 @@ export class NodeProxy {
     this.#stream.start();
     await first;
     await this.#updater.reconcile();
+    if (o.upgrade) await this.#listenAfterUpgrade();
     this.#ready = true;
     this.#datapath.setReady(true);
     this.#metrics.ready.set(1);
     this.#log.info({ version: this.state.version, ports: this.ports }, 'proxy ready');
+  }
+
+  async #listenOutbound(): Promise<void> {
+    const port = this.#opts.outboundPort ?? 15001;
+    await this.#outbound.listen(port).catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${port}: ${err.message} (is another proxy running on this node?)`);
+    });
+  }
+
+  async #listenTunnel(): Promise<void> {
+    const port = this.#opts.tunnelPort ?? 15008;
+    this.#tunnelPort = await this.#inbound!.listen(port, '::').catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${port}: ${err.message}`);
+    });
+  }
+
+  /**
+   * An upgrade's new process: every connection the kernel gives it must find
+   * what the old one would have (the workloads enrolled, their certificates
+   * for the tunnel's handshakes), so it joins the listeners' groups only now.
+   */
+  async #listenAfterUpgrade(): Promise<void> {
+    await Promise.all(this.#certs.wanted().map((id) => this.#certs.ready(id, 10_000).catch(() => undefined)));
+    await this.#listenOutbound();
+    await this.#listenTunnel();
+  }
+
+  /**
+   * Every listener is in an SO_REUSEPORT group; with tcp_migrate_req the
+   * kernel moves connections still in a closing listener's accept queue to
+   * another of its group, so an old process that stops listening during an
+   * upgrade refuses none (per network namespace, so set here, in ours).
+   */
+  #allowAcceptQueueMigration(): void {
+    try {
+      if (fs.readFileSync(TCP_MIGRATE_REQ, 'utf8').trim() !== '1') fs.writeFileSync(TCP_MIGRATE_REQ, '1');
+    } catch (err) {
+      this.#log.warn(
+        { err: (err as NodeJS.ErrnoException).code ?? (err as Error).message },
+        `cannot set net.ipv4.tcp_migrate_req=1: an upgrade may refuse the connections queued on the old process's listeners (run as root, or set the sysctl in this namespace)`,
+      );
+    }
+  }
+
+  /** The running side of an upgrade (admin/handover.ts): what the admin socket's POST /upgrade does. */
+  #handoverSide(): HandoverSide {
+    return {
+      prepare: () => this.#prepareHandover(),
+      resume: (reason) => this.#resumeAfterFailedUpgrade(reason),
+      handOver: (drainMs) => this.#handOver(drainMs),
+    };
+  }
+
+  /**
+   * A new process is about to start: the controller keeps one config stream
+   * per node, so this one stops its own (and keeps serving its last config)
+   * before the new one connects.
+   */
+  #prepareHandover(): Prepared {
+    if (!this.#ready || this.#handedOver) throw new ProxyError('NM_ERR_UPGRADE', `the proxy of ${this.node} is not ready (still starting, or stopping): try the upgrade again once it is`);
+    this.#stream.stop();
+    this.#log.info({ version: this.state.version }, 'upgrade: a new proxy process is starting; config stream paused, serving the last config');
+    return { pid: process.pid, nextFlowId: this.flows.nextId, configVersion: this.state.version };
+  }
+
+  /** The new process failed or went away before it took over: carry on as before. */
+  #resumeAfterFailedUpgrade(reason: string): void {
+    if (this.#handedOver) return;
+    this.#log.warn({ reason }, 'upgrade: the new proxy process did not take over; this one keeps serving and resumes its config stream');
+    this.#stream.start();
+    // A new process that failed after it bound the admin socket removed it as it went.
+    void this.#admin.reclaimSocket().catch((err: Error) => this.#log.warn({ err: err.message }, 'upgrade: cannot bind the admin socket again'));
+  }
+
+  /**
+   * The new process is ready: stop listening (what is queued moves to its
+   * listeners), keep established connections and tunnel streams until they
+   * close or `drainMs` passes, then close what is left and resolve `retired`.
+   * The data path's ready flag stays set: the new process holds it now.
+   */
+  #handOver(drainMs: number): LiveAtHandover {
+    this.#handedOver = true;
+    this.#holdsReady = false;
+    this.#ready = false;
+    const live = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
+    this.#log.info({ drainMs, live }, 'upgrade: handed over to the new proxy process; draining');
+    const started = Date.now();
+    // Once the answer is written: admin, metrics and health first, from now on they are the new process's alone.
+    setImmediate(() => {
+      void this.#admin
+        .close()
+        .catch(() => {})
+        .then(() => this.close(drainMs))
+        .then(() => this.#log.info({ drainedMs: Date.now() - started }, 'upgrade: drained; exiting'))
+        .finally(() => this.#retire());
+    });
+    return live;
+  }
+
+  /** The upgrade's new process, once the old one has handed over: it owns the ready flag from now on. */
+  tookOver(): void {
+    this.#holdsReady = true;
   }
 
   /** In the tick a version is taken, after the lookups changed. */
@@ -343,6 +467,7 @@ export class NodeProxy {
     return {
       node: this.node,
       version: VERSION,
+      pid: process.pid,
       ready: this.#ready,
       controller: this.#controllerStatus(),
       identity: this.#session
@@ -370,7 +495,7 @@ export class NodeProxy {
   async close(drainMs = 2_000): Promise<void> {
     this.#ready = false;
     try {
-      this.#datapath?.setReady(false);
+      if (this.#holdsReady) this.#datapath?.setReady(false);
     } catch {
       // the data path was uninstalled under us
     }

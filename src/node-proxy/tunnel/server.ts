@@ -283,7 +283,8 @@ export class HboneServer {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.#tls.once('error', onError);
-      this.#tls.listen({ port, host, ipv6Only: false }, () => {
+      // reusePort: an upgrade's new process listens beside this one (docs/architecture.md, 'Upgrades that drop nothing').
+      this.#tls.listen({ port, host, ipv6Only: false, reusePort: true }, () => {
         this.#tls.off('error', onError);
         resolve((this.#tls.address() as net.AddressInfo).port);
       });
