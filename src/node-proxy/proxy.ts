@@ -415,6 +415,25 @@ export class NodeProxy {
     return live;
   }
 
+  /**
+   * A SIGTERM while this process drains after a hand-over: what is left gets
+   * `drainMs` from now (both listeners' close() only ever bring their
+   * deadline closer), then `retired` resolves as usual.
+   */
+  /** Whether this process has handed over to a new one and is draining. */
+  get retiring(): boolean {
+    return this.#handedOver;
+  }
+
+  shortenDrain(drainMs: number): void {
+    if (!this.#handedOver) return;
+    this.#log.info({ drainMs }, 'upgrade: stopped while draining; closing what is left sooner');
+    void this.#outbound.close(drainMs).then((cut) => {
+      if (cut) this.#log.warn({ cut, drainMs }, 'connections still open at the drain deadline were closed');
+    });
+    void this.#inbound?.close(drainMs);
+  }
+
   /** The upgrade's new process, once the old one has handed over: it owns the ready flag from now on. */
   tookOver(): void {
     this.#holdsReady = true;

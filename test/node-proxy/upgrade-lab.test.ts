@@ -33,6 +33,7 @@ interface Status {
   pid: number;
   ready: boolean;
   controller: { connected: boolean; configVersion: number };
+  datapath: { config: { ready: boolean } };
 }
 
 interface LoadResult {
@@ -175,6 +176,22 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
     t.equal(r.broken, 4, 'the 4 connections that outlived the deadline were closed');
     t.equal(r.churn.failed, 0, `no new connection was refused (${JSON.stringify(r.churn.failures)})`);
     t.match(up.oldLog(), /"cut":4,.*connections still open at the drain deadline were closed/, 'the old process logs how many it closed');
+  });
+
+  await t.test('a SIGTERM while the old process drains bounds what is left by --drain-timeout', async (t) => {
+    const load = await startLoad(2);
+    const up = await upgrade(n1.name, '2m');
+    process.kill(up.oldPid, 'SIGTERM');
+    const stoppedAt = Date.now();
+    t.ok(await waitFor(() => !alive(up.oldPid), 15_000, 100), 'the old process exits long before its 2 min drain');
+    t.comment(`old process exited ${Date.now() - stoppedAt} ms after its SIGTERM (--drain-timeout 2s)`);
+    const r = await load.stop();
+    t.equal(r.broken, 4, 'the 4 connections it still held were closed');
+    t.equal(r.churn.failed, 0, `no new connection was refused (${JSON.stringify(r.churn.failures)})`);
+    t.match(up.oldLog(), /"cut":4,.*connections still open at the drain deadline were closed/, 'and it logs how many');
+    const now = await status(n1.name);
+    t.ok(now.ready, 'the new process serves on');
+    t.equal(now.datapath.config.ready, true, "and the data path's ready flag is still set: the old process's stop did not clear it");
   });
 
   await t.test('a second proxy for the node without --upgrade is refused (the ports are shared now)', async (t) => {

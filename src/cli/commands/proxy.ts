@@ -185,7 +185,12 @@ export const proxyCommand = defineCommand({
     io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${socket}, metrics ${proxy.ports.metrics}\n`);
     // Handed over to a new process (`--upgrade`) and drained: nothing left to do here.
     const retired = await Promise.race([termination().then(() => false), proxy.retired.then(() => true)]);
-    if (retired) {
+    if (retired || proxy.retiring) {
+      if (!retired) {
+        // Stopped while it drains after a hand-over: --drain-timeout bounds what is left, as on any SIGTERM.
+        proxy.shortenDrain(drainMs);
+        await proxy.retired;
+      }
       log.flush();
       return EXIT.ok;
     }
