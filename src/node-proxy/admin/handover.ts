@@ -94,8 +94,11 @@ export function serveHandover(server: http.Server, side: HandoverSide): void {
       return refuse(socket, '503 Service Unavailable', (err as Error).message);
     }
     busy = true;
-    // The lease lasts as long as the new process takes to start: no idle timeout.
+    // The lease lasts as long as the new process takes to start: no idle timeout. The HTTP server's
+    // sockets allow half-open: without this, a new process that died would leave it open (and this
+    // side prepared) for good.
     socket.setTimeout(0);
+    socket.once('end', () => socket.end());
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${UPGRADE_PROTOCOL}\r\nconnection: upgrade\r\n\r\n`);
     socket.write(JSON.stringify({ event: 'prepared', ...prepared }) + '\n');
     let handed = false;
@@ -162,6 +165,7 @@ export function prepareUpgrade(socketPath: string, timeoutMs = 10_000): Promise<
     req.on('upgrade', (_res, socket: net.Socket, head: Buffer) => {
       upgraded = socket;
       socket.on('error', () => {});
+      socket.once('end', () => socket.end());
       let waiting: ((msg: Record<string, unknown>) => void) | undefined;
       let closed = false;
       const onClosed: (() => void)[] = [];
