@@ -5,8 +5,9 @@
  * opening new ones throughout see nothing broken and nothing refused while
  * a node's proxy is replaced, on the client's node and on the server's; the
  * old process exits once its connections closed, or at --upgrade-drain; an
- * upgrade whose new process cannot start leaves the old one serving; a
- * second proxy without --upgrade is refused.
+ * upgrade whose new process cannot start, or is killed before it took
+ * over, leaves the old one serving; a SIGTERM while the old one drains is
+ * bounded by --drain-timeout; a second proxy without --upgrade is refused.
  */
 import { type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -233,5 +234,22 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
       await waitFor(async () => (await admin.listNodes()).find((n) => n.node === n1.name)!.ackedVersion >= applied.version, 10_000, 100),
       'and it takes new config',
     );
+  });
+
+  await t.test('a new process killed before it took over leaves the old one serving', async (t) => {
+    const before = await status(n1.name);
+    const paused = (): number => logOf.get(n1.name)!().split('config stream paused').length;
+    const was = paused();
+    const child = labSpawn(lab, n1.name, [process.execPath, BIN, 'proxy', ...flagsOf(before.pid), '--upgrade'], { stdio: ['ignore', 'ignore', 'ignore'] });
+    onCleanup(t, () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    t.ok(await waitFor(() => paused() > was, 20_000, 20), 'the old process prepared (its config stream paused)');
+    child.kill('SIGKILL');
+    await waitExit(child, 10_000);
+    t.ok(await waitFor(async () => (await status(n1.name)).controller.connected, 10_000, 100), 'its config stream is back');
+    t.match(logOf.get(n1.name)!(), /went away before it took over.*keeps serving and resumes its config stream/, 'and it says why');
+    t.equal((await status(n1.name)).pid, before.pid, 'it still answers on the admin socket');
+    t.equal(await who(remote.ip), remote.name, 'and carries new connections');
   });
 });
