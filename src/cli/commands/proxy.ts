@@ -79,7 +79,7 @@ async function startUpgrade(opts: ProxyOptions, socket: string, drainMs: number)
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
-  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR]',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--upgrade [--upgrade-drain 5m]]',
   description:
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
     `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
