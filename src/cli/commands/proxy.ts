@@ -124,7 +124,7 @@ export const proxyCommand = defineCommand({
     'drain-timeout': 'on SIGTERM or SIGINT: how long open connections get to finish before they are closed (default 2s); new ones are not accepted meanwhile',
     upgrade:
       "take over from the proxy running for this node (same flags otherwise): it starts beside it and, once ready, the old one stops listening, keeps its connections until they close or --upgrade-drain passes, and exits; nothing is refused or broken. If this one cannot start, the old one keeps serving",
-    'upgrade-drain': "with --upgrade: how long the old process keeps connections open before it closes what is left (default 5m)",
+    'upgrade-drain': 'with --upgrade: how long the old process keeps connections open before it closes what is left',
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
