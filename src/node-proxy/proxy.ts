@@ -11,7 +11,11 @@
  * policy'): 15001 and 15008 listen only once a validated config is held,
  * from the controller or, when it does not answer within controllerWaitMs,
  * the last one this node ACKed, kept in its state dir.
+ *
+ * An upgrade hands over from one process to the next without dropping a
+ * connection (docs/architecture.md, 'Upgrades that drop nothing').
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -21,7 +25,7 @@ import { MeshError } from '../errors';
 import { readOpenFileLimit } from '../net';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
-import { startAdmin } from './admin';
+import { startAdmin, type AdminHandle, type HandoverSide, type LiveAtHandover, type Prepared } from './admin';
 import { abi } from '../bpf';
 import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
 import { ConnectionRecorder, FlowTable } from './flows';
@@ -75,8 +79,19 @@ export interface ProxyOptions {
   controllerWaitMs?: number;
   /** A burst of config versions within this is written to the state dir once (default 1 s). */
   configSaveDelayMs?: number;
+  /** This process replaces a running proxy of the node (`nodemesh proxy --upgrade`): what that one said when it prepared. */
+  upgrade?: Pick<Prepared, 'nextFlowId'>;
   log?: Logger;
 }
+
+/**
+ * Flow ids the old process may still give between its prepare and its
+ * hand-over (it accepts beside the new one meanwhile): the new one starts
+ * after them, so no id names two flows.
+ */
+export const UPGRADE_FLOW_ID_GAP = 1_000_000;
+
+const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
 
 export class ProxyError extends MeshError {}
 
@@ -121,7 +136,7 @@ export class NodeProxy {
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
   #recorder!: ConnectionRecorder;
-  #admin!: { close(): Promise<void>; ports: { admin: number; metrics: number; health: number } };
+  #admin!: AdminHandle;
   #metrics!: ProxyMetrics;
   /** Enrolled local workloads: key -> netns cookie, and back. */
   readonly #balancers: BalancerCache;
@@ -134,6 +149,12 @@ export class NodeProxy {
   #source: ConfigSource = 'none';
   /** Why the kept config is not served, when it is not. */
   #lastGoodError = '';
+  /** Whether close() may clear the data path's ready flag: not while an upgrade's new process has not taken over, nor once this one handed over. */
+  #holdsReady: boolean;
+  #handedOver = false;
+  #retire!: () => void;
+  /** Resolves once this process handed over to a new one and drained (the CLI then exits). */
+  readonly retired = new Promise<void>((resolve) => (this.#retire = resolve));
 
   private constructor(opts: ProxyOptions) {
     if (opts.watchdogMs !== undefined && (!Number.isInteger(opts.watchdogMs) || opts.watchdogMs < 0 || opts.watchdogMs > 0xffff_ffff))
@@ -158,6 +179,8 @@ export class NodeProxy {
       onCommit: (view) => this.#onCommit(view),
     });
     this.#balancers = new BalancerCache(opts.node);
+    this.#holdsReady = opts.upgrade === undefined;
+    if (opts.upgrade) this.flows.continueFrom(opts.upgrade.nextFlowId + UPGRADE_FLOW_ID_GAP);
   }
 
   get ready(): boolean {
@@ -264,13 +287,17 @@ export class NodeProxy {
       limits: limits.outbound,
       reporter,
     });
-    // Found now, not once a config arrives (which may be never while the controller is down).
-    await portFree(o.outboundPort ?? 15001).catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
-    });
-    await portFree(o.tunnelPort ?? 15008).catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
-    });
+    this.#allowAcceptQueueMigration();
+    // Found now, not once a config arrives (which may be never while the controller is down). An upgrade's new process
+    // shares its ports with the proxy that serves (SO_REUSEPORT), so for it they are taken by design.
+    if (!o.upgrade) {
+      await portFree(o.outboundPort ?? 15001).catch((err: Error) => {
+        throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+      });
+      await portFree(o.tunnelPort ?? 15008).catch((err: Error) => {
+        throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
+      });
+    }
     this.#inbound = inboundServer({
       node: o.node,
       dialGuard,
@@ -295,6 +322,7 @@ export class NodeProxy {
         readiness: () => this.#configSummary(),
         configDump: () => ({ node: o.node, version: this.state.version, items: Object.fromEntries(this.state.items) }),
         status: () => this.status(),
+        handover: this.#handoverSide(),
       },
       {
         adminHost: '127.0.0.1',
@@ -334,12 +362,11 @@ export class NodeProxy {
     await this.#firstConfig(first);
     await this.#updater.reconcile();
     // Only now may a pod's connection or a tunnel reach the proxy: before a config is held, the kernel refuses them (nothing listens).
-    await this.#outbound.listen(o.outboundPort ?? 15001).catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
-    });
-    this.#tunnelPort = await this.#inbound.listen(o.tunnelPort ?? 15008, '::').catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
-    });
+    if (o.upgrade) await this.#listenAfterUpgrade();
+    else {
+      await this.#listenOutbound();
+      await this.#listenTunnel();
+    }
     this.#ready = true;
     this.#markReady();
     this.#metrics.ready.set(1);
@@ -412,6 +439,127 @@ export class NodeProxy {
     this.#heartbeat.unref();
   }
 
+  async #listenOutbound(): Promise<void> {
+    const port = this.#opts.outboundPort ?? 15001;
+    await this.#outbound.listen(port).catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${port}: ${err.message} (is another proxy running on this node?)`);
+    });
+  }
+
+  async #listenTunnel(): Promise<void> {
+    const port = this.#opts.tunnelPort ?? 15008;
+    this.#tunnelPort = await this.#inbound!.listen(port, '::').catch((err: Error) => {
+      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${port}: ${err.message}`);
+    });
+  }
+
+  /**
+   * An upgrade's new process: every connection the kernel gives it must find
+   * what the old one would have (the workloads enrolled, their certificates
+   * for the tunnel's handshakes), so it joins the listeners' groups only now.
+   */
+  async #listenAfterUpgrade(): Promise<void> {
+    await Promise.all(this.#certs.wanted().map((id) => this.#certs.ready(id, 10_000).catch(() => undefined)));
+    await this.#listenOutbound();
+    await this.#listenTunnel();
+  }
+
+  /**
+   * Every listener is in an SO_REUSEPORT group; with tcp_migrate_req the
+   * kernel moves connections still in a closing listener's accept queue to
+   * another of its group, so an old process that stops listening during an
+   * upgrade refuses none (per network namespace, so set here, in ours).
+   */
+  #allowAcceptQueueMigration(): void {
+    try {
+      if (fs.readFileSync(TCP_MIGRATE_REQ, 'utf8').trim() !== '1') fs.writeFileSync(TCP_MIGRATE_REQ, '1');
+    } catch (err) {
+      this.#log.warn(
+        { err: (err as NodeJS.ErrnoException).code ?? (err as Error).message },
+        `cannot set net.ipv4.tcp_migrate_req=1: an upgrade may refuse the connections queued on the old process's listeners (run as root, or set the sysctl in this namespace)`,
+      );
+    }
+  }
+
+  /** The running side of an upgrade (admin/handover.ts): what the admin socket's POST /upgrade does. */
+  #handoverSide(): HandoverSide {
+    return {
+      prepare: () => this.#prepareHandover(),
+      resume: (reason) => this.#resumeAfterFailedUpgrade(reason),
+      handOver: (drainMs) => this.#handOver(drainMs),
+    };
+  }
+
+  /**
+   * A new process is about to start: the controller keeps one config stream
+   * per node, so this one stops its own (and keeps serving its last config)
+   * before the new one connects.
+   */
+  #prepareHandover(): Prepared {
+    if (!this.#ready || this.#handedOver) throw new ProxyError('NM_ERR_UPGRADE', `the proxy of ${this.node} is not ready (still starting, or stopping): try the upgrade again once it is`);
+    this.#stream.stop();
+    this.#log.info({ version: this.state.version }, 'upgrade: a new proxy process is starting; config stream paused, serving the last config');
+    return { pid: process.pid, nextFlowId: this.flows.nextId, configVersion: this.state.version };
+  }
+
+  /** The new process failed or went away before it took over: carry on as before. */
+  #resumeAfterFailedUpgrade(reason: string): void {
+    if (this.#handedOver) return;
+    this.#log.warn({ reason }, 'upgrade: the new proxy process did not take over; this one keeps serving and resumes its config stream');
+    this.#stream.start();
+    // A new process that failed after it bound the admin socket removed it as it went.
+    void this.#admin.reclaimSocket().catch((err: Error) => this.#log.warn({ err: err.message }, 'upgrade: cannot bind the admin socket again'));
+  }
+
+  /**
+   * The new process is ready: stop listening (what is queued moves to its
+   * listeners), keep established connections and tunnel streams until they
+   * close or `drainMs` passes, then close what is left and resolve `retired`.
+   * The data path's ready flag stays set: the new process holds it now.
+   */
+  #handOver(drainMs: number): LiveAtHandover {
+    this.#handedOver = true;
+    this.#holdsReady = false;
+    this.#ready = false;
+    const live = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
+    this.#log.info({ drainMs, live }, 'upgrade: handed over to the new proxy process; draining');
+    const started = Date.now();
+    // Once the answer is written: admin, metrics and health first, from now on they are the new process's alone.
+    setImmediate(() => {
+      void this.#admin
+        .close()
+        .catch(() => {})
+        .then(() => this.close(drainMs))
+        .then(() => this.#log.info({ drainedMs: Date.now() - started }, 'upgrade: drained; exiting'))
+        .finally(() => this.#retire());
+    });
+    return live;
+  }
+
+  /**
+   * A SIGTERM while this process drains after a hand-over: what is left gets
+   * `drainMs` from now (both listeners' close() only ever bring their
+   * deadline closer), then `retired` resolves as usual.
+   */
+  /** Whether this process has handed over to a new one and is draining. */
+  get retiring(): boolean {
+    return this.#handedOver;
+  }
+
+  shortenDrain(drainMs: number): void {
+    if (!this.#handedOver) return;
+    this.#log.info({ drainMs }, 'upgrade: stopped while draining; closing what is left sooner');
+    void this.#outbound.close(drainMs).then((cut) => {
+      if (cut) this.#log.warn({ cut, drainMs }, 'connections still open at the drain deadline were closed');
+    });
+    void this.#inbound?.close(drainMs);
+  }
+
+  /** The upgrade's new process, once the old one has handed over: it owns the ready flag from now on. */
+  tookOver(): void {
+    this.#holdsReady = true;
+  }
+
   /** In the tick a version is taken, after the lookups changed. */
   #onCommit(view: MeshView): void {
     this.#balancers.retain(view.services.keys());
@@ -459,6 +607,7 @@ export class NodeProxy {
     return {
       node: this.node,
       version: VERSION,
+      pid: process.pid,
       ready: this.#ready,
       failMode: failMode({ failOpen: this.#opts.failOpen ?? false }),
       controller: this.#controllerStatus(),
@@ -502,7 +651,7 @@ export class NodeProxy {
     this.#ready = false;
     clearInterval(this.#heartbeat);
     try {
-      this.#datapath?.setReady(false);
+      if (this.#holdsReady) this.#datapath?.setReady(false);
     } catch {
       // the data path was uninstalled under us
     }

@@ -51,3 +51,15 @@ t.test('proxyAddressProblem: own addresses pass in any spelling, others are name
   t.match(proxyAddressProblem('--proxy-ip', '::1', 4), /is not an IPv4 address/);
   t.match(proxyAddressProblem('--proxy-ip', '198.18.250.77', 4), /not an address of this network namespace/);
 });
+
+t.test('--upgrade: a bad --upgrade-drain is a usage error, and with no proxy running there is nothing to take over', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-proxy-start-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const bad = run(dir, '--proxy-ip', '127.0.0.1', '--upgrade', '--upgrade-drain', 'soon');
+  t.equal(bad.status, 64);
+  t.match(bad.stderr, /--upgrade-drain must be a duration like 30s, 5m or 1h, not "soon"/);
+  const none = run(dir, '--proxy-ip', '127.0.0.1', '--upgrade');
+  t.not(none.status, 0, 'it exits with an error');
+  t.match(none.stderr, /nothing to upgrade: no proxy answers on \/run\/nodemesh\/proxy\/x\/admin\.sock \(ENOENT\); start it without --upgrade/);
+  t.notOk(fs.existsSync(path.join(dir, 'state')), 'and it made nothing');
+});

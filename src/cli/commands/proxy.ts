@@ -1,16 +1,17 @@
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { findCgroup2Mount } from '../../bpf';
 import { DEFAULT_DATA_DIR } from '../../api/credentials';
 import { createLogger } from '../../log';
-import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../node-proxy/admin';
+import { adminGet, adminSocketOf, prepareUpgrade, PROXY_RUN_DIR, UpgradeError, type UpgradeLease } from '../../node-proxy/admin';
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { LIMITS } from '../../api/limits';
 import { parseDurationMs } from '../../api/validate';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
-import { NodeProxy, PROXY_DEFAULTS } from '../../node-proxy/proxy';
+import { NodeProxy, PROXY_DEFAULTS, type ProxyOptions } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';
 import { outputFormat, requiredFlag, toJson } from '../output';
 
@@ -21,10 +22,64 @@ function accessLevel(v: string): 'trace' | 'debug' | 'info' | 'warn' | 'silent' 
 
 const LISTENER_FLAGS = listenerFlagOptions();
 
+/** How long an upgrade's new process may take to be ready before it gives up and the old one carries on. */
+const UPGRADE_START_TIMEOUT_MS = 60_000;
+
+/** Whether a proxy process answers on `socket` (a file left by a killed one does not). */
+function proxyAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.setTimeout(1_000, () => (c.destroy(), resolve(false)));
+    c.once('connect', () => (c.destroy(), resolve(true)));
+    c.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * `--upgrade`: the running proxy stops its config stream, this one starts
+ * beside it (every listener shares its port), and once ready asks it to hand
+ * over; if this one cannot start, the old one resumes (docs/architecture.md,
+ * 'Upgrades that drop nothing').
+ */
+async function startUpgrade(opts: ProxyOptions, socket: string, drainMs: number): Promise<{ proxy: NodeProxy; oldPid: number; live: { outbound: number; tunnelStreams: number } }> {
+  const lease: UpgradeLease = await prepareUpgrade(socket);
+  const { pid } = lease.prepared;
+  let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  const starting = NodeProxy.start({ ...opts, upgrade: lease.prepared });
+  starting.catch(() => {}); // awaited below; a start given up on may still fail later
+  try {
+    const proxy = await Promise.race([
+      starting,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => ((timedOut = true), reject(new UpgradeError('NM_ERR_UPGRADE', `not ready within ${UPGRADE_START_TIMEOUT_MS / 1000} s (is the controller reachable?)`))), UPGRADE_START_TIMEOUT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    const live = await lease.handOver(drainMs).catch(async (err: Error) => {
+      await proxy.close(0);
+      throw err;
+    });
+    proxy.tookOver();
+    return { proxy, oldPid: pid, live };
+  } catch (err) {
+    clearTimeout(timer);
+    lease.abort((err as Error).message);
+    // A start still under way would serve on and take the config stream back: leave without it (exiting
+    // closes nothing by name, so the admin socket file stays the old process's; the ready flag stays set).
+    if (timedOut) setTimeout(() => process.exit(EXIT.rejected), 100).unref();
+    throw new UpgradeError(
+      'NM_ERR_UPGRADE',
+      `nodemesh proxy --upgrade: the new proxy did not take over: ${(err as Error).message}; the running proxy (pid ${pid}) keeps serving and has resumed its config stream`,
+      { cause: err },
+    );
+  }
+}
+
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
-  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--fail-open]',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--fail-open] [--upgrade [--upgrade-drain 5m]]',
   description:
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
     `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
@@ -53,6 +108,8 @@ export const proxyCommand = defineCommand({
     'max-config-items': { type: 'string' },
     'drain-timeout': { type: 'string', default: '2s' },
     'controller-wait': { type: 'string' },
+    upgrade: { type: 'boolean', default: false },
+    'upgrade-drain': { type: 'string', default: '5m' },
     ...LISTENER_FLAGS.options,
   },
   optionHelp: {
@@ -72,6 +129,9 @@ export const proxyCommand = defineCommand({
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
     'drain-timeout': 'on SIGTERM or SIGINT: how long open connections get to finish before they are closed (default 2s); new ones are not accepted meanwhile',
     'controller-wait': `how long to wait at start for the controller's config before serving the last one this node kept in its state dir (default ${PROXY_DEFAULTS.controllerWaitMs / 1000}s); pod traffic is not served before one of them is held`,
+    upgrade:
+      "take over from the proxy running for this node (same flags otherwise): it starts beside it and, once ready, the old one stops listening, keeps its connections until they close or --upgrade-drain passes, and exits; nothing is refused or broken. If this one cannot start, the old one keeps serving",
+    'upgrade-drain': 'with --upgrade: how long the old process keeps connections open before it closes what is left',
     ...LISTENER_FLAGS.help,
   },
   async run(values, _p, io) {
@@ -99,8 +159,15 @@ export const proxyCommand = defineCommand({
     const waitFlag = values['controller-wait'] as string | undefined;
     const controllerWaitMs = waitFlag === undefined ? undefined : parseDurationMs(waitFlag);
     if (controllerWaitMs === undefined && waitFlag !== undefined) throw new UsageError(`${cmd}: --controller-wait must be a duration such as 2500ms, 3s or 1m, not ${JSON.stringify(waitFlag)}`);
+    const upgradeText = values['upgrade-drain'] as string;
+    const upgradeDrainMs = parseDurationMs(upgradeText);
+    if (upgradeDrainMs === undefined) throw new UsageError(`${cmd}: --upgrade-drain must be a duration like 30s, 5m or 1h, not ${JSON.stringify(upgradeText)}`);
+    const socket = adminSocketOf(node);
+    // Every listener shares its port (SO_REUSEPORT, for upgrades): a second proxy of the node must be refused here, or both would serve.
+    if (!values.upgrade && (await proxyAnswers(socket)))
+      throw new UsageError(`${cmd}: a proxy for node ${node} is running already (it answers on ${socket}): stop it first, or pass --upgrade to take over from it`);
     const log = createLogger({ level: values['log-level'] as string });
-    const proxy = await NodeProxy.start({
+    const opts: ProxyOptions = {
       maxConfigItems,
       controllerWaitMs,
       node,
@@ -108,7 +175,7 @@ export const proxyCommand = defineCommand({
       token,
       caFile: values['ca-file'] as string | undefined,
       stateDir: (values['state-dir'] as string | undefined) ?? path.join(DEFAULT_DATA_DIR, 'proxy', node),
-      adminSocket: adminSocketOf(node),
+      adminSocket: socket,
       cgroup,
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
@@ -116,9 +183,29 @@ export const proxyCommand = defineCommand({
       accessLogLevel: accessLevel(values['access-log-level'] as string),
       limits,
       log,
-    });
-    io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${adminSocketOf(node)}, metrics ${proxy.ports.metrics}\n`);
-    await termination();
+    };
+    let proxy: NodeProxy;
+    if (values.upgrade) {
+      const started = Date.now();
+      const up = await startUpgrade(opts, socket, upgradeDrainMs);
+      proxy = up.proxy;
+      log.info({ oldPid: up.oldPid, live: up.live, tookMs: Date.now() - started, upgradeDrainMs }, 'upgrade: took over');
+      io.out(`proxy ${node} took over from pid ${up.oldPid} in ${Date.now() - started} ms; it drains ${up.live.outbound} connections and ${up.live.tunnelStreams} tunnel streams for at most ${upgradeText}\n`);
+    } else {
+      proxy = await NodeProxy.start(opts);
+    }
+    io.out(`proxy ${node} ready: outbound ${proxy.ports.outbound}, admin 127.0.0.1:${proxy.ports.admin} and ${socket}, metrics ${proxy.ports.metrics}\n`);
+    // Handed over to a new process (`--upgrade`) and drained: nothing left to do here.
+    const retired = await Promise.race([termination().then(() => false), proxy.retired.then(() => true)]);
+    if (retired || proxy.retiring) {
+      if (!retired) {
+        // Stopped while it drains after a hand-over: --drain-timeout bounds what is left, as on any SIGTERM.
+        proxy.shortenDrain(drainMs);
+        await proxy.retired;
+      }
+      log.flush();
+      return EXIT.ok;
+    }
     log.info({ drainMs }, 'shutting down');
     await proxy.close(drainMs);
     log.flush();

@@ -14,7 +14,9 @@ export function adminSocketOf(node: string): string {
 /** GET `urlPath` from a proxy's admin socket; with onLine, streams the body line by line. */
 export function adminGet(socket: string, urlPath: string, onLine?: (line: string) => void): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: socket, path: urlPath }, (res) => {
+    // A connection per request (agent: false), not one kept alive in the global agent's pool: after an upgrade the
+    // path reaches the new process, and a pooled connection to the old one would meet its close as ECONNRESET.
+    const req = http.get({ socketPath: socket, path: urlPath, agent: false }, (res) => {
       let body = '';
       let rest = '';
       res.on('data', (d: Buffer) => {

@@ -5,12 +5,14 @@
  *   /flows            JSON; ?from=&to=&verdict=&live=&limit=; ?follow=1 streams NDJSON
  *   /config_dump      what the controller pushed
  *   /status           readiness, versions, connections, data path counters
+ *   POST /upgrade     unix socket only: a new process of this node takes over (./handover.ts)
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
 import type { FlowFilter, FlowTable, FlowVerdict } from '../flows';
+import { serveHandover, type HandoverSide } from './handover';
 import { matchesFlow } from '../flows';
 import { createHttpServer, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from '../listeners';
 import type { ProxyMetrics } from '../metrics';
@@ -23,6 +25,8 @@ export interface AdminSources {
   /** Why it is or is not ready, in a few words (where its config came from): the readiness body after "ready: " or "not ready: ". */
   readiness?(): string;
   metrics: ProxyMetrics;
+  /** The running proxy's side of an upgrade, served on the unix socket only. */
+  handover?: HandoverSide;
 }
 
 function json(res: http.ServerResponse, code: number, body: unknown): void {
@@ -90,12 +94,32 @@ function listen(server: http.Server, target: { port: number; host: string } | st
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     if (typeof target === 'string') server.listen(target, resolve);
-    else server.listen(target.port, target.host, resolve);
+    // reusePort: during an upgrade the new process listens beside this one (docs/architecture.md, 'Upgrades that drop nothing').
+    else server.listen({ port: target.port, host: target.host, reusePort: true }, resolve);
   });
 }
 
+/** The socket file's identity, so a closing proxy removes its own file and never the one a new process bound since. */
+function inodeOf(file: string): string | undefined {
+  try {
+    // With its change time: tmpfs gives a removed file's inode number to the next one.
+    const st = fs.statSync(file, { bigint: true });
+    return `${st.ino}:${st.ctimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface AdminHandle {
+  ports: { admin: number; metrics: number; health: number };
+  /** Closes every server (safe twice); the socket file goes only if it is still this process's. */
+  close(): Promise<void>;
+  /** Binds the socket path again if the file there is gone (an upgrade's new process failed after it bound it, and removed it as it went). */
+  reclaimSocket(): Promise<void>;
+}
+
 /** Starts the admin, metrics and health servers; returns a closer. */
-export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ close(): Promise<void>; ports: { admin: number; metrics: number; health: number } }> {
+export async function startAdmin(src: AdminSources, l: AdminListen): Promise<AdminHandle> {
   const servers: http.Server[] = [];
   const limits = l.limits ?? LISTENER_DEFAULTS;
   const reporter = l.reporter ?? new ListenerReporter();
@@ -103,13 +127,24 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ c
     const admin = createHttpServer('admin', limits.admin, reporter, adminHandler(src)).server;
     servers.push(admin);
     await listen(admin, { port: l.adminPort, host: l.adminHost });
-    if (l.adminSocket) {
-      fs.mkdirSync(path.dirname(l.adminSocket), { recursive: true });
-      fs.rmSync(l.adminSocket, { force: true });
+    let socketInode: string | undefined;
+    let viaSocketServer: http.Server | undefined;
+    // Bound under a name of this process's, then renamed over the path: the path is never missing (an
+    // upgrade's old process keeps serving until then), and Node removes a unix listener's file by the name
+    // it bound when that listener closes, even at exit, which is then this process's own name, never the path.
+    const bindSocket = async (file: string): Promise<void> => {
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      const own = `${file}.${process.pid}`;
+      fs.rmSync(own, { force: true });
       const viaSocket = createHttpServer('admin-socket', limits.admin, reporter, adminHandler(src)).server;
+      if (src.handover) serveHandover(viaSocket, src.handover);
       servers.push(viaSocket);
-      await listen(viaSocket, l.adminSocket);
-    }
+      viaSocketServer = viaSocket;
+      await listen(viaSocket, own);
+      fs.renameSync(own, file);
+      socketInode = inodeOf(file);
+    };
+    if (l.adminSocket) await bindSocket(l.adminSocket);
     const metrics = createHttpServer('metrics', limits.http, reporter, (req, res) => {
       if (req.url !== '/metrics') return json(res, 404, { error: 'not found: /metrics' });
       src.metrics.registry.metrics().then(
@@ -132,17 +167,29 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<{ c
     servers.push(health);
     await listen(health, { port: l.healthPort, host: l.healthHost });
     const port = (s: http.Server): number => (s.address() as { port: number }).port;
+    let closing: Promise<void> | undefined;
     return {
       ports: { admin: port(admin), metrics: port(metrics), health: port(health) },
-      close: async () => {
-        await Promise.all(
-          servers.map((s) => {
-            const closed = new Promise<void>((r) => s.close(() => r()));
-            s.closeAllConnections(); // followers of /flows never end on their own
-            return closed;
-          }),
-        );
-        if (l.adminSocket) fs.rmSync(l.adminSocket, { force: true });
+      close: () =>
+        (closing ??= (async () => {
+          await Promise.all(
+            servers.map((s) => {
+              const closed = new Promise<void>((r) => s.close(() => r()));
+              s.closeAllConnections(); // followers of /flows never end on their own
+              return closed;
+            }),
+          );
+          if (l.adminSocket && socketInode !== undefined && inodeOf(l.adminSocket) === socketInode) fs.rmSync(l.adminSocket, { force: true });
+        })()),
+      reclaimSocket: async () => {
+        if (!l.adminSocket || closing || inodeOf(l.adminSocket) !== undefined) return;
+        const stale = viaSocketServer;
+        if (stale) {
+          servers.splice(servers.indexOf(stale), 1);
+          stale.close();
+          stale.closeAllConnections();
+        }
+        await bindSocket(l.adminSocket);
       },
     };
   } catch (err) {

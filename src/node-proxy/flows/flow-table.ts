@@ -85,6 +85,16 @@ export class FlowTable {
     this.#capacity = capacity;
   }
 
+  /** The id the next flow gets. */
+  get nextId(): number {
+    return this.#nextId;
+  }
+
+  /** Continues after another table's ids (an upgrade: the old process's flows keep theirs). */
+  continueFrom(id: number): void {
+    if (Number.isSafeInteger(id) && id > this.#nextId) this.#nextId = id;
+  }
+
   get liveCount(): number {
     return this.#live.size;
   }

@@ -86,7 +86,8 @@ export class OutboundServer {
   listen(port: number, host = '::'): Promise<number> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen({ port, host, ipv6Only: false }, () => resolve((this.server.address() as net.AddressInfo).port));
+      // reusePort: an upgrade's new process listens beside this one (docs/architecture.md, 'Upgrades that drop nothing').
+      this.server.listen({ port, host, ipv6Only: false, reusePort: true }, () => resolve((this.server.address() as net.AddressInfo).port));
     });
   }
 

@@ -269,6 +269,7 @@ export class HboneServer {
   /** The peer address of each accepted socket, read at accept: a destroyed socket no longer says. */
   readonly #peers = new WeakMap<net.Socket, string>();
   #closing: Promise<void> | undefined;
+  #drainUntil = Infinity;
 
   constructor(opts: HboneServerOptions) {
     this.#o = opts;
@@ -312,7 +313,8 @@ export class HboneServer {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.#tls.once('error', onError);
-      this.#tls.listen({ port, host, ipv6Only: false }, () => {
+      // reusePort: an upgrade's new process listens beside this one (docs/architecture.md, 'Upgrades that drop nothing').
+      this.#tls.listen({ port, host, ipv6Only: false, reusePort: true }, () => {
         this.#tls.off('error', onError);
         resolve((this.#tls.address() as net.AddressInfo).port);
       });
@@ -322,14 +324,14 @@ export class HboneServer {
   /**
    * Stops accepting and sends GOAWAY on every tunnel connection; after
    * `drainMs` (default 0) cuts whatever is left, streams included. Safe to
-   * call twice.
+   * call twice; a second call can only bring the deadline closer.
    */
   close(drainMs = 0): Promise<void> {
+    this.#drainUntil = Math.min(this.#drainUntil, Date.now() + drainMs);
     this.#closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
       for (const s of this.#sessions) s.close();
-      const until = Date.now() + drainMs;
-      while (this.#sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      while (this.#sessions.size > 0 && Date.now() < this.#drainUntil) await new Promise((r) => setTimeout(r, 20));
       for (const s of this.#sessions) s.destroy();
       for (const raw of this.#sockets) raw.destroy();
       await stopped;
