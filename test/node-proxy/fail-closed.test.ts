@@ -11,7 +11,6 @@
  * - MeshConfig failOpen: only the workload it names goes around.
  */
 import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { t, type Test } from 'tap';
@@ -25,6 +24,7 @@ import { Datapath } from '../../src/node-proxy/datapath';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
+import { alive, findProcess, flagOf } from '../helpers/processes';
 import { doc } from '../helpers/controller';
 import { labProcess, labRun, testLab } from '../helpers/lab';
 import { waitFor } from '../helpers/wait';
@@ -52,27 +52,9 @@ function delta(before: Record<string, bigint>, after: Record<string, bigint>): R
 
 /** The pid of the proxy `lab up` started for `node` (detached: found by its command line, which names this lab's node). */
 function labProxyPid(node: string): number {
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    let argv: string[];
-    try {
-      argv = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-    } catch {
-      continue;
-    }
-    const i = argv.indexOf('--node');
-    if (argv.includes(BIN) && argv.includes('proxy') && i > 0 && argv[i + 1] === node) return Number(d);
-  }
-  throw new Error(`no proxy process for node ${node}`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  const pid = findProcess((argv) => argv.includes(BIN) && argv.includes('proxy') && flagOf(argv, '--node') === node);
+  if (pid === undefined) throw new Error(`no proxy process for node ${node}`);
+  return pid;
 }
 
 t.test('nodemesh proxy refuses --fail-open with --fail-closed, before touching anything', async (t) => {

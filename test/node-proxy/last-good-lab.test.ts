@@ -18,6 +18,7 @@ import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
+import { alive, findProcess, flagOf } from '../helpers/processes';
 import { doc } from '../helpers/controller';
 import { labProcess, labRun, testLab } from '../helpers/lab';
 import { onCleanup } from '../helpers/scratch';
@@ -77,30 +78,12 @@ const statusOrNone = (node: string): Promise<Status | undefined> => status(node)
 
 /** The pid of the lab proxy with this state dir (it runs in its node's netns, started by the lab). */
 function proxyPid(stateDir: string): number | undefined {
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    let argv: string[];
-    try {
-      argv = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-    } catch {
-      continue;
-    }
-    const i = argv.indexOf('--state-dir');
-    if (argv.includes('proxy') && i >= 0 && argv[i + 1] === stateDir) return Number(d);
-  }
-  return undefined;
+  return findProcess((argv) => argv.includes('proxy') && flagOf(argv, '--state-dir') === stateDir);
 }
 
 function killed(pid: number): Promise<boolean> {
   process.kill(pid, 'SIGKILL');
-  return waitFor(() => {
-    try {
-      process.kill(pid, 0);
-      return false;
-    } catch {
-      return true;
-    }
-  }, 5000);
+  return waitFor(() => !alive(pid), 5000);
 }
 
 bpfTest(t, 'a restarted proxy serves its last-good config, never nothing and never everything', async (t) => {

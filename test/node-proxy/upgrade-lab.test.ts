@@ -23,6 +23,7 @@ import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
+import { alive } from '../helpers/processes';
 import { doc } from '../helpers/controller';
 import { labProcess, labRun, testLab } from '../helpers/lab';
 import { onCleanup } from '../helpers/scratch';
@@ -48,7 +49,6 @@ interface LoadResult {
 
 const status = async (node: string): Promise<Status> => JSON.parse(await adminGet(adminSocketOf(node), '/status')) as Status;
 
-const alive = (pid: number): boolean => fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
 
 /** The running proxy's own flags (less those of the upgrade that started it), so the next one is started exactly as the operator started it. */
 function flagsOf(pid: number): string[] {
