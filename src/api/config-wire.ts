@@ -96,13 +96,45 @@ export function encodePart(h: PartHeader, items: readonly Buffer[]): Buffer {
   at = writeVarint(out, at, inner);
   out.set(head, at);
   at += head.length;
-  const tag = h.type === 'snapshot' ? TAG_SNAPSHOT_ITEMS : TAG_DELTA_UPSERTS;
+  writeFramed(out, at, h.type === 'snapshot' ? TAG_SNAPSHOT_ITEMS : TAG_DELTA_UPSERTS, items);
+  return out;
+}
+
+function writeFramed(out: Buffer, at: number, tag: number, items: readonly Buffer[]): number {
   for (const it of items) {
     out[at++] = tag;
     at = writeVarint(out, at, it.length);
     out.set(it, at);
     at += it.length;
   }
+  return at;
+}
+
+/**
+ * A run of encoded items framed as a snapshot's `items` field: runs written
+ * one after another after snapshotHead() are, byte for byte, what
+ * encodePart() makes of all their items at once. For a whole snapshot
+ * written in pieces (the proxy's last-good file), so no list of every
+ * item's buffer is held at once.
+ */
+export function frameSnapshotItems(items: readonly Buffer[]): Buffer {
+  let n = 0;
+  for (const it of items) n += framedLength(it);
+  const out = Buffer.allocUnsafe(n);
+  writeFramed(out, 0, TAG_SNAPSHOT_ITEMS, items);
+  return out;
+}
+
+/** What comes before a one-part snapshot's framed items, `itemsBytes` long in all: the message's tag and length, the snapshot's fields. */
+export function snapshotHead(h: { version: number; totalItems: number }, itemsBytes: number): Buffer {
+  const t = load();
+  const head = t.Snapshot.encode(t.Snapshot.fromObject({ version: h.version, more: false, part: 0, totalItems: h.totalItems })).finish();
+  const inner = head.length + itemsBytes;
+  const out = Buffer.allocUnsafe(1 + varintLength(inner) + head.length);
+  let at = 0;
+  out[at++] = TAG_CONFIG_SNAPSHOT;
+  at = writeVarint(out, at, inner);
+  out.set(head, at);
   return out;
 }
 

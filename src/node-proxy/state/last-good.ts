@@ -27,7 +27,7 @@ import { setImmediate as nextTick } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 
-import { decodeConfigMessage, encodeItem, encodePart } from '../../api/config-wire';
+import { decodeConfigMessage, encodeItem, frameSnapshotItems, snapshotHead } from '../../api/config-wire';
 import type { ConfigMessage, Item } from '../../api/proto';
 import { MeshError } from '../../errors';
 import { silentLogger, type Logger } from '../../log';
@@ -35,7 +35,6 @@ import { writeFileAtomic } from './atomic-file';
 import { ConfigState, type ApplyResult } from './config-state';
 import type { StateUpdater } from './updater';
 
-const gzip = promisify(zlib.gzip);
 const gunzip = promisify(zlib.gunzip);
 
 export const LAST_GOOD_FILE = 'config.bin';
@@ -100,16 +99,34 @@ export async function encodeLastGood(
   savedAtUnixMs = Date.now(),
   chunkItems = LAST_GOOD_DEFAULTS.chunkItems,
 ): Promise<Buffer> {
-  const encoded: Buffer[] = [];
-  for (let i = 0; i < entries.length; i++) {
-    const [k, v] = entries[i]!;
-    encoded.push(encodeItem(wireItem(k, v)));
-    if ((i + 1) % chunkItems === 0) await nextTick();
+  // Framed a chunk at a time: each item's buffer dies young, and what is held until the end is one buffer per chunk
+  // (at 50,000 items: ~100 buffers, ~6 MiB outside the V8 heap), not 50,000 buffers promoted to the old space.
+  const chunks: Buffer[] = [];
+  let itemsBytes = 0;
+  for (let i = 0; i < entries.length; i += chunkItems) {
+    const encoded: Buffer[] = [];
+    for (const [k, v] of entries.slice(i, i + chunkItems)) encoded.push(encodeItem(wireItem(k, v)));
+    const framed = frameSnapshotItems(encoded);
+    chunks.push(framed);
+    itemsBytes += framed.length;
+    await nextTick();
   }
-  const body = encodePart({ type: 'snapshot', version, from: 0, part: 0, more: false, totalItems: encoded.length, removals: [] }, encoded);
-  const header = JSON.stringify({ node, version, savedAtUnixMs, items: encoded.length, bodyBytes: body.length });
-  const compressed = await gzip(body, { level: 6 });
-  return Buffer.concat([Buffer.from(MAGIC + header + '\n'), compressed]);
+  const head = snapshotHead({ version, totalItems: entries.length }, itemsBytes);
+  const bodyBytes = head.length + itemsBytes;
+  const header = JSON.stringify({ node, version, savedAtUnixMs, items: entries.length, bodyBytes });
+  // Compressed piece by piece: the body is never one buffer.
+  const gz = zlib.createGzip({ level: 6 });
+  const out: Buffer[] = [Buffer.from(MAGIC + header + '\n')];
+  gz.on('data', (d: Buffer) => out.push(d));
+  const done = new Promise<void>((resolve, reject) => {
+    gz.once('end', resolve);
+    gz.once('error', reject);
+  });
+  gz.write(head);
+  for (const c of chunks) gz.write(c);
+  gz.end();
+  await done;
+  return Buffer.concat(out);
 }
 
 /** Why a file is not used, with what to do about it. */
