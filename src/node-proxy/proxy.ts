@@ -207,10 +207,11 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const o = this.#opts;
     const limits = o.limits ?? LISTENER_DEFAULTS;
-    // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
+    // Before it joins or installs anything: the data path would send every pod connection to this address.
     for (const problem of [proxyAddressProblem('--proxy-ip', o.proxyIp, 4), o.proxyIp6 ? proxyAddressProblem('--proxy-ip6', o.proxyIp6, 6) : undefined]) {
       if (problem) throw new ProxyError('NM_ERR_PROXY_IP', `nodemesh proxy: ${problem}`);
     }
+    // Before anything listens: no peer may be able to take the descriptors the proxy needs for itself.
     const fdLimit = readOpenFileLimit();
     if (fdLimit !== undefined) {
       const problem = fdBudgetProblem(limits, fdLimit);
