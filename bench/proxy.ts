@@ -74,7 +74,8 @@ async function main(): Promise<void> {
     fs.rmSync(hcfg, { force: true });
     await labDown(NAME);
   };
-  process.once('SIGINT', () => void stop().then(() => process.exit(130)));
+  // The lab goes on an interrupt, a kill or a closed terminal as on success or failure.
+  for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const) process.once(sig, () => void stop().finally(() => process.exit(128 + n)));
   try {
     const [n1] = lab.nodes;
     const server = lab.pods.find((p) => p.name === 'n2-p1')!;
