@@ -4,13 +4,14 @@
  * lost controller behave as a user expects; flows and metrics say so.
  */
 import type { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { t } from 'tap';
 
 import { ControllerClient } from '../../src/controller/client';
 import { podWorkload, type LabState } from '../../src/lab';
-import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
+import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../../src/node-proxy/admin';
 import type { Flow } from '../../src/node-proxy/flows';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
@@ -168,6 +169,17 @@ bpfTest(t, 'node proxies in a lab', async (t) => {
     const json = JSON.parse((await labRun(lab, 'n1', [process.execPath, BIN, 'flows', '-o', 'json', '--to', 'echo'])).stdout) as Flow[];
     t.ok(json.length > 10 && json.every((f) => f.destination.service === 'echo'), 'all nodes merged, filtered by service');
     t.ok(new Set(json.map((f) => f.node)).size === 2, 'from both proxies');
+    // A proxy found on the host that does not answer (stopping, restarting) is skipped with a warning; the others still show.
+    const gone = `${n1!.name}-gone`;
+    fs.mkdirSync(path.join(PROXY_RUN_DIR, gone), { recursive: true });
+    fs.writeFileSync(adminSocketOf(gone), ''); // a file where a socket would be: nothing answers there
+    t.teardown(() => fs.rmSync(path.join(PROXY_RUN_DIR, gone), { recursive: true, force: true }));
+    const partial = await labRun(lab, 'n1', [process.execPath, BIN, 'flows', '-o', 'json', '--to', 'echo']);
+    t.equal(partial.code, 0, 'nodemesh flows still answers');
+    t.ok(new Set((JSON.parse(partial.stdout) as Flow[]).map((f) => f.node)).size === 2, 'with both live proxies');
+    t.match(partial.stderr, new RegExp(`nodemesh flows: skipped node ${gone}: cannot reach the proxy admin socket`), 'and says which it skipped');
+    const named = await labRun(lab, 'n1', [process.execPath, BIN, 'flows', '--node', gone]);
+    t.not(named.code, 0, 'asked by name, a proxy that does not answer is an error');
     const status = await labRun(lab, 'n1', [process.execPath, BIN, 'status', '--node', n1!.name]);
     t.match(status.stdout, /proxy\n  health      ready/);
     t.match(status.stdout, /config      1 services, 0 authorization policies, 2 local workloads/);

@@ -255,7 +255,13 @@ export const flowsCommand = defineCommand({
       await Promise.race([Promise.all(nodes.map((n) => adminGet(adminSocketOf(n), `/flows?${q}`, print))), termination()]);
       return EXIT.ok;
     }
-    const all = (await Promise.all(nodes.map(async (n) => JSON.parse(await adminGet(adminSocketOf(n), `/flows?${q}`)) as Flow[]))).flat();
+    const answers = await Promise.allSettled(nodes.map(async (n) => JSON.parse(await adminGet(adminSocketOf(n), `/flows?${q}`)) as Flow[]));
+    // Asked by name, a proxy that does not answer is an error; found on the host, it is skipped with a warning (it may be
+    // stopping or restarting) so the others still show.
+    const failed = answers.flatMap((a, i) => (a.status === 'rejected' ? [{ node: nodes[i]!, err: a.reason as Error }] : []));
+    if (failed.length === nodes.length || (values.node && failed.length)) throw failed[0]!.err;
+    for (const f of failed) io.err(`nodemesh flows: skipped node ${f.node}: ${f.err.message}\n`);
+    const all = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
     all.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
     if (format === 'json') io.out(toJson(all));
     else if (all.length === 0) io.err('no flows\n');
