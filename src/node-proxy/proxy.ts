@@ -292,11 +292,13 @@ export class NodeProxy {
     // Found now, not once a config arrives (which may be never while the controller is down). An upgrade's new process
     // shares its ports with the proxy that serves (SO_REUSEPORT), so for it they are taken by design.
     if (!o.upgrade) {
-      await portFree(o.outboundPort ?? 15001).catch((err: Error) => {
-        throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${o.outboundPort ?? 15001}: ${err.message} (is another proxy running on this node?)`);
+      const outbound = o.outboundPort ?? 15001;
+      const tunnel = o.tunnelPort ?? 15008;
+      await portFree(outbound).catch((err: Error) => {
+        throw listenError('outbound', outbound, err);
       });
-      await portFree(o.tunnelPort ?? 15008).catch((err: Error) => {
-        throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${o.tunnelPort ?? 15008}: ${err.message}`);
+      await portFree(tunnel).catch((err: Error) => {
+        throw listenError('tunnel', tunnel, err);
       });
     }
     this.#inbound = inboundServer({
@@ -443,14 +445,14 @@ export class NodeProxy {
   async #listenOutbound(): Promise<void> {
     const port = this.#opts.outboundPort ?? 15001;
     await this.#outbound.listen(port).catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${port}: ${err.message} (is another proxy running on this node?)`);
+      throw listenError('outbound', port, err);
     });
   }
 
   async #listenTunnel(): Promise<void> {
     const port = this.#opts.tunnelPort ?? 15008;
     this.#tunnelPort = await this.#inbound!.listen(port, '::').catch((err: Error) => {
-      throw new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${port}: ${err.message}`);
+      throw listenError('tunnel', port, err);
     });
   }
 
@@ -673,6 +675,13 @@ export class NodeProxy {
     this.#session?.close();
     this.#datapath?.close();
   }
+}
+
+/** The error for a port the proxy cannot take, checked early or met when it listens: the same words either way. */
+function listenError(which: 'outbound' | 'tunnel', port: number, err: Error): ProxyError {
+  return which === 'outbound'
+    ? new ProxyError('NM_ERR_LISTEN', `cannot listen on port ${port}: ${err.message} (is another proxy running on this node?)`)
+    : new ProxyError('NM_ERR_LISTEN', `cannot listen on tunnel port ${port}: ${err.message}`);
 }
 
 /** Fails as listen() would if `port` is taken; nothing is left listening. */

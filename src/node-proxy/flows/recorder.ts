@@ -36,20 +36,20 @@ export type RefusedFacts = Omit<ConnectionFacts, 'labels'> & { labels?: Connecti
 export class OpenConnection {
   readonly flow: Flow;
   readonly labels: ConnectionLabels;
-  readonly #r: ConnectionRecorder;
+  readonly #onClose: (conn: OpenConnection, reason: string, sent: number, received: number) => void;
   #closed = false;
 
-  constructor(r: ConnectionRecorder, flow: Flow, labels: ConnectionLabels) {
-    this.#r = r;
+  constructor(flow: Flow, labels: ConnectionLabels, onClose: (conn: OpenConnection, reason: string, sent: number, received: number) => void) {
     this.flow = flow;
     this.labels = labels;
+    this.#onClose = onClose;
   }
 
   /** How it ended and the bytes the source sent and received; a second call is ignored. */
   close(reason: string, sent: number, received: number): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#r.closed(this, reason, sent, received);
+    this.#onClose(this, reason, sent, received);
   }
 }
 
@@ -85,7 +85,7 @@ export class ConnectionRecorder {
     const flow = flows.open({ node: this.node, source: facts.source, destination: facts.destination, verdict: 'allowed', reason: r.reason, policy: r.policy, security: facts.security });
     metrics.opened.inc(facts.labels);
     metrics.active.inc();
-    return new OpenConnection(this, flow, facts.labels);
+    return new OpenConnection(flow, facts.labels, this.#closedOne);
   }
 
   /**
@@ -102,8 +102,8 @@ export class ConnectionRecorder {
     this.#o.log.debug({ access: true, flow: conn.flow.id, method: req.method, authority: req.authority, path: req.path, status: req.status, route: req.route, ms: req.durationMs }, 'request');
   }
 
-  /** @internal OpenConnection.close() */
-  closed(conn: OpenConnection, reason: string, sent: number, received: number): void {
+  /** What OpenConnection.close() records, once (one function for every connection, not a closure each). */
+  readonly #closedOne = (conn: OpenConnection, reason: string, sent: number, received: number): void => {
     const { flows, metrics } = this.#o;
     metrics.active.dec();
     metrics.closed.inc(conn.labels);
@@ -111,7 +111,7 @@ export class ConnectionRecorder {
     metrics.received.inc(conn.labels, received);
     flows.close(conn.flow, reason, sent, received);
     this.#accessLog(conn.flow);
-  }
+  };
 
   /** One line per connection, when it closes (denied ones too). */
   #accessLog(f: Flow): void {
