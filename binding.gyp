@@ -9,7 +9,8 @@
         "native/src/map.cc",
         "native/src/link.cc",
         "native/src/ringbuf.cc",
-        "native/src/helpers.cc"
+        "native/src/helpers.cc",
+        "native/src/delivery.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

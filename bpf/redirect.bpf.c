@@ -217,6 +217,10 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 dst[16],
 	struct nm_pod *pod = bpf_map_lookup_elem(&nm_pods, netns_cookie);
 	if (!pod)
 		return 0;
+	/* The proxy's own delivery into this pod, from the client's address. */
+	struct bpf_sock *sk = ctx->sk;
+	if (sk && (sk->mark & NM_DELIVERY_MASK) == NM_DELIVERY_MARK)
+		return 0;
 	if (this_host || excluded(dst, port, *netns_cookie)) {
 		stat_inc(NM_STAT_EXCLUDED);
 		return 0;
@@ -411,8 +415,11 @@ int nm_sockops(struct bpf_sock_ops *skops)
 #define NM_ETH_P_IPV6 0x86DD
 
 /* A new inbound connection (a packet for a listening socket) to a pod in
- * STRICT mode is let in only from the node proxy's own addresses: the proxy
- * delivers from them, anything else is plaintext that bypassed the mesh.
+ * STRICT mode is let in only from the node proxy: a SYN of its delivery
+ * socket in the pod's netns (it carries NM_DELIVERY_MARK, which nothing from
+ * outside the netns can), or one from the proxy's own addresses (delivery
+ * from the proxy's address); anything else is plaintext that bypassed the
+ * mesh.
  * Packets of established connections (replies to the pod's own outbound
  * connections included) never meet a listener and pass. */
 SEC("cgroup_skb/ingress")
@@ -427,6 +434,8 @@ int nm_ingress(struct __sk_buff *skb)
 	__u64 netns_cookie = bpf_get_netns_cookie(skb);
 	struct nm_pod *pod = bpf_map_lookup_elem(&nm_pods, &netns_cookie);
 	if (!pod || !(pod->flags & NM_POD_STRICT))
+		return 1;
+	if ((skb->mark & NM_DELIVERY_MASK) == NM_DELIVERY_MARK)
 		return 1;
 	__u32 zero = 0;
 	struct nm_config *cfg = bpf_map_lookup_elem(&nm_config, &zero);

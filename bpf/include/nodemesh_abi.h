@@ -70,6 +70,15 @@ struct nm_pod {
 #define NM_POD_STRICT (1U << 0)    /* PeerAuthentication STRICT: TCP only from the node proxy */
 #define NM_POD_FAIL_OPEN (1U << 1) /* MeshConfig failOpen: this pod's connects go around the proxy while none is ready */
 
+/* SO_MARK of the proxy's delivery sockets, made in a pod's netns and bound to
+ * the client's address (docs/architecture.md, 'Delivery keeps the client's
+ * address'): their connects are not redirected, and their SYNs are the
+ * proxy's for STRICT. A mark set on the node side never crosses into a pod's
+ * netns (veth clears it), so only a socket made in the pod's netns by a
+ * process with CAP_NET_ADMIN there carries it. */
+#define NM_DELIVERY_MARK 0x0e4d
+#define NM_DELIVERY_MASK 0x0fff
+
 /* nm_exclude key: an LPM trie over IPv4-mapped/IPv6 addresses. */
 struct nm_cidr_key {
 	__u32 prefixlen; /* 96 + n for an IPv4 /n */

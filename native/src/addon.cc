@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitLink(env, exports);
   InitRingBuffer(env, exports);
   InitHelpers(env, exports);
+  InitDelivery(env, exports);
   return exports;
 }
 

@@ -102,6 +102,7 @@ void InitMap(Napi::Env env, Napi::Object exports);
 void InitLink(Napi::Env env, Napi::Object exports);
 void InitRingBuffer(Napi::Env env, Napi::Object exports);
 void InitHelpers(Napi::Env env, Napi::Object exports);
+void InitDelivery(Napi::Env env, Napi::Object exports);
 
 // Makes a Map instance owning fd (closed on failure).
 Napi::Value NewMap(Napi::Env env, int fd, const std::string& pin_path);

@@ -97,6 +97,9 @@ export const EVENT_STRICT_DROP = 1;
 export const POD_STRICT = 1;
 /** nm_pod.flags: MeshConfig failOpen selects this pod; its connects go around the proxy while none is ready. */
 export const POD_FAIL_OPEN = 2;
+/** SO_MARK of the proxy's delivery sockets in a pod's netns (NM_DELIVERY_MARK/MASK): not redirected, let into STRICT pods. */
+export const DELIVERY_MARK = 0x0e4d;
+export const DELIVERY_MASK = 0x0fff;
 
 /** enum nm_stat, in order: the index of each per-CPU counter in nm_stats. */
 export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed', 'strict_drop', 'proxy_down_open', 'proxy_stale'] as const;

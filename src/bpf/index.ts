@@ -14,9 +14,12 @@ export {
   isCgroup2,
   mountBpffs,
   netnsCookie,
+  netnsDelivery,
   parseMounts,
   probeFeatures,
   socketCookie,
+  transparentSocket,
+  type DeliveryRouting,
   type FeatureReport,
   type MountEntry,
 } from './system';

@@ -111,6 +111,8 @@ export interface Addon {
   cgroupId(path: string): bigint;
   socketCookie(fd: number): bigint;
   netnsCookie(path: string): Promise<bigint>;
+  transparentSocket(netnsFd: number, family: 4 | 6, source: string, mark: number): number;
+  netnsDelivery(path: string, on: boolean, mark: number, mask: number, table: number, priority: number): Promise<void>;
   probeProgType(name: string): number;
   probeMapType(name: string): number;
   pinnedKind(path: string): 'map' | 'prog' | 'link' | '' | null;

@@ -111,6 +111,37 @@ export async function netnsCookie(netnsPath: string): Promise<bigint> {
   }
 }
 
+/** Where replies to the proxy's delivery sockets are sent in a pod's netns: a fwmark rule to a table that delivers every address locally. */
+export interface DeliveryRouting {
+  mark: number;
+  mask: number;
+  table: number;
+  priority: number;
+}
+
+/**
+ * Prepares (`on`) or clears a pod's netns for delivery from the client's
+ * address: net.ipv4.tcp_fwmark_accept=1, and for IPv4 and IPv6 a rule
+ * `fwmark mark/mask lookup table` with a `local default dev lo` route in that
+ * table. Idempotent. setns() happens on a short-lived thread of its own.
+ */
+export async function netnsDelivery(netnsPath: string, on: boolean, r: DeliveryRouting): Promise<void> {
+  try {
+    await native().netnsDelivery(netnsPath, on, r.mark, r.mask, r.table, r.priority);
+  } catch (err) {
+    throw fromAddon(err);
+  }
+}
+
+/**
+ * A TCP socket fd made in the netns open at `netnsFd`, bound to `source`
+ * (its port chosen at connect) with IP_TRANSPARENT and SO_MARK `mark`, not
+ * connected: `new net.Socket({ fd })` takes it.
+ */
+export function transparentSocket(netnsFd: number, family: 4 | 6, source: string, mark: number): number {
+  return call(() => native().transparentSocket(netnsFd, family, source, mark));
+}
+
 /** The socket cookie of a connected socket (what the BPF programs key on). */
 export function socketCookie(socket: net.Socket): bigint {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;

@@ -35,7 +35,7 @@ import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type Li
 import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
-import { UpstreamConnector } from './upstream';
+import { ClientAddressDelivery, UpstreamConnector } from './upstream';
 import { applyLastGood, ConfigStream, describeLink, LastGoodError, LastGoodStore, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
 
@@ -58,6 +58,11 @@ export interface ProxyOptions {
    * (EPERM) until a proxy is ready; MeshConfig failOpen picks workloads.
    */
   failOpen?: boolean;
+  /**
+   * Where this node's pods see their clients connect from (`--deliver-from`):
+   * 'client' (default) their own addresses, 'proxy' the proxy's.
+   */
+  deliverFrom?: 'client' | 'proxy';
   /** The kernel counts the proxy gone once its heartbeat is this old (default DEFAULT_WATCHDOG_MS; 0: no watchdog). */
   watchdogMs?: number;
   outboundPort?: number;
@@ -140,6 +145,9 @@ export class NodeProxy {
   #metrics!: ProxyMetrics;
   /** Enrolled local workloads: key -> netns cookie, and back. */
   readonly #balancers: BalancerCache;
+  /** Delivery to this node's pods from their clients' addresses; the netns each enrolled cookie came from. */
+  readonly #delivery: ClientAddressDelivery;
+  readonly #netnsOfCookie = new Map<bigint, string>();
   #certs!: WorkloadCertificates;
   readonly #pool = new HbonePool();
   #inbound: HboneServer | undefined;
@@ -168,9 +176,20 @@ export class NodeProxy {
       state: this.state,
       log: this.#log,
       enrollment: {
-        enroll: (netns, pod) => this.#datapath.enroll(netns, pod),
+        enroll: async (netns, pod) => {
+          const cookie = await this.#datapath.enroll(netns, pod);
+          // Before the pod's first delivery: a socket for a netns not yet prepared comes from the proxy's address.
+          await this.#delivery.prepare(netns, netns);
+          this.#netnsOfCookie.set(cookie, netns);
+          return cookie;
+        },
         update: (cookie, pod) => this.#datapath.enrollCookie(cookie, pod),
-        unenroll: (cookie) => this.#datapath.unenrollCookie(cookie),
+        unenroll: (cookie) => {
+          this.#datapath.unenrollCookie(cookie);
+          const netns = this.#netnsOfCookie.get(cookie);
+          this.#netnsOfCookie.delete(cookie);
+          if (netns) void this.#delivery.release(netns);
+        },
       },
       certificates: { want: (id) => this.#certs.want(id), drop: (id) => this.#certs.drop(id), wanted: () => this.#certs.wanted() },
       // PeerAuthentication STRICT: the kernel drops plaintext that bypasses the proxy.
@@ -179,6 +198,7 @@ export class NodeProxy {
       onCommit: (view) => this.#onCommit(view),
     });
     this.#balancers = new BalancerCache(opts.node);
+    this.#delivery = new ClientAddressDelivery({ log: this.#log.child({ component: 'delivery' }), enabled: (opts.deliverFrom ?? 'client') === 'client' });
     this.#holdsReady = opts.upgrade === undefined;
     if (opts.upgrade) this.flows.continueFrom(opts.upgrade.nextFlowId + UPGRADE_FLOW_ID_GAP);
   }
@@ -251,6 +271,7 @@ export class NodeProxy {
       node: o.node,
       connectTimeoutMs: o.connectTimeoutMs ?? limits.outbound.connectTimeoutMs,
       localAddress,
+      deliver: (host, source) => this.#delivery.socket(this.#updater.view.workloadAt(host)?.netns, host, source),
       tunnel: async (req) => {
         const address = req.destination.nodeAddresses.find((a) => !a.includes(':')) ?? req.destination.nodeAddresses[0];
         if (!address) throw new TunnelError('NM_ERR_TUNNEL_BROKEN', `node ${req.destination.node} has not said where it takes tunnels (its proxy never connected)`);
@@ -620,6 +641,7 @@ export class NodeProxy {
       workloadCertificates: this.#certs?.list() ?? [],
       tunnels: this.#pool.stats(),
       tunnelListener: this.#inbound?.load,
+      delivery: this.#delivery.status(),
       connections: { live: this.flows.liveCount },
       workloads: this.#updater.enrolled().map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#updater.view.services.size,
@@ -671,6 +693,7 @@ export class NodeProxy {
     await Promise.race([kept, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
     this.#lastGood?.close();
     this.#certs?.close();
+    this.#delivery.close();
     await this.#admin?.close();
     this.#session?.close();
     this.#datapath?.close();

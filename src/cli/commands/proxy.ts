@@ -79,7 +79,7 @@ async function startUpgrade(opts: ProxyOptions, socket: string, drainMs: number)
 export const proxyCommand = defineCommand({
   name: 'proxy',
   summary: 'Run the node proxy (outbound 15001, admin 15000, metrics 15020, readiness 15021)',
-  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--fail-open] [--upgrade [--upgrade-drain 5m]]',
+  usage: 'proxy --node N --controller IP:PORT --proxy-ip IP [--token-file F --ca-file F] [--cgroup PATH] [--state-dir DIR] [--fail-open] [--deliver-from client|proxy] [--upgrade [--upgrade-drain 5m]]',
   description:
     'Joins the controller with the bootstrap token (once: the node certificate is kept in the\n' +
     `state dir and renewed at half its life). The token comes in a file (--token-file) or in\n` +
@@ -101,6 +101,7 @@ export const proxyCommand = defineCommand({
     'proxy-ip': { type: 'string' },
     'proxy-ip6': { type: 'string' },
     'fail-open': { type: 'boolean', default: false },
+    'deliver-from': { type: 'string', default: 'client' },
     // The default now; accepted so existing command lines keep working.
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
@@ -124,6 +125,8 @@ export const proxyCommand = defineCommand({
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
     'fail-open': "while no proxy is ready (starting, stopping, killed), let this node's pods connect around it: no policy, no mTLS. Default: fail closed, their connects are refused (EPERM)",
+    'deliver-from':
+      "where this node's pods see their mesh clients connect from: client (default: the client pod's own address, from inside the pod's netns with IP_TRANSPARENT; needs CAP_SYS_ADMIN and CAP_NET_ADMIN) or proxy (this proxy's address, as a plain reverse proxy)",
     'fail-closed': 'the default (accepted for older command lines): refuse pod connects while no proxy is ready',
     'log-level': 'trace, debug, info, warn, error',
     'max-config-items': `items of config (workloads, services, policies of the cluster) this node holds at most; a larger snapshot is refused and the proxy keeps its config (default ${LIMITS.maxNodeConfigItems})`,
@@ -140,6 +143,8 @@ export const proxyCommand = defineCommand({
       throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
     if (values['fail-open'] && values['fail-closed']) throw new UsageError(`${cmd}: --fail-open and --fail-closed contradict each other: give one (fail closed is the default)`);
     const node = requiredFlag(cmd, 'node', values.node);
+    const deliverFrom = values['deliver-from'] as string;
+    if (deliverFrom !== 'client' && deliverFrom !== 'proxy') throw new UsageError(`${cmd}: --deliver-from must be client or proxy, not ${JSON.stringify(deliverFrom)}`);
     const token = readBootstrapToken(values['token-file'] as string | undefined);
     const cgroup = (values.cgroup as string | undefined) ?? findCgroup2Mount();
     if (!cgroup) throw new UsageError(`${cmd}: cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup); or give --cgroup`);
@@ -180,6 +185,7 @@ export const proxyCommand = defineCommand({
       proxyIp: requiredFlag(cmd, 'proxy-ip', values['proxy-ip']),
       proxyIp6: values['proxy-ip6'] as string | undefined,
       failOpen: values['fail-open'] as boolean,
+      deliverFrom,
       accessLogLevel: accessLevel(values['access-log-level'] as string),
       limits,
       log,

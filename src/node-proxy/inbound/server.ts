@@ -31,7 +31,7 @@ export interface InboundOptions {
   certs: WorkloadCertificates;
   /** Where each stream's flow, counters and access-log line are written. */
   recorder: ConnectionRecorder;
-  /** Dials this node's pods, from the proxy's address (STRICT pods accept only the proxy). */
+  /** Dials this node's pods, from the client's address or the proxy's (STRICT pods accept only the proxy's connections). */
   upstream: UpstreamConnector;
   log: Logger;
   limits?: Pick<ListenerLimits, 'tunnel' | 'h2'>;
@@ -51,7 +51,8 @@ export function inboundServer(o: InboundOptions): HboneServer {
   return new HboneServer({
     trustBundle: () => o.view().trustBundle,
     revoked: (serial) => o.view().revokedSerials.has(serial),
-    dial: (target) => o.upstream.dialLocal(target),
+    // From the client's address authorize() believed, where the pod's netns allows it.
+    dial: (target, req) => o.upstream.dialLocal(target, sources.get(req)),
     serverCertificate: (identity) => {
       const c = o.certs.get(identity);
       return c ? { certPem: c.certPem, keyPem: c.keyPem } : undefined;

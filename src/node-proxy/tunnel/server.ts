@@ -118,7 +118,7 @@ export interface HboneServerOptions {
    * Dial the target (default net.connect). The socket should allow half-open
    * (`allowHalfOpen: true`), or the target's FIN also ends the client's direction.
    */
-  dial?(target: { host: string; port: number }): net.Socket;
+  dial?(target: { host: string; port: number }, req: InboundRequest): net.Socket;
   /**
    * Every CONNECT that parsed into an InboundRequest gets one 'decided' and
    * then one 'closed' event. Malformed requests (405, 400: a bad
@@ -570,7 +570,7 @@ export class HboneServer {
     };
     let upstream: net.Socket;
     try {
-      upstream = this.#o.dial ? this.#o.dial(req.target) : net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+      upstream = this.#o.dial ? this.#o.dial(req.target, req) : net.connect({ host, port, allowHalfOpen: true, noDelay: true });
     } catch (err) {
       fail(502, `connect-failed: ${errName(err)}`);
       return;

@@ -2,9 +2,10 @@
  * The one way the proxy opens a connection to where a pod's traffic goes
  * (see docs/architecture.md, 'One connection, end to end'): through a
  * mutual-TLS tunnel to the destination node's proxy, or straight over TCP,
- * within the connect timeout, and from the proxy's own address when the
- * destination is a pod of this node (STRICT pods accept new connections only
- * from it). The L4 listener uses it per attempt; the L7 layer uses it for its
+ * within the connect timeout. A pod of this node is dialled from its client's
+ * own address where the pod's netns allows it (./delivery), else from the
+ * proxy's address (STRICT pods accept new connections only from the proxy,
+ * either way). The L4 listener uses it per attempt; the L7 layer uses it for its
  * upstream connections; the tunnel's destination side dials this node's pods
  * with dialLocal().
  *
@@ -47,8 +48,10 @@ export interface UpstreamOptions {
    * says whose fault it was.
    */
   tunnel?(req: TunnelRequest): Promise<Duplex>;
-  /** The address to deliver to this node's own pods from, per family. */
+  /** The address to deliver to this node's own pods from, per family, when `deliver` gives no socket. */
   localAddress?(family: 4 | 6): string | undefined;
+  /** A socket toward pod `host` of this node bound to the client's address `source`, not connected; undefined: from localAddress. */
+  deliver?(host: string, source: string | undefined): net.Socket | undefined;
 }
 
 export interface UpstreamAttempt {
@@ -90,7 +93,7 @@ export class UpstreamConnector {
    */
   connect(a: UpstreamAttempt, balancer?: Balancer): Promise<Duplex> {
     const started = performance.now();
-    const open = a.tunneled ? this.#tunnel(a) : this.#direct(a.target.address, a.target.port, a.target.workload?.node === this.#o.node);
+    const open = a.tunneled ? this.#tunnel(a) : this.#direct(a.target.address, a.target.port, a.target.workload?.node === this.#o.node, a.source.ip);
     let timer: NodeJS.Timeout | undefined;
     const ms = this.#o.connectTimeoutMs;
     const timeout = new Promise<never>((_, reject) => {
@@ -123,11 +126,12 @@ export class UpstreamConnector {
   }
 
   /**
-   * A TCP connection to a pod of this node, from the proxy's address, not yet
-   * connected: the tunnel's destination side answers 502/504 from its events.
+   * A TCP connection to a pod of this node, from the client's address
+   * `source` (or the proxy's), not yet connected: the tunnel's destination
+   * side answers 502/504 from its events.
    */
-  dialLocal(target: { host: string; port: number }): net.Socket {
-    return this.#socket(target.host, target.port, true);
+  dialLocal(target: { host: string; port: number }, source?: string): net.Socket {
+    return this.#socket(target.host, target.port, true, source);
   }
 
   #tunnel(a: UpstreamAttempt): Promise<Duplex> {
@@ -144,9 +148,9 @@ export class UpstreamConnector {
     });
   }
 
-  #direct(host: string, port: number, local: boolean): Promise<Duplex> {
+  #direct(host: string, port: number, local: boolean, source: string): Promise<Duplex> {
     return new Promise((resolve, reject) => {
-      const sock = this.#socket(host, port, local);
+      const sock = this.#socket(host, port, local, source);
       sock.once('error', reject);
       sock.once('connect', () => {
         sock.off('error', reject);
@@ -155,7 +159,9 @@ export class UpstreamConnector {
     });
   }
 
-  #socket(host: string, port: number, local: boolean): net.Socket {
+  #socket(host: string, port: number, local: boolean, source?: string): net.Socket {
+    const transparent = local ? this.#o.deliver?.(host, source) : undefined;
+    if (transparent) return transparent.setNoDelay(true).connect({ host, port });
     const from = local ? this.#o.localAddress?.(net.isIPv6(host) ? 6 : 4) : undefined;
     // allowHalfOpen: the destination's FIN must not also end the pod's direction.
     return net.connect({ host, port, allowHalfOpen: true, noDelay: true, ...(from ? { localAddress: from } : {}) });

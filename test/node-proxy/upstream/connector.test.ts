@@ -1,6 +1,7 @@
 /**
  * The upstream connector on real loopback sockets (no root): a direct connect,
- * delivery to this node's pods from the proxy's own address, the connect
+ * delivery to this node's pods on the socket the proxy gives (the client's
+ * address) or from the proxy's own address, the connect
  * timeout, a late tunnel after it, and what each kind of failure tells the
  * endpoint's balancer (a real ROUND_ROBIN balancer, read through its stats).
  */
@@ -65,6 +66,46 @@ t.test("a pod of this node is dialled from the proxy's own address; another node
   const deadline = Date.now() + 5_000;
   while (seen.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   t.same(seen, ['127.0.0.3', '127.0.0.1', '127.0.0.3'], 'this node: from the proxy address; another node: any; dialLocal: from the proxy address');
+});
+
+/** Connects from 127.0.0.5, whatever it is asked: a stand-in for a socket bound before it is handed over. */
+class BoundAhead extends net.Socket {
+  override connect(...args: unknown[]): this {
+    return super.connect({ ...(args[0] as net.TcpSocketConnectOpts), localAddress: '127.0.0.5' });
+  }
+}
+
+t.test("a pod of this node is dialled on the socket deliver() gives, with the client's address; no socket: from the proxy's", async (t) => {
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    seen.push(s.remoteAddress ?? '');
+    s.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const asked: (string | undefined)[] = [];
+  // A socket bound ahead to a loopback address stands in for the addon's transparent one (made in the pod's netns, bound to the client's address).
+  const deliver = (_host: string, source: string | undefined): net.Socket | undefined => {
+    asked.push(source);
+    if (source !== SOURCE.ip) return undefined;
+    return new BoundAhead();
+  };
+  const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000, localAddress: (family) => (family === 4 ? '127.0.0.3' : undefined), deliver });
+  const here = await c.connect({ target: { address: '127.0.0.1', port, workload: remote({ node: 'n1' }) }, tunneled: false, source: SOURCE });
+  here.destroy();
+  const there = await c.connect({ target: { address: '127.0.0.1', port, workload: remote({ node: 'n2' }) }, tunneled: false, source: SOURCE });
+  there.destroy();
+  const local = c.dialLocal({ host: '127.0.0.1', port }, SOURCE.ip);
+  await new Promise((resolve) => local.once('connect', resolve));
+  local.destroy();
+  const fallback = c.dialLocal({ host: '127.0.0.1', port }, '198.18.7.7');
+  await new Promise((resolve) => fallback.once('connect', resolve));
+  fallback.destroy();
+  const deadline = Date.now() + 5_000;
+  while (seen.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.same(seen, ['127.0.0.5', '127.0.0.1', '127.0.0.5', '127.0.0.3'], "this node: deliver()'s socket; another node: not asked; no socket given: from the proxy address");
+  t.same(asked, [SOURCE.ip, SOURCE.ip, '198.18.7.7'], 'deliver() is asked with the source pod, for this node only');
 });
 
 t.test('a refused connect is the endpoint’s failure: rejected, blamed, counted on its balancer', async (t) => {
