@@ -71,7 +71,7 @@ struct nm_pod {
 #define NM_POD_FAIL_OPEN (1U << 1) /* MeshConfig failOpen: this pod's connects go around the proxy while none is ready */
 
 /* SO_MARK of the proxy's delivery sockets, made in a pod's netns and bound to
- * the client's address (docs/architecture.md, 'Delivery keeps the client's
+ * the client's address (docs/architecture.md, 'Delivery from the client
  * address'): their connects are not redirected, and their SYNs are the
  * proxy's for STRICT. A mark set on the node side never crosses into a pod's
  * netns (veth clears it), so only a socket made in the pod's netns by a

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Delivery from the client's own address (see docs/architecture.md, 'Delivery
-// keeps the client's address'): the destination proxy opens its connection to a
+// from the client address'): the destination proxy opens its connection to a
 // pod inside the pod's network namespace, bound to the client's address with
 // IP_TRANSPARENT, and marked. In that namespace the pod accepts it over
-// loopback; tcp_fwmark_accept gives the pod's socket the mark, and a policy
+// loopback; tcp_fwmark_accept gives the pod's socket the mark (fwmark_reflect
+// the kernel's own replies, such as a RST), and a policy
 // rule sends everything with the mark (the pod's replies) to a table that
 // delivers every address locally, so replies reach the proxy's socket instead
 // of leaving through eth0 toward the real client.
@@ -211,12 +212,22 @@ class DeliveryWorker : public Napi::AsyncWorker {
     if (r != 0) return Fail(e, "enter netns");
     if (plan_.on) {
       // /proc/sys/net follows the netns of the thread that opens it.
-      int f = open("/proc/sys/net/ipv4/tcp_fwmark_accept", O_WRONLY | O_CLOEXEC);
-      if (f < 0) return Fail(errno, "open net.ipv4.tcp_fwmark_accept");
-      ssize_t w = write(f, "1\n", 2);
-      e = errno;
-      close(f);
-      if (w != 2) return Fail(e, "set net.ipv4.tcp_fwmark_accept");
+      // tcp_fwmark_accept: the pod's socket takes the mark of the SYN, so its
+      // replies carry it. fwmark_reflect: so do the kernel's own replies with
+      // no socket (a RST from a closed port, an ICMP error), or a connect to a
+      // pod that is not listening would wait for its timeout instead of
+      // being refused at once.
+      static const char* const knobs[] = {"ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect", "ipv6/fwmark_reflect"};
+      for (const char* knob : knobs) {
+        std::string path = std::string("/proc/sys/net/") + knob;
+        if (strncmp(knob, "ipv6/", 5) == 0 && access("/proc/sys/net/ipv6", F_OK) != 0) continue;
+        int f = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+        if (f < 0) return Fail(errno, "open " + path);
+        ssize_t w = write(f, "1\n", 2);
+        e = errno;
+        close(f);
+        if (w != 2) return Fail(e, "set " + path);
+      }
     }
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0) return Fail(errno, "open rtnetlink");
@@ -231,7 +242,7 @@ class DeliveryWorker : public Napi::AsyncWorker {
     if (err != 0) err_ = err;
   }
 
-  void Fail(int err, const char* step) {
+  void Fail(int err, const std::string& step) {
     err_ = err;
     step_ = step;
   }

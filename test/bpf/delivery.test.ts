@@ -1,6 +1,6 @@
 /**
  * The addon's two calls for delivery from the client's address (docs/
- * architecture.md, 'Delivery keeps the client's address'), in a network
+ * architecture.md, 'Delivery from the client address'), in a network
  * namespace of the test's own with one veth to another: netnsDelivery() puts
  * the sysctl, rules and local routes in place once (and takes them away),
  * transparentSocket() makes a socket there bound to an address the namespace
@@ -36,7 +36,7 @@ bpfTest(t, 'delivery from the client address into a pod netns', async (t) => {
   ip(['-n', NS, 'link', 'set', 'peer0', 'up']);
   ip(['-n', NS, 'route', 'add', 'default', 'dev', 'eth0']);
   const rules = (): string => ip(['-n', NS, 'rule', 'show']) + ip(['-n', NS, '-6', 'rule', 'show']);
-  const sysctl = (): string => execFileSync('ip', ['netns', 'exec', NS, 'cat', '/proc/sys/net/ipv4/tcp_fwmark_accept'], { encoding: 'utf8' }).trim();
+  const sysctl = (knob: string): string => execFileSync('ip', ['netns', 'exec', NS, 'cat', `/proc/sys/net/${knob}`], { encoding: 'utf8' }).trim();
 
   await t.test('netnsDelivery puts the rule, the table and the sysctl in place, once', async (t) => {
     await netnsDelivery(PATH, true, DELIVERY_ROUTING);
@@ -45,7 +45,9 @@ bpfTest(t, 'delivery from the client address into a pod netns', async (t) => {
     t.equal(r.match(/fwmark 0xe4d\/0xfff lookup 15006/g)?.length, 2, 'one IPv4 and one IPv6 rule, not doubled by the second call');
     t.match(ip(['-n', NS, 'route', 'show', 'table', '15006', 'type', 'local']), /local default dev lo/, 'the table delivers every IPv4 address locally');
     t.match(ip(['-n', NS, '-6', 'route', 'show', 'table', '15006', 'type', 'local']), /local default dev lo/, 'and every IPv6 one');
-    t.equal(sysctl(), '1', 'accepted sockets take their SYN mark');
+    t.equal(sysctl('ipv4/tcp_fwmark_accept'), '1', 'accepted sockets take their SYN mark');
+    t.equal(sysctl('ipv4/fwmark_reflect'), '1', "and the kernel's replies with no socket too (IPv4)");
+    t.equal(sysctl('ipv6/fwmark_reflect'), '1', '(IPv6)');
   });
 
   await t.test('a transparent socket made there is seen from the client address, and replies come back', async (t) => {
@@ -70,6 +72,21 @@ bpfTest(t, 'delivery from the client address into a pod netns', async (t) => {
     t.equal(s.localAddress, CLIENT, 'the socket is bound to it');
     s.destroy();
     t.equal(fs.readlinkSync('/proc/thread-self/ns/net'), ownNetns, 'and this thread is back in its own netns');
+  });
+
+  await t.test('a connect to a port nobody listens on is refused at once, not left to time out', async (t) => {
+    const nsfd = fs.openSync(PATH, 'r');
+    t.teardown(() => fs.closeSync(nsfd));
+    const s = new net.Socket({ fd: transparentSocket(nsfd, 4, CLIENT, abi.DELIVERY_MARK), readable: true, writable: true });
+    s.connect({ host: POD, port: 7202 });
+    const started = Date.now();
+    const code = await new Promise<string>((resolve) => {
+      s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      s.once('connect', () => resolve('connected'));
+      setTimeout(() => resolve('no answer within 3 s'), 3_000).unref();
+    });
+    s.destroy();
+    t.equal(code, 'ECONNREFUSED', `the RST came back to the socket (${Date.now() - started} ms)`);
   });
 
   await t.test('bad arguments are refused by name', async (t) => {

@@ -1,6 +1,6 @@
 /**
- * Delivery keeps the client's address (docs/architecture.md, 'Delivery keeps
- * the client's address'), in a 2-node lab with its controller and proxies. A
+ * Delivery from the client's own address (docs/architecture.md, 'Delivery
+ * from the client address'), in a 2-node lab with its controller and proxies. A
  * server in n2-p1 answers every connection with the peer address it sees:
  * - across nodes (through the tunnel) and on one node, over IPv4 and IPv6, it
  *   sees the client pod's own address, not the proxy's;

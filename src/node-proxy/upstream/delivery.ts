@@ -1,6 +1,6 @@
 /**
  * Delivery from the client's own address (see docs/architecture.md,
- * 'Delivery keeps the client's address'). The proxy's connection to a pod of
+ * 'Delivery from the client address'). The proxy's connection to a pod of
  * this node is made inside the pod's network namespace, bound to the client's
  * address with IP_TRANSPARENT and marked NM_DELIVERY_MARK: the pod sees its
  * real client (so do its logs and ipBlocks), and every client has its own
