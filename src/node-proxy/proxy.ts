@@ -36,7 +36,7 @@ import { HbonePool, TunnelError, type HboneServer } from './tunnel';
 import { connectionLabels, ProxyMetrics } from './metrics';
 import { BalancerCache, DialGuard, OutboundServer } from './outbound';
 import { ClientAddressDelivery, UpstreamConnector } from './upstream';
-import { applyLastGood, ConfigStream, describeLink, LastGoodError, LastGoodStore, StateUpdater, type MeshView } from './state';
+import { applyLastGood, ConfigStream, describeLink, LastGoodError, LastGoodStore, removeStaleTemps, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
 
 export interface ProxyOptions {
@@ -253,6 +253,11 @@ export class NodeProxy {
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
     const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#lastGood = new LastGoodStore({ dir: o.stateDir, node: o.node, log: this.#log, saveDelayMs: o.configSaveDelayMs });
+    // What a proxy killed mid-save left behind (the files themselves are whole: the old one or the new).
+    for (const f of [this.#lastGood.file, path.join(o.stateDir, WORKLOAD_CERTS_FILE)]) {
+      const stale = removeStaleTemps(f);
+      if (stale.length) this.#log.info({ removed: stale }, 'removed temporary files of an interrupted save');
+    }
     this.#certs = new WorkloadCertificates({
       sign: (csr) => this.#session.client.sign(csr),
       log: this.#log,

@@ -2,7 +2,7 @@
  * nodemesh proxy refuses to start, before it joins, installs or listens,
  * when its own address is not one of this namespace's (the data path would
  * send every pod connection to a port nobody listens on), and when its
- * drain timeout is not a duration. No root needed: these checks come first.
+ * drain timeout, watchdog or delivery mode is not one it can use. No root needed: these checks come first.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -42,6 +42,20 @@ t.test('a bad --drain-timeout is a usage error naming the form', async (t) => {
   const bad = run(dir, '--proxy-ip', '127.0.0.1', '--drain-timeout', 'a while');
   t.equal(bad.status, 64);
   t.match(bad.stderr, /--drain-timeout must be a duration like 500ms, 2s or 1m, not "a while"/);
+});
+
+t.test('a bad --watchdog or --deliver-from is a usage error naming the choices', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-proxy-start-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  for (const w of ['soon', '200ms', '2h']) {
+    const bad = run(dir, '--proxy-ip', '127.0.0.1', '--watchdog', w);
+    t.equal(bad.status, 64, `--watchdog ${w}`);
+    t.match(bad.stderr, new RegExp(`--watchdog must be 0 \\(off\\) or a duration from 1s to 1h such as 3s, not "${w}"`));
+  }
+  const from = run(dir, '--proxy-ip', '127.0.0.1', '--deliver-from', 'pod');
+  t.equal(from.status, 64);
+  t.match(from.stderr, /--deliver-from must be client or proxy, not "pod"/);
+  t.notOk(fs.existsSync(path.join(dir, 'state')), 'and it made nothing');
 });
 
 t.test('proxyAddressProblem: own addresses pass in any spelling, others are named', async (t) => {

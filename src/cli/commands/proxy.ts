@@ -102,6 +102,7 @@ export const proxyCommand = defineCommand({
     'proxy-ip6': { type: 'string' },
     'fail-open': { type: 'boolean', default: false },
     'deliver-from': { type: 'string', default: 'client' },
+    watchdog: { type: 'string', default: '3s' },
     // The default now; accepted so existing command lines keep working.
     'fail-closed': { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'info' },
@@ -125,6 +126,8 @@ export const proxyCommand = defineCommand({
     'proxy-ip': "this node's IPv4 address, where pods are redirected (required)",
     'proxy-ip6': "this node's IPv6 address",
     'fail-open': "while no proxy is ready (starting, stopping, killed), let this node's pods connect around it: no policy, no mTLS. Default: fail closed, their connects are refused (EPERM)",
+    watchdog:
+      "how old the proxy's heartbeat in the kernel may get before its node counts it gone and fails closed (or open) instead of sending pods to a dead port (default 3s; 0 turns the watchdog off)",
     'deliver-from':
       "where this node's pods see their mesh clients connect from: client (default: the client pod's own address, from inside the pod's netns with IP_TRANSPARENT; needs CAP_SYS_ADMIN and CAP_NET_ADMIN) or proxy (this proxy's address, as a plain reverse proxy)",
     'fail-closed': 'the default (accepted for older command lines): refuse pod connects while no proxy is ready',
@@ -143,6 +146,11 @@ export const proxyCommand = defineCommand({
       throw new UsageError(`${cmd}: --token puts the bootstrap token in every \`ps\` listing: write it to a file (mode 0600) and pass --token-file FILE, or set $${TOKEN_ENV}`);
     if (values['fail-open'] && values['fail-closed']) throw new UsageError(`${cmd}: --fail-open and --fail-closed contradict each other: give one (fail closed is the default)`);
     const node = requiredFlag(cmd, 'node', values.node);
+    const watchdogText = values.watchdog as string;
+    const watchdogMs = watchdogText === '0' ? 0 : parseDurationMs(watchdogText);
+    // Below a second the heartbeat (every third of it) would be starved by any busy moment of the event loop.
+    if (watchdogMs === undefined || (watchdogMs !== 0 && (watchdogMs < 1_000 || watchdogMs > 3_600_000)))
+      throw new UsageError(`${cmd}: --watchdog must be 0 (off) or a duration from 1s to 1h such as 3s, not ${JSON.stringify(watchdogText)}`);
     const deliverFrom = values['deliver-from'] as string;
     if (deliverFrom !== 'client' && deliverFrom !== 'proxy') throw new UsageError(`${cmd}: --deliver-from must be client or proxy, not ${JSON.stringify(deliverFrom)}`);
     const token = readBootstrapToken(values['token-file'] as string | undefined);
@@ -186,6 +194,7 @@ export const proxyCommand = defineCommand({
       proxyIp6: values['proxy-ip6'] as string | undefined,
       failOpen: values['fail-open'] as boolean,
       deliverFrom,
+      watchdogMs,
       accessLogLevel: accessLevel(values['access-log-level'] as string),
       limits,
       log,

@@ -5,6 +5,7 @@
  * leaves the old file or the new one, never a mix. All of it runs in libuv's
  * thread pool: the event loop only waits for callbacks.
  */
+import * as fsSync from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 
@@ -31,4 +32,38 @@ export async function writeFileAtomic(file: string, data: Uint8Array | string, m
   const dir = await fs.open(path.dirname(file), 'r').catch(() => undefined);
   await dir?.sync().catch(() => {});
   await dir?.close().catch(() => {});
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporary files writeFileAtomic() left beside `file` when the
+ * process writing them died mid-write (kill -9, power loss); returns their
+ * names. A live process's (the old one of an upgrade, still saving) are kept.
+ */
+export function removeStaleTemps(file: string): string[] {
+  const dir = path.dirname(file);
+  const prefix = `.${path.basename(file)}.`;
+  let names: string[];
+  try {
+    names = fsSync.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || alive(pid)) continue;
+    fsSync.rmSync(path.join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
 }

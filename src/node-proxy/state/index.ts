@@ -5,4 +5,4 @@ export { Backoff, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff';
 export { describeLink, formatAge, type ControllerLink } from './controller-link';
 export { StateUpdater, type CertificateOps, type EnrollmentOps, type StateUpdaterOptions } from './updater';
 export { applyLastGood, decodeLastGood, encodeLastGood, LAST_GOOD_DEFAULTS, LAST_GOOD_FILE, LastGoodError, LastGoodStore, wireItem, type LoadedConfig, type SavedConfig } from './last-good';
-export { writeFileAtomic } from './atomic-file';
+export { removeStaleTemps, writeFileAtomic } from './atomic-file';
