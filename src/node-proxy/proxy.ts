@@ -188,7 +188,7 @@ export class NodeProxy {
           this.#datapath.unenrollCookie(cookie);
           const netns = this.#netnsOfCookie.get(cookie);
           this.#netnsOfCookie.delete(cookie);
-          if (netns) void this.#delivery.release(netns);
+          if (netns) this.#delivery.release(netns);
         },
       },
       certificates: { want: (id) => this.#certs.want(id), drop: (id) => this.#certs.drop(id), wanted: () => this.#certs.wanted() },

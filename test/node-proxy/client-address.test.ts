@@ -62,9 +62,10 @@ bpfTest(t, "pods see their clients' own addresses", async (t) => {
     t.same(await seenBy(neighbour.name, server.ip6), [neighbour.ip6], 'over IPv6 as well');
   });
 
-  await t.test("the proxy's /status says so", async (t) => {
+  await t.test("the proxy's /status says so, and the pod holds the rule that routes replies back", async (t) => {
     const st = JSON.parse(await adminGet(adminSocketOf(n2.name), '/status')) as { delivery: { mode: string; pods: number; failed: number } };
     t.match(st.delivery, { mode: 'client', pods: 2, failed: 0 }, "both of n2's pods are delivered to from their clients' addresses");
+    t.match((await labRun(lab, server.name, ['ip', 'rule', 'show'])).stdout, /fwmark 0xe4d\/0xfff lookup 15006/, 'the fwmark rule in n2-p1');
   });
 
   await t.test('STRICT lets the delivery in and keeps plaintext out', async (t) => {
@@ -109,5 +110,7 @@ bpfTest(t, "pods see their clients' own addresses", async (t) => {
     t.ok(await waitFor(async () => (seen = await seenBy(a.name, server.ip).catch(() => [])).length > 0, 20_000, 200), 'the restarted proxy serves');
     t.same(seen, [n2.ip], 'across nodes: from the proxy address');
     t.same(await seenBy(neighbour.name, server.ip), [n2.ip], 'on one node: from the proxy address');
+    const rules = await labRun(lab, server.name, ['ip', 'rule', 'show']);
+    t.notMatch(rules.stdout, /lookup 15006/, 'and the rule the client-address delivery put in the pod is gone');
   });
 });

@@ -64,7 +64,12 @@ export class ClientAddressDelivery {
    * prepared is logged once and delivered to from the proxy's address.
    */
   async prepare(netnsPath: string, workload: string): Promise<void> {
-    if (!this.#enabled || this.#fds.has(netnsPath)) return;
+    if (!this.#enabled) {
+      // Delivery from the proxy's address: a rule an earlier proxy of this node put there goes (nothing marks packets now).
+      await netnsDelivery(netnsPath, false, DELIVERY_ROUTING).catch((err: Error) => this.#log.warn({ workload, netns: netnsPath, err: err.message }, 'cannot remove the delivery rule'));
+      return;
+    }
+    if (this.#fds.has(netnsPath)) return;
     try {
       await netnsDelivery(netnsPath, true, DELIVERY_ROUTING);
       this.#fds.set(netnsPath, fs.openSync(netnsPath, 'r'));
@@ -76,15 +81,18 @@ export class ClientAddressDelivery {
     }
   }
 
-  /** The pod left this node's mesh: its rule goes, and the fd is closed. */
-  async release(netnsPath: string): Promise<void> {
+  /**
+   * The pod left this node's mesh: its fd is closed. Its rule stays: the
+   * connections delivered to it so far still need their replies routed back,
+   * and without marked sockets the rule matches nothing. A netns that goes
+   * takes it along; a proxy started with `--deliver-from proxy` removes it.
+   */
+  release(netnsPath: string): void {
     this.#failed.delete(netnsPath);
     const fd = this.#fds.get(netnsPath);
     if (fd === undefined) return;
     this.#fds.delete(netnsPath);
     fs.closeSync(fd);
-    // A netns that went with its pod took its rules along.
-    if (fs.existsSync(netnsPath)) await netnsDelivery(netnsPath, false, DELIVERY_ROUTING).catch((err: Error) => this.#log.warn({ netns: netnsPath, err: err.message }, 'cannot remove the delivery rule'));
   }
 
   /**
