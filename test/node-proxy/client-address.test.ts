@@ -66,6 +66,8 @@ bpfTest(t, "pods see their clients' own addresses", async (t) => {
     const st = JSON.parse(await adminGet(adminSocketOf(n2.name), '/status')) as { delivery: { mode: string; pods: number; failed: number } };
     t.match(st.delivery, { mode: 'client', pods: 2, failed: 0 }, "both of n2's pods are delivered to from their clients' addresses");
     t.match((await labRun(lab, server.name, ['ip', 'rule', 'show'])).stdout, /fwmark 0xe4d\/0xfff lookup 15006/, 'the fwmark rule in n2-p1');
+    const cli = await labRun(lab, n2.name, [process.execPath, BIN, 'status', '--node', n2.name]);
+    t.match(cli.stdout, /\n  delivery    from the client's own address to 2 pods\n/, `nodemesh status --node says so: ${cli.stdout}${cli.stderr}`);
   });
 
   await t.test('STRICT lets the delivery in and keeps plaintext out', async (t) => {
@@ -112,5 +114,7 @@ bpfTest(t, "pods see their clients' own addresses", async (t) => {
     t.same(await seenBy(neighbour.name, server.ip), [n2.ip], 'on one node: from the proxy address');
     const rules = await labRun(lab, server.name, ['ip', 'rule', 'show']);
     t.notMatch(rules.stdout, /lookup 15006/, 'and the rule the client-address delivery put in the pod is gone');
+    const cli = await labRun(lab, n2.name, [process.execPath, BIN, 'status', '--node', n2.name]);
+    t.match(cli.stdout, /\n  delivery    from the proxy's address \(--deliver-from proxy\)\n/, 'nodemesh status --node says so');
   });
 });

@@ -86,6 +86,16 @@ interface ProxyStatus {
   policies: number;
   /** Where the config it serves came from (proxies that say). */
   config?: { summary?: string };
+  /** Where its pods see mesh clients connect from (proxies that say). */
+  delivery?: { mode: 'client' | 'proxy'; pods: number; failed: number; firstFailure?: string; fallbacks: number };
+}
+
+function formatDelivery(d: NonNullable<ProxyStatus['delivery']>): string {
+  if (d.mode === 'proxy') return "from the proxy's address (--deliver-from proxy)";
+  const parts = [`from the client's own address to ${d.pods} pods`];
+  if (d.failed) parts.push(`from the proxy's address to ${d.failed} that could not be prepared (${d.firstFailure ?? 'see the log'})`);
+  if (d.fallbacks) parts.push(`${d.fallbacks} connections fell back to the proxy's address`);
+  return parts.join('; ');
 }
 
 async function proxyStatus(node: string): Promise<ProxyStatus | undefined> {
@@ -103,6 +113,7 @@ function formatProxy(p: ProxyStatus): string {
     `  node cert   valid until ${p.identity?.notAfter ?? '-'}`,
     `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads${p.config?.summary ? `; ${p.config.summary}` : ''}`,
     `  connections ${p.connections.live} open; tunnels: ${p.tunnels.sessions} connections, ${p.tunnels.streams} streams`,
+    ...(p.delivery ? [`  delivery    ${formatDelivery(p.delivery)}`] : []),
     ...p.workloads.map((w) => `  workload    ${w.workload}  ${w.identity}`),
     ...p.workloadCertificates.map(
       (c) => `  certificate ${c.identity}  ${c.notAfter ? `valid until ${c.notAfter}` : 'NONE yet'}, renewed ${c.renewals}×${c.lastError ? `; last error: ${c.lastError}` : ''}`,
