@@ -46,7 +46,7 @@ async function startUpgrade(opts: ProxyOptions, socket: string, drainMs: number)
   const { pid } = lease.prepared;
   let timer: NodeJS.Timeout | undefined;
   let timedOut = false;
-  const starting = NodeProxy.start({ ...opts, upgrade: lease.prepared });
+  const starting = NodeProxy.start({ ...opts, upgrade: { nextFlowId: lease.prepared.nextFlowId, reports: lease.reports } });
   starting.catch(() => {}); // awaited below; a start given up on may still fail later
   try {
     const proxy = await Promise.race([
