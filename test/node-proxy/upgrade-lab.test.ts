@@ -13,7 +13,7 @@
  * connections' flows, carried by the old process, stay listed on the node
  * (GET /flows, `nodemesh flows`) until they close.
  */
-import { type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -176,6 +176,14 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
     // The client's node counts each of its connections once, as their source; the server's node the tunnelled ones, as destination.
     const reporter = node === n1.name ? 'reporter="source"' : 'reporter="destination"';
     const before = await counters(node);
+    // An operator following the node's flows through the upgrade.
+    const follower = spawn(process.execPath, [BIN, 'flows', '-f', '--node', node, '-o', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let followed = '';
+    follower.stdout.on('data', (d: Buffer) => (followed += d.toString()));
+    follower.stderr.on('data', (d: Buffer) => (followed += d.toString()));
+    onCleanup(t, () => {
+      if (follower.exitCode === null) follower.kill('SIGKILL');
+    });
     const load = await startLoad();
     await new Promise((r) => setTimeout(r, 1_000));
     const loaded = await counters(node);
@@ -222,6 +230,14 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
     t.equal(closed, opened, 'and each as closed: those the old process closed while it drained too');
     const gone = (JSON.parse(await adminGet(adminSocketOf(node), '/flows?live=1&limit=100000')) as FlowView[]).filter((f) => f.drainingPid !== undefined);
     t.equal(gone.length, 0, 'once they closed and the old process exited, none of its flows is listed as live');
+    follower.kill('SIGTERM');
+    await waitExit(follower, 10_000).catch(() => follower.kill('SIGKILL'));
+    const closes = followed.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as FlowView);
+    t.ok(
+      closes.filter((f) => f.drainingPid === up.oldPid).length >= held,
+      `nodemesh flows -f, started before the upgrade, printed the held connections closing in the draining process (${closes.filter((f) => f.drainingPid === up.oldPid).length})`,
+    );
+    t.equal(new Set(closes.map((f) => f.id)).size, closes.length, 'and no flow twice');
   };
 
   await t.test('on the client node: the outbound side', (t) => checkUpgrade(t, n1.name));
