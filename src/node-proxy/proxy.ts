@@ -240,6 +240,7 @@ export class NodeProxy {
     reports?.subscribe(
       (report) => this.#metrics.fromPredecessor(reports.pid, report),
       () => this.#metrics.predecessorGone(reports.pid),
+      () => this.#log.warn({ pid: reports.pid }, 'upgrade: a report of the old process was over its bound and not taken: its counters show as of its last one'),
     );
     const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#lastGood = new LastGoodStore({ dir: o.stateDir, node: o.node, log: this.#log, saveDelayMs: o.configSaveDelayMs });
@@ -513,6 +514,8 @@ export class NodeProxy {
   #prepareHandover(): Prepared {
     if (!this.#ready || this.#handedOver) throw new ProxyError('NM_ERR_UPGRADE', `the proxy of ${this.node} is not ready (still starting, or stopping): try the upgrade again once it is`);
     this.#stream.stop();
+    // The new process owns the admin socket path from its start: it lists this one's flows from the side socket.
+    void this.#admin.serveDraining();
     this.#log.info({ version: this.state.version }, 'upgrade: a new proxy process is starting; config stream paused, serving the last config');
     return { pid: process.pid, nextFlowId: this.flows.nextId, configVersion: this.state.version };
   }
@@ -522,6 +525,7 @@ export class NodeProxy {
     if (this.#handedOver) return;
     this.#log.warn({ reason }, 'upgrade: the new proxy process did not take over; this one keeps serving and resumes its config stream');
     this.#stream.start();
+    void this.#admin.stopDraining();
     // A new process that failed after it bound the admin socket removed it as it went.
     void this.#admin.reclaimSocket().catch((err: Error) => this.#log.warn({ err: err.message }, 'upgrade: cannot bind the admin socket again'));
   }
@@ -538,7 +542,7 @@ export class NodeProxy {
     this.#handedOver = true;
     this.#holdsReady = false;
     this.#ready = false;
-    // Before the new process is told: from then on it lists this one's flows from the side socket.
+    // Bound at the prepare; before the new process is told, in any case.
     await this.#admin.serveDraining();
     const live = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
     this.#log.info({ drainMs, live }, 'upgrade: handed over to the new proxy process; draining');

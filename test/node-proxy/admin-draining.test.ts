@@ -86,7 +86,18 @@ t.test("after the hand-over the admin socket's /flows lists the draining process
   newFlows.continueFrom(1_000_000);
   await admin(t, socket, newFlows);
   open(newFlows, 'fresh');
+  // Prepared: the old process still serves, on TCP 15000 among others, and lists its own flows once there.
   await old.serveDraining();
+  const own = await new Promise<Flow[]>((resolve, reject) =>
+    http
+      .get({ host: '127.0.0.1', port: old.ports.admin, path: '/flows', agent: false }, (res) => {
+        let b = '';
+        res.on('data', (d: Buffer) => (b += d.toString()));
+        res.on('end', () => resolve(JSON.parse(b) as Flow[]));
+      })
+      .on('error', reject),
+  );
+  t.same(own.map((f) => f.source.workload).sort(), ['held', 'short'], 'the prepared process does not list its own side socket’s flows again');
   await old.retire();
   t.same(drainingSockets(socket), [{ pid: process.pid, file: drainingSocketOf(socket, process.pid) }], 'the old one answers on its side socket');
   const all = JSON.parse((await get(socket, '/flows')).body) as Flow[];
@@ -136,6 +147,18 @@ t.test("after the hand-over the admin socket's /flows lists the draining process
     ['fresh'],
     'and its flows with it',
   );
+});
+
+t.test('an upgrade given up: the side socket goes', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-draining-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const socket = path.join(dir, 'admin.sock');
+  const a = await admin(t, socket, new FlowTable());
+  await a.serveDraining();
+  t.ok(fs.existsSync(drainingSocketOf(socket, process.pid)), 'prepared: it answers on its side socket');
+  await a.stopDraining();
+  t.notOk(fs.existsSync(drainingSocketOf(socket, process.pid)), 'resumed: no longer');
+  t.same(drainingSockets(socket), []);
 });
 
 t.test('a draining process that does not answer is skipped within a bound; the file of one that is gone is removed', async (t) => {

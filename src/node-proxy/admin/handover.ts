@@ -310,9 +310,10 @@ export interface PredecessorReports {
   /**
    * onReport gets each whole report (the latest at once, if one came
    * already), onGone once the connection closed (it drained and exited,
-   * died, or the upgrade was given up), at most once.
+   * died, or the upgrade was given up), at most once; onRefused a report
+   * over REPORT_MAX_BYTES (not taken: the last one stays).
    */
-  subscribe(onReport: (report: CarriedMetric[]) => void, onGone: () => void): void;
+  subscribe(onReport: (report: CarriedMetric[]) => void, onGone: () => void, onRefused?: () => void): void;
 }
 
 /** The new process's hold on a prepared proxy. */
@@ -366,14 +367,14 @@ export function prepareUpgrade(socketPath: string, timeoutMs = 10_000): Promise<
       });
       const assembler = new ReportAssembler();
       let latest: CarriedMetric[] | undefined;
-      let subscriber: { onReport(r: CarriedMetric[]): void; onGone(): void } | undefined;
+      let subscriber: { onReport(r: CarriedMetric[]): void; onGone(): void; onRefused?: () => void } | undefined;
       let pid = 0;
       const reports: PredecessorReports = {
         get pid() {
           return pid;
         },
-        subscribe(onReport, onGone) {
-          subscriber = { onReport, onGone };
+        subscribe(onReport, onGone, onRefused) {
+          subscriber = { onReport, onGone, onRefused };
           if (latest) onReport(latest);
           if (closed) onGone();
         },
@@ -420,7 +421,7 @@ export function prepareUpgrade(socketPath: string, timeoutMs = 10_000): Promise<
           const report = assembler.add(msg, bytes);
           if (report === undefined) return waiting?.(msg);
           // Too large: the last one stays (they only grow, so nothing goes down); the next may fit.
-          if (report === 'too-large') return;
+          if (report === 'too-large') return subscriber?.onRefused?.();
           latest = report;
           subscriber?.onReport(report);
         },

@@ -52,6 +52,13 @@ export function filterOf(q: URLSearchParams): FlowFilter {
 interface Predecessors {
   adminSocket: string;
   log?: Logger;
+  /** This process's own side socket, while it has one (prepared for an upgrade: it still serves here meanwhile). */
+  own(): string | undefined;
+}
+
+function drainersOf(p: Predecessors): DrainingSocket[] {
+  const own = p.own();
+  return drainingSockets(p.adminSocket).filter((d) => d.file !== own);
 }
 
 /** A draining process that failed to answer: warned of, its file removed if it is gone (admin/draining.ts). */
@@ -62,7 +69,7 @@ function skipped(p: Predecessors, d: DrainingSocket, err: Error): void {
 
 async function flowsOf(src: AdminSources, p: Predecessors | undefined, filter: FlowFilter, query: URLSearchParams, limit: number): Promise<Flow[]> {
   const own = src.flows.list(filter, limit);
-  const drainers = p ? drainingSockets(p.adminSocket) : [];
+  const drainers = p ? drainersOf(p) : [];
   if (!p || drainers.length === 0) return own;
   const theirs = await Promise.all(
     drainers.map((d) =>
@@ -95,7 +102,7 @@ function adminHandler(src: AdminSources, predecessors?: Predecessors): http.Requ
           });
           // The draining predecessors' events too, for as long as each runs (it filters its own).
           const stops = predecessors
-            ? drainingSockets(predecessors.adminSocket).map((d) =>
+            ? drainersOf(predecessors).map((d) =>
                 followDraining(d, `/flows?${url.searchParams}`, (line) => res.write(line + '\n'), (err) => skipped(predecessors, d, err)),
               )
             : [];
@@ -177,11 +184,14 @@ export interface AdminHandle {
   /** Binds the socket path again if the file there is gone (an upgrade's new process failed after it bound it, and removed it as it went). */
   reclaimSocket(): Promise<void>;
   /**
-   * An upgrade hands over: answers GET on `<admin socket>.draining-<pid>`
-   * from now on (before the hand-over is confirmed, so this process's flows
-   * are never out of reach). close() closes it and removes its file.
+   * An upgrade prepares: answers GET on `<admin socket>.draining-<pid>` from
+   * now on (the new process owns the socket path from its start, and lists
+   * this one's flows from there); resolves once it does (the same promise
+   * when asked again). close() or stopDraining() closes it and removes its file.
    */
   serveDraining(): Promise<void>;
+  /** The upgrade was given up: the side socket goes. */
+  stopDraining(): Promise<void>;
   /** Once handed over: closes the admin, metrics and health servers (the new process's now), not the side socket. */
   retire(): Promise<void>;
 }
@@ -192,7 +202,8 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
   const limits = l.limits ?? LISTENER_DEFAULTS;
   const reporter = l.reporter ?? new ListenerReporter();
   try {
-    const predecessors = l.adminSocket ? { adminSocket: l.adminSocket, log: l.log } : undefined;
+    let side: { file: string; server: http.Server; bound: Promise<void> } | undefined;
+    const predecessors = l.adminSocket ? { adminSocket: l.adminSocket, log: l.log, own: () => side?.file } : undefined;
     const admin = createHttpServer('admin', limits.admin, reporter, adminHandler(src, predecessors)).server;
     servers.push(admin);
     await listen(admin, { port: l.adminPort, host: l.adminHost });
@@ -231,8 +242,6 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
     await listen(health, { port: l.healthPort, host: l.healthHost });
     const port = (s: http.Server): number => (s.address() as { port: number }).port;
     let closing: Promise<void> | undefined;
-    let draining: string | undefined;
-    let sideServer: http.Server | undefined;
     // Not waiting for every connection to end: an upgrade's lease, switched away from HTTP, outlives the
     // servers (it carries a draining process's reports to the end, see ./handover.ts). Listening stops at
     // close(), and the HTTP connections end at closeAllConnections() (followers of /flows never end on their own).
@@ -243,29 +252,39 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
       }
       await new Promise((r) => setImmediate(r));
     };
+    const stopDraining = async (): Promise<void> => {
+      const was = side;
+      if (!was) return;
+      side = undefined;
+      await was.bound;
+      await closeAll([was.server]);
+      fs.rmSync(was.file, { force: true });
+    };
     return {
       ports: { admin: port(admin), metrics: port(metrics), health: port(health) },
       close: () =>
         (closing ??= (async () => {
           await closeAll(servers.splice(0));
           if (l.adminSocket && socketInode !== undefined && inodeOf(l.adminSocket) === socketInode) fs.rmSync(l.adminSocket, { force: true });
-          if (draining) fs.rmSync(draining, { force: true });
+          await stopDraining();
         })()),
-      serveDraining: async () => {
-        if (closing || draining !== undefined || !l.adminSocket) return;
-        const file = drainingSocketOf(l.adminSocket, process.pid);
-        draining = file;
-        fs.rmSync(file, { force: true });
-        // Its own flows only: the process that owns the admin socket merges every draining one's.
-        sideServer = createHttpServer('admin-draining', limits.admin, reporter, adminHandler(src)).server;
-        await listen(sideServer, file).catch((err: Error) =>
-          l.log?.warn({ file, err: err.message }, "upgrade: cannot bind the draining side socket: this process's flows are out of reach while it drains"),
-        );
+      serveDraining: () => {
+        if (closing || !l.adminSocket) return Promise.resolve();
+        if (!side) {
+          const file = drainingSocketOf(l.adminSocket, process.pid);
+          fs.rmSync(file, { force: true });
+          // Its own flows only: the process that owns the admin socket merges every draining one's.
+          const server = createHttpServer('admin-draining', limits.admin, reporter, adminHandler(src)).server;
+          const bound = listen(server, file).catch((err: Error) =>
+            l.log?.warn({ file, err: err.message }, "upgrade: cannot bind the draining side socket: this process's flows are out of reach while it drains"),
+          );
+          side = { file, server, bound };
+        }
+        return side.bound;
       },
+      stopDraining,
       retire: async () => {
-        if (closing) return;
-        await closeAll(servers.splice(0).filter((s) => s !== sideServer));
-        if (sideServer) servers.push(sideServer);
+        if (!closing) await closeAll(servers.splice(0));
       },
       reclaimSocket: async () => {
         if (!l.adminSocket || closing || inodeOf(l.adminSocket) !== undefined) return;
