@@ -27,6 +27,9 @@ export function connectionLabels(known: Partial<ConnectionLabels>): ConnectionLa
   return out;
 }
 
+/** One metric as registry.getMetricsAsJSON() gives it. */
+type MetricJson = Awaited<ReturnType<prom.Registry['getMetricsAsJSON']>>[number];
+
 export class ProxyMetrics {
   readonly registry = new prom.Registry();
   readonly opened = new prom.Counter({ name: 'nodemesh_tcp_connections_opened_total', help: 'TCP connections the proxy opened to a destination', labelNames: CONNECTION_LABELS, registers: [this.registry] });
@@ -62,6 +65,8 @@ export class ProxyMetrics {
     registers: [this.registry],
   });
   readonly listenerOpen = new prom.Gauge({ name: 'nodemesh_listener_open_connections', help: 'Connections each listener holds now', labelNames: ['listener'] as const, registers: [this.registry] });
+  /** Each draining predecessor's latest report, by pid (see carriedMetrics). */
+  readonly #predecessors = new Map<number, CarriedMetric[]>();
 
   constructor(datapathCounters?: () => Record<string, bigint>) {
     prom.collectDefaultMetrics({ register: this.registry, prefix: 'nodemesh_proxy_' });
@@ -82,4 +87,91 @@ export class ProxyMetrics {
       });
     }
   }
+
+  /** An upgrade's predecessor reported its totals so far (each report replaces its last: they only grow). */
+  fromPredecessor(pid: number, report: CarriedMetric[]): void {
+    this.#predecessors.set(pid, report);
+  }
+
+  /**
+   * The predecessor's reports ended (it drained and exited, or died): its
+   * totals stay part of this process's for good; its gauges go, since none
+   * of its connections is open any more, or nobody can tell.
+   */
+  predecessorGone(pid: number): void {
+    const last = this.#predecessors.get(pid);
+    if (last) this.#predecessors.set(pid, last.filter((m) => m.type !== 'gauge'));
+  }
+
+  /** This process's metrics with its predecessors' added in: what /metrics shows. */
+  async merged(): Promise<prom.Registry> {
+    if (this.#predecessors.size === 0) return this.registry;
+    return mergeMetrics(await this.registry.getMetricsAsJSON(), [...this.#predecessors.values()]);
+  }
+
+  /** The Prometheus text of merged(). */
+  async exposition(): Promise<{ contentType: string; body: string }> {
+    const r = await this.merged();
+    return { contentType: r.contentType, body: await r.metrics() };
+  }
+
+  /** What this process hands its successor: its carried metrics, its own predecessors' included (an upgrade of an upgrade). */
+  async report(): Promise<CarriedMetric[]> {
+    return carriedMetrics(await (await this.merged()).getMetricsAsJSON());
+  }
+}
+
+/** One metric as an upgrade's predecessor reports it: registry.getMetricsAsJSON()'s shape, as plain JSON. */
+export interface CarriedMetric {
+  name: string;
+  help: string;
+  type: 'counter' | 'histogram' | 'gauge';
+  /** Histograms: one value per `_bucket` (with `le`), `_sum` and `_count`, named by metricName. */
+  values: { value: number; labels: Record<string, string | number>; metricName?: string }[];
+}
+
+/** Gauges that count connections: a draining predecessor's still-open ones are the node's too. Its other gauges are its own state. */
+const CARRIED_GAUGES: ReadonlySet<string> = new Set(['nodemesh_tcp_active_connections', 'nodemesh_listener_open_connections']);
+
+/**
+ * What carries over an upgrade (docs/architecture.md, 'Upgrades that drop
+ * nothing'): every counter and histogram of the node's traffic, and the
+ * connection gauges; not the per-process nodemesh_proxy_* metrics (CPU,
+ * memory, event loop: the new process's own), nor the other gauges.
+ */
+export function carriedMetrics(all: readonly MetricJson[]): CarriedMetric[] {
+  const out: CarriedMetric[] = [];
+  for (const m of all) {
+    const kind = String(m.type);
+    const carried = kind === 'gauge' ? CARRIED_GAUGES.has(m.name) : (kind === 'counter' || kind === 'histogram') && !m.name.startsWith('nodemesh_proxy_');
+    if (!carried || m.values.length === 0) continue;
+    out.push({
+      name: m.name,
+      help: m.help,
+      type: kind as CarriedMetric['type'],
+      values: m.values.map((v) => {
+        const named = v as { metricName?: string };
+        return { value: v.value, labels: { ...(v.labels as Record<string, string | number>) }, ...(named.metricName ? { metricName: named.metricName } : {}) };
+      }),
+    });
+  }
+  return out;
+}
+
+/**
+ * `own` with each predecessor report added in, series by series (name and
+ * labels; a histogram's buckets, sum and count alike), through prom-client's
+ * own aggregation of several processes' metrics. A reported metric this
+ * process does not have, or has as another type (a predecessor of another
+ * version), is left out rather than shown wrong.
+ */
+export function mergeMetrics(own: readonly MetricJson[], predecessors: readonly CarriedMetric[][]): prom.Registry {
+  const types = new Map(own.map((m) => [m.name, String(m.type)]));
+  const isCarried = new Set(predecessors.flat().filter((m) => types.get(m.name) === m.type).map((m) => m.name));
+  // Summed where carried; the rest is this process's alone ('first' of one, also for the metrics prom-client would omit).
+  const mine = own.map((m) => ({ ...m, aggregator: isCarried.has(m.name) ? 'sum' : 'first' }) as MetricJson);
+  const theirs = predecessors.map((report) =>
+    report.filter((m) => isCarried.has(m.name)).map((m) => ({ ...m, aggregator: 'sum' }) as unknown as MetricJson),
+  );
+  return prom.AggregatorRegistry.aggregate([mine, ...theirs]);
 }

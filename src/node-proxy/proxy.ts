@@ -25,7 +25,7 @@ import { MeshError } from '../errors';
 import { readOpenFileLimit } from '../net';
 import { silentLogger, type Logger } from '../log';
 import { VERSION } from '../version';
-import { startAdmin, type AdminHandle, type HandoverSide, type LiveAtHandover, type Prepared } from './admin';
+import { startAdmin, type AdminHandle, type HandoverSide, type LiveAtHandover, type PredecessorReports, type Prepared } from './admin';
 import { abi } from '../bpf';
 import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
 import { ConnectionRecorder, FlowTable } from './flows';
@@ -84,8 +84,12 @@ export interface ProxyOptions {
   controllerWaitMs?: number;
   /** A burst of config versions within this is written to the state dir once (default 1 s). */
   configSaveDelayMs?: number;
-  /** This process replaces a running proxy of the node (`nodemesh proxy --upgrade`): what that one said when it prepared. */
-  upgrade?: Pick<Prepared, 'nextFlowId'>;
+  /**
+   * This process replaces a running proxy of the node (`nodemesh proxy
+   * --upgrade`): what that one said when it prepared, and its metric
+   * reports, added to this one's until it exits.
+   */
+  upgrade?: Pick<Prepared, 'nextFlowId'> & { reports?: PredecessorReports };
   log?: Logger;
 }
 
@@ -251,6 +255,13 @@ export class NodeProxy {
 
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failOpen: o.failOpen ?? false });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    // From before this process counts anything: its /metrics carry on from the old one's, never below them.
+    const reports = o.upgrade?.reports;
+    reports?.subscribe(
+      (report) => this.#metrics.fromPredecessor(reports.pid, report),
+      () => this.#metrics.predecessorGone(reports.pid),
+      () => this.#log.warn({ pid: reports.pid }, 'upgrade: a report of the old process was over its bound and not taken: its counters show as of its last one'),
+    );
     const reporter = new ListenerReporter({ metrics: this.#metrics, log: this.#log.child({ component: 'listeners' }), limits: limits.rejectLog });
     this.#lastGood = new LastGoodStore({ dir: o.stateDir, node: o.node, log: this.#log, saveDelayMs: o.configSaveDelayMs });
     // What a proxy killed mid-save left behind (the files themselves are whole: the old one or the new).
@@ -363,6 +374,7 @@ export class NodeProxy {
         healthPort: o.healthPort ?? 15021,
         limits,
         reporter,
+        log: this.#log,
       },
     );
 
@@ -515,7 +527,8 @@ export class NodeProxy {
     return {
       prepare: () => this.#prepareHandover(),
       resume: (reason) => this.#resumeAfterFailedUpgrade(reason),
-      handOver: (drainMs) => this.#handOver(drainMs),
+      handOver: (drainMs, lastReport) => this.#handOver(drainMs, lastReport),
+      report: () => this.#metrics.report(),
     };
   }
 
@@ -527,6 +540,8 @@ export class NodeProxy {
   #prepareHandover(): Prepared {
     if (!this.#ready || this.#handedOver) throw new ProxyError('NM_ERR_UPGRADE', `the proxy of ${this.node} is not ready (still starting, or stopping): try the upgrade again once it is`);
     this.#stream.stop();
+    // The new process owns the admin socket path from its start: it lists this one's flows from the side socket.
+    void this.#admin.serveDraining();
     this.#log.info({ version: this.state.version }, 'upgrade: a new proxy process is starting; config stream paused, serving the last config');
     return { pid: process.pid, nextFlowId: this.flows.nextId, configVersion: this.state.version };
   }
@@ -536,6 +551,7 @@ export class NodeProxy {
     if (this.#handedOver) return;
     this.#log.warn({ reason }, 'upgrade: the new proxy process did not take over; this one keeps serving and resumes its config stream');
     this.#stream.start();
+    void this.#admin.stopDraining();
     // A new process that failed after it bound the admin socket removed it as it went.
     void this.#admin.reclaimSocket().catch((err: Error) => this.#log.warn({ err: err.message }, 'upgrade: cannot bind the admin socket again'));
   }
@@ -545,21 +561,30 @@ export class NodeProxy {
    * listeners), keep established connections and tunnel streams until they
    * close or `drainMs` passes, then close what is left and resolve `retired`.
    * The data path's ready flag stays set: the new process holds it now.
+   * Its flows stay readable on a side socket while it drains, and its
+   * counters go to the new process, the last of them once it drained.
    */
-  #handOver(drainMs: number): LiveAtHandover {
+  async #handOver(drainMs: number, lastReport: () => Promise<void>): Promise<LiveAtHandover> {
     this.#handedOver = true;
     this.#holdsReady = false;
     this.#ready = false;
+    // Bound at the prepare; before the new process is told, in any case.
+    await this.#admin.serveDraining();
     const live = { outbound: this.flows.liveCount, tunnelStreams: this.#inbound?.load.streams ?? 0 };
     this.#log.info({ drainMs, live }, 'upgrade: handed over to the new proxy process; draining');
     const started = Date.now();
     // Once the answer is written: admin, metrics and health first, from now on they are the new process's alone.
     setImmediate(() => {
       void this.#admin
-        .close()
+        .retire()
         .catch(() => {})
         .then(() => this.close(drainMs))
-        .then(() => this.#log.info({ drainedMs: Date.now() - started }, 'upgrade: drained; exiting'))
+        .then(
+          () => this.#log.info({ drainedMs: Date.now() - started }, 'upgrade: drained; exiting'),
+          (err: Error) => this.#log.warn({ err: err.message }, 'upgrade: draining failed; exiting'),
+        )
+        // After everything closed, so its counts are final.
+        .then(lastReport)
         .finally(() => this.#retire());
     });
     return live;

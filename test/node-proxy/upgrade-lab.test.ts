@@ -8,8 +8,12 @@
  * upgrade whose new process cannot start, or is killed before it took
  * over, leaves the old one serving; a SIGTERM while the old one drains is
  * bounded by --drain-timeout; a second proxy without --upgrade is refused.
+ * Across the upgrade the node's /metrics never go down and, once the old
+ * process exited, count every connection the client made; the held
+ * connections' flows, carried by the old process, stay listed on the node
+ * (GET /flows, `nodemesh flows`) until they close.
  */
-import { type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,7 +26,7 @@ import { labSpawn } from '../../src/lab';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
-import { fixture } from '../helpers/child';
+import { fixture, runNode } from '../helpers/child';
 import { alive } from '../helpers/processes';
 import { doc } from '../helpers/controller';
 import { labProcess, labRun, testLab } from '../helpers/lab';
@@ -48,6 +52,39 @@ interface LoadResult {
 }
 
 const status = async (node: string): Promise<Status> => JSON.parse(await adminGet(adminSocketOf(node), '/status')) as Status;
+
+/** A node's counter and histogram series (`name{labels}` -> value), from /metrics on its admin socket; the proxy's per-process nodemesh_proxy_* left out. */
+async function counters(node: string): Promise<Map<string, number>> {
+  const text = await adminGet(adminSocketOf(node), '/metrics');
+  const kinds = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(\{.*\})? (\S+)$/.exec(line);
+    if (!m || m[1]!.startsWith('nodemesh_proxy_')) continue;
+    const base = m[1]!.replace(/_(bucket|sum|count)$/, '');
+    const kind = kinds.get(m[1]!) ?? kinds.get(base);
+    if (kind === 'counter' || kind === 'histogram') out.set(`${m[1]}${m[2] ?? ''}`, Number(m[3]));
+  }
+  return out;
+}
+
+/** Series of `before` that are lower (or gone) in `after`. */
+function decreased(before: Map<string, number>, after: Map<string, number>): string[] {
+  return [...before].filter(([k, v]) => !((after.get(k) ?? -1) >= v)).map(([k, v]) => `${k}: ${v} -> ${after.get(k) ?? 'gone'}`);
+}
+
+/** The sum of a counter's series whose labels include `has`. */
+function total(series: Map<string, number>, name: string, has: string): number {
+  let n = 0;
+  for (const [k, v] of series) if (k.startsWith(`${name}{`) && k.includes(has)) n += v;
+  return n;
+}
+
+interface FlowView {
+  id: number;
+  end?: string;
+  drainingPid?: number;
+}
 
 
 /** The running proxy's own flags (less those of the upgrade that started it), so the next one is started exactly as the operator started it. */
@@ -136,14 +173,36 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
   };
 
   const checkUpgrade = async (t: Test, node: string): Promise<void> => {
+    // The client's node counts each of its connections once, as their source; the server's node the tunnelled ones, as destination.
+    const reporter = node === n1.name ? 'reporter="source"' : 'reporter="destination"';
+    const before = await counters(node);
+    // An operator following the node's flows through the upgrade.
+    const follower = spawn(process.execPath, [BIN, 'flows', '-f', '--node', node, '-o', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let followed = '';
+    follower.stdout.on('data', (d: Buffer) => (followed += d.toString()));
+    follower.stderr.on('data', (d: Buffer) => (followed += d.toString()));
+    onCleanup(t, () => {
+      if (follower.exitCode === null) follower.kill('SIGKILL');
+    });
     const load = await startLoad();
     await new Promise((r) => setTimeout(r, 1_000));
+    const loaded = await counters(node);
     const up = await upgrade(node, '2m');
     t.comment(`upgrade of ${node} took ${up.tookMs} ms from start to hand-over`);
     const now = await status(node);
     t.equal(now.pid, up.child.pid, `${node}'s admin socket answers from the new process`);
     t.equal(now.ready, true, 'which is ready');
     t.ok(alive(up.oldPid), 'the old process still runs: it carries its connections');
+    const handed = await counters(node);
+    t.same(decreased(loaded, handed), [], "no counter of the new process's /metrics is below what the old one showed");
+    // The held connections were opened before the upgrade: the old process carries them, and they are still the node's.
+    const held = node === n1.name ? 100 : 50;
+    const live = (JSON.parse(await adminGet(adminSocketOf(node), '/flows?live=1&limit=100000')) as FlowView[]).filter((f) => f.drainingPid === up.oldPid);
+    t.ok(live.length >= held, `GET /flows on ${node} lists the ${held} held connections, marked as the draining pid ${up.oldPid}'s (${live.length})`);
+    const cli = await runNode(BIN, ['flows', '--node', node, '-o', 'json', '--limit', '100000']);
+    t.equal(cli.code, 0, `nodemesh flows answers (${cli.stderr.trim()})`);
+    const listed = (JSON.parse(cli.stdout) as FlowView[]).filter((f) => f.drainingPid === up.oldPid && !f.end);
+    t.ok(listed.length >= held, `and so does nodemesh flows --node ${node} (${listed.length})`);
     // New connections keep coming for a while, now all to the new process.
     const flowsBefore = (JSON.parse(await adminGet(adminSocketOf(node), '/flows?limit=100000')) as unknown[]).length;
     await new Promise((r) => setTimeout(r, 2_000));
@@ -162,6 +221,23 @@ bpfTest(t, 'nodemesh proxy --upgrade drops nothing', async (t) => {
     t.ok(await waitFor(() => !alive(up.oldPid), 20_000, 100), 'the old process exits once its connections closed (well before --upgrade-drain)');
     t.match(up.oldLog(), /upgrade: drained; exiting/, 'and says so');
     t.notMatch(up.oldLog(), /still open at the drain deadline/, 'having closed none itself');
+    const after = await counters(node);
+    t.same(decreased(handed, after), [], 'no counter went down when the old process exited');
+    const opened = total(after, 'nodemesh_tcp_connections_opened_total', reporter) - total(before, 'nodemesh_tcp_connections_opened_total', reporter);
+    const closed = total(after, 'nodemesh_tcp_connections_closed_total', reporter) - total(before, 'nodemesh_tcp_connections_closed_total', reporter);
+    if (node === n1.name) t.equal(opened, r.holds + r.churn.ok + r.churn.failed, `${node} counted every connection the client made, held and new (${opened})`);
+    else t.ok(opened >= held + 1, `${node} counted the held connections and new ones (${opened})`);
+    t.equal(closed, opened, 'and each as closed: those the old process closed while it drained too');
+    const gone = (JSON.parse(await adminGet(adminSocketOf(node), '/flows?live=1&limit=100000')) as FlowView[]).filter((f) => f.drainingPid !== undefined);
+    t.equal(gone.length, 0, 'once they closed and the old process exited, none of its flows is listed as live');
+    follower.kill('SIGTERM');
+    await waitExit(follower, 10_000).catch(() => follower.kill('SIGKILL'));
+    const closes = followed.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as FlowView);
+    t.ok(
+      closes.filter((f) => f.drainingPid === up.oldPid).length >= held,
+      `nodemesh flows -f, started before the upgrade, printed the held connections closing in the draining process (${closes.filter((f) => f.drainingPid === up.oldPid).length})`,
+    );
+    t.equal(new Set(closes.map((f) => f.id)).size, closes.length, 'and no flow twice');
   };
 
   await t.test('on the client node: the outbound side', (t) => checkUpgrade(t, n1.name));

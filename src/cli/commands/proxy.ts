@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { findCgroup2Mount } from '../../bpf';
+import type { MeshError } from '../../errors';
 import { DEFAULT_DATA_DIR } from '../../api/credentials';
 import { createLogger } from '../../log';
 import { adminGet, adminSocketOf, prepareUpgrade, PROXY_RUN_DIR, UpgradeError, type UpgradeLease } from '../../node-proxy/admin';
@@ -46,7 +47,7 @@ async function startUpgrade(opts: ProxyOptions, socket: string, drainMs: number)
   const { pid } = lease.prepared;
   let timer: NodeJS.Timeout | undefined;
   let timedOut = false;
-  const starting = NodeProxy.start({ ...opts, upgrade: lease.prepared });
+  const starting = NodeProxy.start({ ...opts, upgrade: { nextFlowId: lease.prepared.nextFlowId, reports: lease.reports } });
   starting.catch(() => {}); // awaited below; a start given up on may still fail later
   try {
     const proxy = await Promise.race([
@@ -228,6 +229,48 @@ export const proxyCommand = defineCommand({
   },
 });
 
+/** How long `flows -f` waits for a node's admin socket to answer again after its stream ended (an upgrade: the new process owns it by then). */
+const FOLLOW_REJOIN_MS = 5_000;
+/** Flow ids `flows -f` remembers having printed, so a stream joined again does not print its replayed flows twice. */
+const FOLLOW_SEEN_MAX = 100_000;
+
+/**
+ * Follows one node's flows. An upgrade ends the stream (the old process's
+ * admin socket closes): it is joined again on the new process, which
+ * follows the draining one's flows too (docs/architecture.md, 'Upgrades that
+ * drop nothing'); what it replays is not printed twice. A node whose socket
+ * does not answer again within FOLLOW_REJOIN_MS has stopped: a warning, and
+ * that node's follow ends.
+ */
+async function followNode(node: string, q: URLSearchParams, format: string, io: Io, stopped: () => boolean): Promise<void> {
+  const seen = new Set<number>();
+  const print = (line: string): void => {
+    const e = JSON.parse(line) as { event: string; flow: Flow };
+    if (e.event !== 'close' || seen.has(e.flow.id)) return;
+    seen.add(e.flow.id);
+    if (seen.size > FOLLOW_SEEN_MAX) seen.delete(seen.values().next().value!);
+    io.out(format === 'json' ? JSON.stringify(e.flow) + '\n' : formatFlow(e.flow) + '\n');
+  };
+  let lastUp = Date.now();
+  let first = true;
+  while (!stopped()) {
+    try {
+      await adminGet(adminSocketOf(node), `/flows?${q}`, (line) => ((lastUp = Date.now()), print(line)));
+      lastUp = Date.now();
+    } catch (err) {
+      // Not reached at first: the user's to see, as without -f. Cut short later: the proxy stopped or handed over.
+      if (first && (err as MeshError).code !== 'NM_ERR_ADMIN_CLOSED') throw err;
+    }
+    first = false;
+    if (stopped()) return;
+    if (Date.now() - lastUp > FOLLOW_REJOIN_MS) {
+      io.err(`nodemesh flows: node ${node}'s proxy stopped answering; no longer following it\n`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 export const flowsCommand = defineCommand({
   name: 'flows',
   summary: 'Connections the node proxies handled, one line each (like hubble observe)',
@@ -262,12 +305,9 @@ export const flowsCommand = defineCommand({
     q.set('limit', values.limit as string);
     if (values.follow) {
       q.set('follow', '1');
-      const print = (line: string): void => {
-        const e = JSON.parse(line) as { event: string; flow: Flow };
-        if (e.event !== 'close') return;
-        io.out(format === 'json' ? JSON.stringify(e.flow) + '\n' : formatFlow(e.flow) + '\n');
-      };
-      await Promise.race([Promise.all(nodes.map((n) => adminGet(adminSocketOf(n), `/flows?${q}`, print))), termination()]);
+      let stopped = false;
+      const stop = termination().then(() => void (stopped = true));
+      await Promise.race([Promise.all(nodes.map((n) => followNode(n, q, format, io, () => stopped))), stop]);
       return EXIT.ok;
     }
     const answers = await Promise.allSettled(nodes.map(async (n) => JSON.parse(await adminGet(adminSocketOf(n), `/flows?${q}`)) as Flow[]));

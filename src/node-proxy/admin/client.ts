@@ -29,6 +29,10 @@ export function adminGet(socket: string, urlPath: string, onLine?: (line: string
         }
       });
       res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new MeshError('NM_ERR_ADMIN', `${urlPath}: HTTP ${res.statusCode}: ${body.trim()}`))));
+      // Cut short (the proxy closed its admin socket: it stopped, or handed over to an upgrade's new process): no 'end'.
+      res.on('close', () => {
+        if (!res.complete) reject(new MeshError('NM_ERR_ADMIN_CLOSED', `${urlPath}: the proxy on ${socket} closed the connection before it answered whole`));
+      });
     });
     req.on('error', (err: NodeJS.ErrnoException) =>
       reject(new MeshError('NM_ERR_ADMIN', `cannot reach the proxy admin socket ${socket}: ${err.code ?? err.message} (is \`nodemesh proxy\` running for that node?)`)),

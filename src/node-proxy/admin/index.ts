@@ -1,3 +1,4 @@
 export { filterOf, startAdmin, type AdminHandle, type AdminListen, type AdminSources } from './server';
 export { adminGet, adminSocketOf, PROXY_RUN_DIR } from './client';
-export { prepareUpgrade, UpgradeError, type HandoverSide, type LiveAtHandover, type Prepared, type UpgradeLease } from './handover';
+export { drainingSocketOf, drainingSockets, mergeFlows } from './draining';
+export { prepareUpgrade, reportLines, ReportAssembler, UpgradeError, type HandoverSide, type LiveAtHandover, type PredecessorReports, type Prepared, type UpgradeLease } from './handover';

@@ -2,16 +2,20 @@
  * The proxy's HTTP endpoints: admin on 127.0.0.1:15000 and on a unix socket
  * (so the CLI on the host reaches a proxy inside a node namespace), metrics
  * on 15020, readiness on 15021.
- *   /flows            JSON; ?from=&to=&verdict=&live=&limit=; ?follow=1 streams NDJSON
+ *   /flows            JSON; ?from=&to=&verdict=&live=&limit=; ?follow=1 streams NDJSON; with an
+ *                     upgrade's draining predecessors' flows merged in (./draining.ts)
  *   /config_dump      what the controller pushed
  *   /status           readiness, versions, connections, data path counters
+ *   /metrics          as on the metrics port (the unix socket reaches it across network namespaces)
  *   POST /upgrade     unix socket only: a new process of this node takes over (./handover.ts)
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
-import type { FlowFilter, FlowTable, FlowVerdict } from '../flows';
+import type { Logger } from '../../log';
+import type { Flow, FlowFilter, FlowTable, FlowVerdict } from '../flows';
+import { drainingSocketOf, drainingSockets, fetchDraining, followDraining, forgetIfGone, mergeFlows, type DrainingSocket } from './draining';
 import { serveHandover, type HandoverSide } from './handover';
 import { matchesFlow } from '../flows';
 import { createHttpServer, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from '../listeners';
@@ -44,7 +48,42 @@ export function filterOf(q: URLSearchParams): FlowFilter {
   return f;
 }
 
-function adminHandler(src: AdminSources): http.RequestListener {
+/** Where an upgrade's draining predecessors are found (the admin socket path), and where to warn of one that does not answer. */
+interface Predecessors {
+  adminSocket: string;
+  log?: Logger;
+  /** This process's own side socket, while it has one (prepared for an upgrade: it still serves here meanwhile). */
+  own(): string | undefined;
+}
+
+function drainersOf(p: Predecessors): DrainingSocket[] {
+  const own = p.own();
+  return drainingSockets(p.adminSocket).filter((d) => d.file !== own);
+}
+
+/** A draining process that failed to answer: warned of, its file removed if it is gone (admin/draining.ts). */
+function skipped(p: Predecessors, d: DrainingSocket, err: Error): void {
+  if (forgetIfGone(d)) return void p.log?.info({ pid: d.pid, file: d.file }, 'upgrade: a draining predecessor is gone; its side socket removed');
+  p.log?.warn({ pid: d.pid, file: d.file, err: err.message }, "upgrade: a draining predecessor did not answer for its flows: they are left out");
+}
+
+async function flowsOf(src: AdminSources, p: Predecessors | undefined, filter: FlowFilter, query: URLSearchParams, limit: number): Promise<Flow[]> {
+  const own = src.flows.list(filter, limit);
+  const drainers = p ? drainersOf(p) : [];
+  if (!p || drainers.length === 0) return own;
+  const theirs = await Promise.all(
+    drainers.map((d) =>
+      fetchDraining(d, `/flows?${query}`).then(
+        (flows) => ({ pid: d.pid, flows: Array.isArray(flows) ? (flows as Flow[]) : [] }),
+        (err: Error) => (skipped(p, d, err), { pid: d.pid, flows: [] }),
+      ),
+    ),
+  );
+  return mergeFlows(own, theirs, limit);
+}
+
+/** `predecessors`: merge an upgrade's draining processes into /flows (not on their own side sockets). */
+function adminHandler(src: AdminSources, predecessors?: Predecessors): http.RequestListener {
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://admin');
     if (req.method !== 'GET') return json(res, 405, { error: 'GET only' });
@@ -61,19 +100,45 @@ function adminHandler(src: AdminSources): http.RequestListener {
           const off = src.flows.follow((e) => {
             if (matchesFlow(e.flow, filter)) res.write(JSON.stringify(e) + '\n');
           });
-          req.on('close', off);
+          // The draining predecessors' events too, for as long as each runs (it filters its own).
+          const stops = predecessors
+            ? drainersOf(predecessors).map((d) =>
+                followDraining(d, `/flows?${url.searchParams}`, (line) => res.write(line + '\n'), (err) => skipped(predecessors, d, err)),
+              )
+            : [];
+          req.on('close', () => {
+            off();
+            for (const stop of stops) stop();
+          });
           return;
         }
-        return json(res, 200, src.flows.list(filter, Number(url.searchParams.get('limit') ?? 1000)));
+        const limit = Number(url.searchParams.get('limit') ?? 1000);
+        return void flowsOf(src, predecessors, filter, url.searchParams, limit).then(
+          (flows) => json(res, 200, flows),
+          (err: Error) => json(res, 500, { error: err.message }),
+        );
       }
       case '/config_dump':
         return json(res, 200, src.configDump());
       case '/status':
         return json(res, 200, src.status());
+      case '/metrics':
+        return metricsAnswer(src, res);
       default:
-        return json(res, 404, { error: 'not found: /flows, /config_dump, /status' });
+        return json(res, 404, { error: 'not found: /flows, /config_dump, /status, /metrics' });
     }
   };
+}
+
+/** /metrics: this process's, with an upgrade's predecessors' counters added in (ProxyMetrics.exposition). */
+function metricsAnswer(src: AdminSources, res: http.ServerResponse): void {
+  src.metrics.exposition().then(
+    ({ contentType, body }) => {
+      res.writeHead(200, { 'content-type': contentType });
+      res.end(body);
+    },
+    (err: Error) => json(res, 500, { error: err.message }),
+  );
 }
 
 export interface AdminListen {
@@ -88,6 +153,8 @@ export interface AdminListen {
   /** Bounds of these HTTP listeners (default LISTENER_DEFAULTS). */
   limits?: Pick<ListenerLimits, 'http' | 'admin'>;
   reporter?: ListenerReporter;
+  /** Where a draining predecessor that does not answer is warned of. */
+  log?: Logger;
 }
 
 function listen(server: http.Server, target: { port: number; host: string } | string): Promise<void> {
@@ -116,6 +183,17 @@ export interface AdminHandle {
   close(): Promise<void>;
   /** Binds the socket path again if the file there is gone (an upgrade's new process failed after it bound it, and removed it as it went). */
   reclaimSocket(): Promise<void>;
+  /**
+   * An upgrade prepares: answers GET on `<admin socket>.draining-<pid>` from
+   * now on (the new process owns the socket path from its start, and lists
+   * this one's flows from there); resolves once it does (the same promise
+   * when asked again). close() or stopDraining() closes it and removes its file.
+   */
+  serveDraining(): Promise<void>;
+  /** The upgrade was given up: the side socket goes. */
+  stopDraining(): Promise<void>;
+  /** Once handed over: closes the admin, metrics and health servers (the new process's now), not the side socket. */
+  retire(): Promise<void>;
 }
 
 /** Starts the admin, metrics and health servers; returns a closer. */
@@ -124,7 +202,9 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
   const limits = l.limits ?? LISTENER_DEFAULTS;
   const reporter = l.reporter ?? new ListenerReporter();
   try {
-    const admin = createHttpServer('admin', limits.admin, reporter, adminHandler(src)).server;
+    let side: { file: string; server: http.Server; bound: Promise<void> } | undefined;
+    const predecessors = l.adminSocket ? { adminSocket: l.adminSocket, log: l.log, own: () => side?.file } : undefined;
+    const admin = createHttpServer('admin', limits.admin, reporter, adminHandler(src, predecessors)).server;
     servers.push(admin);
     await listen(admin, { port: l.adminPort, host: l.adminHost });
     let socketInode: string | undefined;
@@ -136,7 +216,7 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
       fs.mkdirSync(path.dirname(file), { recursive: true });
       const own = `${file}.${process.pid}`;
       fs.rmSync(own, { force: true });
-      const viaSocket = createHttpServer('admin-socket', limits.admin, reporter, adminHandler(src)).server;
+      const viaSocket = createHttpServer('admin-socket', limits.admin, reporter, adminHandler(src, predecessors)).server;
       if (src.handover) serveHandover(viaSocket, src.handover);
       servers.push(viaSocket);
       viaSocketServer = viaSocket;
@@ -147,13 +227,7 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
     if (l.adminSocket) await bindSocket(l.adminSocket);
     const metrics = createHttpServer('metrics', limits.http, reporter, (req, res) => {
       if (req.url !== '/metrics') return json(res, 404, { error: 'not found: /metrics' });
-      src.metrics.registry.metrics().then(
-        (body) => {
-          res.writeHead(200, { 'content-type': src.metrics.registry.contentType });
-          res.end(body);
-        },
-        (err: Error) => json(res, 500, { error: err.message }),
-      );
+      metricsAnswer(src, res);
     }).server;
     servers.push(metrics);
     await listen(metrics, { port: l.metricsPort, host: l.metricsHost });
@@ -168,19 +242,50 @@ export async function startAdmin(src: AdminSources, l: AdminListen): Promise<Adm
     await listen(health, { port: l.healthPort, host: l.healthHost });
     const port = (s: http.Server): number => (s.address() as { port: number }).port;
     let closing: Promise<void> | undefined;
+    // Not waiting for every connection to end: an upgrade's lease, switched away from HTTP, outlives the
+    // servers (it carries a draining process's reports to the end, see ./handover.ts). Listening stops at
+    // close(), and the HTTP connections end at closeAllConnections() (followers of /flows never end on their own).
+    const closeAll = async (list: http.Server[]): Promise<void> => {
+      for (const s of list) {
+        s.close();
+        s.closeAllConnections();
+      }
+      await new Promise((r) => setImmediate(r));
+    };
+    const stopDraining = async (): Promise<void> => {
+      const was = side;
+      if (!was) return;
+      side = undefined;
+      await was.bound;
+      await closeAll([was.server]);
+      fs.rmSync(was.file, { force: true });
+    };
     return {
       ports: { admin: port(admin), metrics: port(metrics), health: port(health) },
       close: () =>
         (closing ??= (async () => {
-          await Promise.all(
-            servers.map((s) => {
-              const closed = new Promise<void>((r) => s.close(() => r()));
-              s.closeAllConnections(); // followers of /flows never end on their own
-              return closed;
-            }),
-          );
+          await closeAll(servers.splice(0));
           if (l.adminSocket && socketInode !== undefined && inodeOf(l.adminSocket) === socketInode) fs.rmSync(l.adminSocket, { force: true });
+          await stopDraining();
         })()),
+      serveDraining: () => {
+        if (closing || !l.adminSocket) return Promise.resolve();
+        if (!side) {
+          const file = drainingSocketOf(l.adminSocket, process.pid);
+          fs.rmSync(file, { force: true });
+          // Its own flows only: the process that owns the admin socket merges every draining one's.
+          const server = createHttpServer('admin-draining', limits.admin, reporter, adminHandler(src)).server;
+          const bound = listen(server, file).catch((err: Error) =>
+            l.log?.warn({ file, err: err.message }, "upgrade: cannot bind the draining side socket: this process's flows are out of reach while it drains"),
+          );
+          side = { file, server, bound };
+        }
+        return side.bound;
+      },
+      stopDraining,
+      retire: async () => {
+        if (!closing) await closeAll(servers.splice(0));
+      },
       reclaimSocket: async () => {
         if (!l.adminSocket || closing || inodeOf(l.adminSocket) !== undefined) return;
         const stale = viaSocketServer;

@@ -25,6 +25,8 @@ export interface Flow {
   security: 'none' | 'mutual_tls';
   /** Requests (L7) seen on this connection so far; absent on a connection carried as bytes. */
   requests?: number;
+  /** Set by /flows on a flow an upgrade's draining predecessor carries (admin/draining.ts): that process's pid. */
+  drainingPid?: number;
 }
 
 /** One HTTP or gRPC request on a connection (the L7 layer records it through the ConnectionRecorder). */

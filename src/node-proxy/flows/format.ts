@@ -14,6 +14,7 @@ export function formatFlow(f: Flow): string {
   const verdict = f.verdict.toUpperCase();
   const why = f.policy ? `${f.reason} (${f.policy})` : f.reason;
   const bytes = f.end ? `${kb(f.bytesSent)} out, ${kb(f.bytesReceived)} in, ${f.durationMs} ms, ${f.closeReason}` : 'open';
-  return `${f.start}  ${f.node}  ${src} -> ${dst}  ${verdict}  ${why}${f.security === 'mutual_tls' ? '  mTLS' : ''}  ${bytes}`;
+  const node = f.drainingPid ? `${f.node} (draining pid ${f.drainingPid})` : f.node;
+  return `${f.start}  ${node}  ${src} -> ${dst}  ${verdict}  ${why}${f.security === 'mutual_tls' ? '  mTLS' : ''}  ${bytes}`;
 }
 
