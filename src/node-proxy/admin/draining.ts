@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
+import { processRuns } from '../../pid';
 import type { Flow } from '../flows';
 
 /** How long a draining process gets to answer before it is skipped. */
@@ -49,22 +50,12 @@ export function drainingSockets(adminSocket: string): DrainingSocket[] {
   return out.sort((a, b) => a.pid - b.pid);
 }
 
-/** Whether a process with this pid runs (EPERM: it does, as another user's). */
-function runs(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * The file of a process that is gone (killed while it drained: nothing
  * removed it) is removed, so it is not tried, and warned of, again.
  */
 export function forgetIfGone(s: DrainingSocket): boolean {
-  if (runs(s.pid)) return false;
+  if (processRuns(s.pid)) return false;
   fs.rmSync(s.file, { force: true });
   return true;
 }

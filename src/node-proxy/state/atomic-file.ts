@@ -9,6 +9,8 @@ import * as fsSync from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 
+import { processRuns } from '../../pid';
+
 let serial = 0;
 
 export async function writeFileAtomic(file: string, data: Uint8Array | string, mode = 0o600): Promise<void> {
@@ -34,15 +36,6 @@ export async function writeFileAtomic(file: string, data: Uint8Array | string, m
   await dir?.close().catch(() => {});
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * Removes the temporary files writeFileAtomic() left beside `file` when the
  * process writing them died mid-write (kill -9, power loss); returns their
@@ -61,7 +54,7 @@ export function removeStaleTemps(file: string): string[] {
   for (const name of names) {
     if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
     const pid = Number(name.slice(prefix.length).split('.')[0]);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || alive(pid)) continue;
+    if (!Number.isSafeInteger(pid) || pid <= 0 || processRuns(pid)) continue;
     fsSync.rmSync(path.join(dir, name), { force: true });
     removed.push(name);
   }

@@ -8,7 +8,7 @@
 import * as net from 'node:net';
 import { PassThrough, type Duplex } from 'node:stream';
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 
 import { createBalancer, type Balancer, type Endpoint } from '../../../src/node-proxy/lb';
 import { TunnelError } from '../../../src/node-proxy/tunnel';
@@ -27,6 +27,17 @@ function balancerWith(ep: Endpoint): Balancer {
 }
 function failures(b: Balancer, id: string): number {
   return b.stats().find((s) => s.id === id)!.consecutiveFailures;
+}
+/** A loopback server that records each connection's peer address and closes it. */
+async function peerRecorder(t: Test): Promise<{ seen: string[]; port: number }> {
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    seen.push(s.remoteAddress ?? '');
+    s.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  return { seen, port: (server.address() as net.AddressInfo).port };
 }
 function remote(workload: { node?: string; identity?: string }): Target['workload'] {
   return { name: 'web', namespace: 'shop', labels: {}, nodeAddresses: ['198.18.0.2'], ...workload };
@@ -47,14 +58,7 @@ t.test('a direct connect reaches the target and carries bytes both ways', async 
 });
 
 t.test("a pod of this node is dialled from the proxy's own address; another node's pod is not", async (t) => {
-  const seen: string[] = [];
-  const server = net.createServer((s) => {
-    seen.push(s.remoteAddress ?? '');
-    s.destroy();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => server.close());
-  const port = (server.address() as net.AddressInfo).port;
+  const { seen, port } = await peerRecorder(t);
   const c = new UpstreamConnector({ node: 'n1', connectTimeoutMs: 5_000, localAddress: (family) => (family === 4 ? '127.0.0.3' : undefined) });
   const here = await c.connect({ target: { address: '127.0.0.1', port, workload: remote({ node: 'n1' }) }, tunneled: false, source: SOURCE });
   here.destroy();
@@ -76,14 +80,7 @@ class BoundAhead extends net.Socket {
 }
 
 t.test("a pod of this node is dialled on the socket deliver() gives, with the client's address; no socket: from the proxy's", async (t) => {
-  const seen: string[] = [];
-  const server = net.createServer((s) => {
-    seen.push(s.remoteAddress ?? '');
-    s.destroy();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => server.close());
-  const port = (server.address() as net.AddressInfo).port;
+  const { seen, port } = await peerRecorder(t);
   const asked: (string | undefined)[] = [];
   // A socket bound ahead to a loopback address stands in for the addon's transparent one (made in the pod's netns, bound to the client's address).
   const deliver = (_host: string, source: string | undefined): net.Socket | undefined => {
