@@ -621,6 +621,8 @@ export class NodeProxy {
     const revoked = (serial: string): boolean => view.revokedSerials.has(serial);
     const cut = (this.#inbound?.recheck() ?? 0) + this.#pool.recheck(revoked);
     if (cut) this.#log.warn({ event: 'security', cut, revoked: view.revokedSerials.size }, 'tunnels of revoked certificates closed');
+    // Nor are this node's own revoked certificates presented again (one kept on disk from before the revocation included).
+    if (view.revokedSerials.size) this.#certs?.revoked(revoked);
     this.#metrics.configVersion.set(view.version);
   }
 

@@ -111,9 +111,12 @@ bpfTest(t, 'bootstrap tokens and node revocation in a lab', async (t) => {
     );
 
     t.not(await whoami(lab, 'n1-p2', pod('n2-p1').ip), 'n2-p1', 'a tunnel from the revoked node to n2 is refused');
+    // Either n2 refuses the revoked client certificate, or n1 no longer presents it: when the revocation list reached n1
+    // before its stream was cut, n1 drops its revoked workload certificates and, refused a new one, opens no tunnel.
+    const logOf = (node: string): string => fs.readFileSync(mesh.proxies.find((p) => p.node === node)!.log, 'utf8');
     t.ok(
-      await waitFor(() => fs.readFileSync(mesh.proxies.find((p) => p.node === n2.name)!.log, 'utf8').includes('is on the revocation list'), 5_000),
-      'n2 refused the client certificate as revoked',
+      await waitFor(() => logOf(n2.name).includes('is on the revocation list') || logOf(n1.name).includes('workload certificate revoked by the controller'), 5_000),
+      'n2 refused the client certificate as revoked, or n1 stopped presenting it',
     );
     t.not(await whoami(lab, 'n2-p2', pod('n1-p1').ip), 'n1-p1', 'n2 does not tunnel to the revoked node');
     t.equal(await whoami(lab, 'n2-p2', pod('n2-p1').ip), 'n2-p1', "n2's own traffic keeps flowing");

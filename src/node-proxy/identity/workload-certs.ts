@@ -13,6 +13,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 
+import { normalizeSerial } from '../../api/identity';
 import { silentLogger, type Logger } from '../../log';
 import { writeFileAtomic } from '../state/atomic-file';
 import { generateKeyAndCsr } from './csr';
@@ -175,6 +176,27 @@ export class WorkloadCertificates {
     clearTimeout(e.timer);
     this.#entries.delete(identity);
     if (e.cert) this.#save();
+  }
+
+  /**
+   * Certificates the controller revoked (a kept one read from the state dir
+   * included) are not presented again: peers would refuse them. Each is
+   * replaced by a new one at once; until then tunnels for it wait, as for a
+   * first certificate. Returns the identities replaced.
+   */
+  revoked(isRevoked: (serial: string) => boolean): string[] {
+    const replaced: string[] = [];
+    for (const [identity, c] of this.#restored) if (isRevoked(normalizeSerial(c.serial))) this.#restored.delete(identity);
+    for (const e of this.#entries.values()) {
+      if (!e.cert || !isRevoked(normalizeSerial(e.cert.serial))) continue;
+      this.#log.warn({ event: 'security', identity: e.identity, serial: e.cert.serial }, 'workload certificate revoked by the controller: asking for a new one');
+      e.cert = undefined;
+      clearTimeout(e.timer);
+      replaced.push(e.identity);
+      this.#save();
+      void this.#issue(e);
+    }
+    return replaced;
   }
 
   /** Identities currently kept. */

@@ -103,3 +103,39 @@ t.test('kept in the state dir: a restarted proxy presents them again without the
   t.teardown(() => other.close());
   t.same(other.restored, [], "another node's file is not used");
 });
+
+t.test('a revoked certificate is not presented again: kept on disk or held, it is replaced at once', async (t) => {
+  const dir = tempDir(t);
+  const ca = await CertificateAuthority.loadOrCreate(path.join(dir, 'ca'), { trustDomain: 'cluster.local' });
+  let up = true;
+  const sign: SignFn = async (csr) => {
+    if (!up) throw new Error('14 UNAVAILABLE: the controller is down');
+    const c = await ca.signCsr(csr, { lifetimeSeconds: 3600, allowedUris: () => null, kind: 'workload' });
+    return { certificateChainPem: c.chainPem, trustBundlePem: ca.rootPem, expiresUnixMs: c.notAfter.getTime() };
+  };
+  const file = path.join(dir, WORKLOAD_CERTS_FILE);
+  const first = new WorkloadCertificates({ sign, file, node: 'n1' });
+  first.want(WEB);
+  const old = await first.ready(WEB);
+  await first.flush();
+  first.close();
+  // The controller revokes it (its serial in the config, as normalizeSerial spells it) while this proxy is down.
+  const revoked = (serial: string): boolean => serial === old.serial.toLowerCase().replace(/^0+(?=.)/, '');
+
+  up = false;
+  const offline = new WorkloadCertificates({ sign, file, node: 'n1', backoffMs: 50 });
+  t.teardown(() => offline.close());
+  t.same(offline.revoked(revoked), [], 'a kept certificate not yet taken is just forgotten');
+  offline.want(WEB);
+  await t.rejects(offline.ready(WEB, 300), /no certificate for .*web within 300 ms: 14 UNAVAILABLE/, 'so none is presented while the controller is away');
+
+  up = true;
+  const held = new WorkloadCertificates({ sign, file, node: 'n1' });
+  t.teardown(() => held.close());
+  held.want(WEB);
+  t.equal((await held.ready(WEB)).serial, old.serial, 'taken from the state dir while nothing says it is revoked');
+  t.same(held.revoked(revoked), [WEB], 'then the revocation arrives: replaced');
+  const fresh = await held.ready(WEB, 5_000);
+  t.not(fresh.serial, old.serial, 'by a new certificate');
+  t.same(held.revoked(revoked), [], 'which is not revoked');
+});
