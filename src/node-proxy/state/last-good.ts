@@ -289,7 +289,8 @@ export class LastGoodStore {
 /**
  * Takes a loaded file as the state, through the same checks as a snapshot
  * from the controller: ConfigState.prepare, then StateUpdater.validate, then
- * commit. All of it or (LastGoodError) none of it. It is prepared on a
+ * commit. All of it or (LastGoodError) none of it, except that a local
+ * workload whose netns is gone is taken and not enrolled. It is prepared on a
  * ConfigState of its own, so a snapshot the stream is still gathering in
  * parts is not disturbed; only a state that holds nothing yet is replaced
  * (a version from the controller always wins).
@@ -303,7 +304,7 @@ export function applyLastGood(loaded: LoadedConfig, state: ConfigState, updater:
     throw lastGoodUnusable(loaded.file, `version ${loaded.version} is refused: ${(err as Error).message}`);
   }
   if (!staged) throw lastGoodUnusable(loaded.file, `version ${loaded.version} is not a whole snapshot`);
-  const problem = updater.validate(staged);
+  const problem = updater.validate(staged, { missingNetns: 'skip' });
   if (problem) throw lastGoodUnusable(loaded.file, `version ${loaded.version} is refused: ${problem}`);
   const result = state.commit(staged);
   updater.commit(result);

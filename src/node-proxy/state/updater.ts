@@ -81,16 +81,27 @@ export class StateUpdater {
     return [...this.#byCookie.entries()];
   }
 
-  /** Refuses a version this proxy cannot run (the previous one then stays); compiles its policies for commit(). */
-  validate(staged: Staged): string | null {
+  /**
+   * Refuses a version this proxy cannot run (the previous one then stays);
+   * compiles its policies for commit(). A local workload whose netns does not
+   * exist refuses a version from the controller (it hears why, in the NACK);
+   * in the last config kept on disk (`missingNetns: 'skip'`) it is taken
+   * without being enrolled, since one pod gone while the proxy was down must
+   * not leave every other pod of the node without its policies.
+   */
+  validate(staged: Staged, opts: { missingNetns?: 'refuse' | 'skip' } = {}): string | null {
     this.#prepared = undefined;
     const exists = this.#o.exists ?? fs.existsSync;
+    const skipped: string[] = [];
     // Only what the version sets can be new: the rest was checked when it came.
     for (const [key, raw] of staged.upserts) {
       if (!key.startsWith('Workload/')) continue;
       const w = raw as { spec: { node: string; netns?: string } };
-      if (w.spec.node === this.#o.node && w.spec.netns && !exists(w.spec.netns)) return `${key}: its netns ${w.spec.netns} does not exist on node ${this.#o.node}`;
+      if (w.spec.node !== this.#o.node || !w.spec.netns || exists(w.spec.netns)) continue;
+      if (opts.missingNetns !== 'skip') return `${key}: its netns ${w.spec.netns} does not exist on node ${this.#o.node}`;
+      skipped.push(`${key} (${w.spec.netns})`);
     }
+    if (skipped.length) this.#log.warn({ count: skipped.length, workloads: skipped.slice(0, 20) }, 'workloads of the kept config whose netns is gone are not enrolled');
     // Policies compile together; a version that sets none leaves them as they were.
     const touches = staged.replace || [...staged.upserts.keys(), ...staged.removals].some((k) => k.startsWith('AuthorizationPolicy/'));
     if (!touches) return null;

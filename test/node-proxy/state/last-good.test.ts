@@ -162,11 +162,28 @@ t.test('a version this proxy cannot run is refused whole, as from the controller
   fs.writeFileSync(path.join(dir, 'config.bin'), await encodeLastGood('n1', 9, [...stateOf(9, realistic(1_000)).items]));
   const loaded = await new LastGoodStore({ dir, node: 'n1' }).load();
   const state = new ConfigState();
-  const updater = updaterOf(state, 'n1', (p) => !p.endsWith('/pod-1'));
-  t.throws(() => applyLastGood(loaded!, state, updater), { code: 'NM_ERR_LAST_GOOD', message: /version 9 is refused: Workload\/ns1\/w-1: its netns \/run\/netns\/pod-1 does not exist on node n1/ });
+  const updater = updaterOf(state, 'n1');
+  // Kept by a proxy that held more than this one may (--max-config-items lowered since).
+  t.throws(() => applyLastGood(loaded!, state, updater, 500), { code: 'NM_ERR_LAST_GOOD', message: /version 9 is refused: / });
   t.equal(state.version, 0, 'nothing applied');
   t.equal(updater.view.workloads.size, 0, 'the lookups are untouched');
   t.equal(applyLastGood(loaded!, stateOf(3, []), updaterOf(stateOf(3, []))), undefined, 'a state that already holds a version (the controller answered) is not replaced');
+});
+
+t.test('a kept workload whose netns is gone is taken without being enrolled; from the controller it is refused', async (t) => {
+  const dir = tempDir(t);
+  fs.writeFileSync(path.join(dir, 'config.bin'), await encodeLastGood('n1', 9, [...stateOf(9, realistic(1_000)).items]));
+  const loaded = await new LastGoodStore({ dir, node: 'n1' }).load();
+  const state = new ConfigState();
+  const updater = updaterOf(state, 'n1', (p) => !p.endsWith('/pod-1'));
+  const r = applyLastGood(loaded!, state, updater);
+  t.ok(r, 'applied');
+  t.equal(state.version, 9, 'the kept version is served');
+  t.ok(updater.view.workloads.size > 0 && updater.policies, 'with its workloads and policies');
+  const fromController = new ConfigState();
+  const refusing = updaterOf(fromController, 'n1', (p) => !p.endsWith('/pod-1'));
+  const staged = fromController.prepare(loaded!.message)!;
+  t.match(refusing.validate(staged), /^Workload\/ns1\/w-1: its netns \/run\/netns\/pod-1 does not exist on node n1$/, 'the same version from the controller is refused, naming the workload');
 });
 
 t.test("another node's file is refused", async (t) => {
