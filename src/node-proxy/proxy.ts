@@ -147,7 +147,6 @@ export class NodeProxy {
   #recorder!: ConnectionRecorder;
   #admin!: AdminHandle;
   #metrics!: ProxyMetrics;
-  /** Enrolled local workloads: key -> netns cookie, and back. */
   readonly #balancers: BalancerCache;
   /** Delivery to this node's pods from their clients' addresses; the netns each enrolled cookie came from. */
   readonly #delivery: ClientAddressDelivery;
@@ -183,7 +182,7 @@ export class NodeProxy {
         enroll: async (netns, pod) => {
           const cookie = await this.#datapath.enroll(netns, pod);
           // Before the pod's first delivery: a socket for a netns not yet prepared comes from the proxy's address.
-          await this.#delivery.prepare(netns, netns);
+          await this.#delivery.prepare(netns);
           this.#netnsOfCookie.set(cookie, netns);
           return cookie;
         },

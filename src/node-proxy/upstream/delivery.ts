@@ -63,10 +63,10 @@ export class ClientAddressDelivery {
    * Prepares an enrolled pod's netns. Never throws: a pod that cannot be
    * prepared is logged once and delivered to from the proxy's address.
    */
-  async prepare(netnsPath: string, workload: string): Promise<void> {
+  async prepare(netnsPath: string): Promise<void> {
     if (!this.#enabled) {
       // Delivery from the proxy's address: a rule an earlier proxy of this node put there goes (nothing marks packets now).
-      await netnsDelivery(netnsPath, false, DELIVERY_ROUTING).catch((err: Error) => this.#log.warn({ workload, netns: netnsPath, err: err.message }, 'cannot remove the delivery rule'));
+      await netnsDelivery(netnsPath, false, DELIVERY_ROUTING).catch((err: Error) => this.#log.warn({ netns: netnsPath, err: err.message }, 'cannot remove the delivery rule'));
       return;
     }
     if (this.#fds.has(netnsPath)) return;
@@ -77,7 +77,7 @@ export class ClientAddressDelivery {
     } catch (err) {
       const reason = (err as Error).message;
       this.#failed.set(netnsPath, reason);
-      this.#log.warn({ workload, netns: netnsPath, err: reason }, 'cannot deliver to this pod from its clients\' addresses: delivering from the proxy address');
+      this.#log.warn({ netns: netnsPath, err: reason }, 'cannot deliver to this pod from its clients\' addresses: delivering from the proxy address');
     }
   }
 
