@@ -123,3 +123,19 @@ for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const)
 
 export const mib = (x: number): string => `${x.toFixed(0)} MiB`;
 export const ms = (x: number): string => `${x.toFixed(1)} ms`;
+
+/** A figure over several runs: the median and the spread. */
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
+}
+
+/** Median, min and max of `xs` (NaN ones, figures a run could not give, left out); undefined when none is left. */
+export function spread(xs: readonly number[]): Spread | undefined {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return undefined;
+  const mid = s.length >> 1;
+  return { median: s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2, min: s[0]!, max: s.at(-1)!, runs: s.length };
+}
