@@ -236,7 +236,8 @@ async function measurePath(lab: LabState, p: PathDef, seconds: number): Promise<
 }
 
 /** How busy the whole machine was over a stretch: from /proc/stat. */
-function cpuBusy(): () => { busyCores: number; loadavg: number[] } {
+function cpuBusy(): () => { busyCores: number; loadavgAtStart: number[]; loadavg: number[] } {
+  const loadAtStart = os.loadavg();
   const read = (): { busy: number; total: number } => {
     const c = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
     const idle = c[3]! + c[4]!;
@@ -246,7 +247,7 @@ function cpuBusy(): () => { busyCores: number; loadavg: number[] } {
   const a = read();
   return () => {
     const b = read();
-    return { busyCores: ((b.busy - a.busy) / (b.total - a.total)) * os.cpus().length, loadavg: os.loadavg() };
+    return { busyCores: ((b.busy - a.busy) / (b.total - a.total)) * os.cpus().length, loadavgAtStart: loadAtStart, loadavg: os.loadavg() };
   };
 }
 
@@ -409,7 +410,7 @@ async function main(): Promise<void> {
     ];
     const out: string[] = [];
     out.push(
-      `L4 benchmark: median of ${opts.runs} runs (min–max), ${opts.seconds} s per measurement, ${os.cpus().length} cores; the machine was busy ${busy.busyCores.toFixed(2)} cores on average over the benchmark (this one included), load average ${busy.loadavg.map((x) => x.toFixed(2)).join(' ')} at the end`,
+      `L4 benchmark: median of ${opts.runs} runs (min–max), ${opts.seconds} s per measurement, ${os.cpus().length} cores; the machine was busy ${busy.busyCores.toFixed(2)} cores on average over the benchmark (this one included), load average ${busy.loadavgAtStart.map((x) => x.toFixed(2)).join(' ')} at the start, ${busy.loadavg.map((x) => x.toFixed(2)).join(' ')} at the end`,
     );
     for (const s of sections) out.push('', ...sectionTable(s, summary));
     out.push(
