@@ -17,6 +17,8 @@ import { PACKAGE_ROOT } from '../src/paths';
 import { DeadlineError, onExit, rss } from './common';
 
 const HOLD_CLIENT = path.join(PACKAGE_ROOT, 'bench', 'hold-client.js');
+/** Seconds a proxy's RSS must stay within 10 % of its baseline to count as back. */
+const STAY_S = 5;
 
 export interface MemoryProxy {
   node: string;
@@ -36,7 +38,7 @@ export interface ProxyMemory {
   heldMiB: number;
   /** (held - baseline) / connections, KiB. */
   perConnectionKiB: number;
-  /** Seconds from the close until RSS was within 10 % of the baseline; null: not within the deadline. */
+  /** Seconds from the close until RSS was within 10 % of the baseline and stayed there (STAY_S, or to the deadline); null: not within the deadline. */
   backInS: number | null;
   lastMiB: number;
   /** The most RSS seen while waiting after the close. */
@@ -179,8 +181,11 @@ export async function measureIdleConnections(lab: LabState, specs: readonly Hold
       closed: 0,
     });
   }
+  // RSS often rises for a while after a close (flow records, garbage not yet collected): back means back and staying back.
+  const inBandSince = new Map<string, number | null>(proxies.map((p) => [p.node, null]));
   for (;;) {
     const elapsed = (Date.now() - closedAt) / 1000;
+    const last = elapsed * 1000 > deadlineMs;
     for (const p of proxies) {
       const r = out.get(p.node)!;
       const b = base.get(p.node)!;
@@ -189,10 +194,12 @@ export async function measureIdleConnections(lab: LabState, specs: readonly Hold
       const m = mapsOf(p.node);
       r.maps.last = m.entries;
       r.closed = (m.counters.closed ?? 0) - (held.get(p.node)!.maps.counters.closed ?? 0);
-      if (r.backInS === null && r.lastMiB <= b.rss * 1.1) r.backInS = elapsed;
+      const since = r.lastMiB <= b.rss * 1.1 ? (inBandSince.get(p.node) ?? elapsed) : null;
+      inBandSince.set(p.node, since);
+      r.backInS = since !== null && (elapsed - since >= STAY_S || last) ? since : null;
       if (r.mapsBackInS === null && mapsBack(m, b.maps)) r.mapsBackInS = elapsed;
     }
-    if ([...out.values()].every((r) => r.backInS !== null && r.mapsBackInS !== null) || elapsed * 1000 > deadlineMs) break;
+    if ([...out.values()].every((r) => r.backInS !== null && r.mapsBackInS !== null) || last) break;
     await new Promise((r) => setTimeout(r, 1000));
   }
   return { connections: count, sets: holders.map((h) => ({ ...h.spec, held: h.held, openMs: h.openMs, errors: h.errors })), deadlineS: deadlineMs / 1000, proxies: [...out.values()] };

@@ -18,7 +18,8 @@
  *     (./proxy-memory).
  * Every figure is the median of --runs runs (paths interleaved, so the
  * machine's load spreads over all of them) with the min–max; every run is
- * written to bench/results/<date-time>.json.
+ * written to bench/results/<date-time>.json as it ends (with the failed step,
+ * if one fails).
  *
  *   npm run bench [-- --seconds 3 --runs 3 --connections 10000 --settle 90]
  */
@@ -52,6 +53,33 @@ const HOP_CROSS = { iperf: 15101, rr: 15102 };
 const HOP_SAME = { iperf: 15121, rr: 15122 };
 const PAIR_IN = { iperf: 15111, rr: 15112 };
 const PAIR_TLS = { iperf: 15211, rr: 15212 };
+
+/** The printed tables: their paths in column order and the fair peer each ratio is against. */
+const SECTIONS: SectionDef[] = [
+  {
+    id: 'cross',
+    title: `Across nodes: pod n1-p2 -> pod n2-p1. nodemesh: proxy n1, mTLS tunnel, proxy n2; HAProxy pair: n1 originates TLS 1.3 with a client certificate, n2 verifies and terminates it (mode tcp, nbthread 1 each); HAProxy hop: one plaintext instance in n1`,
+    paths: [
+      { id: 'direct', label: 'direct' },
+      { id: 'nodemesh', label: 'nodemesh' },
+      { id: 'haproxy-pair', label: 'HAProxy pair TLS' },
+      { id: 'haproxy-hop', label: 'HAProxy hop' },
+    ],
+    peer: 'haproxy-pair',
+    subject: 'nodemesh',
+  },
+  {
+    id: 'same',
+    title: `On one node: pod n1-p1 -> pod n1-p2. nodemesh: proxy n1 only (no tunnel); HAProxy hop: one plaintext instance in n1 (mode tcp, nbthread 1)`,
+    paths: [
+      { id: 'direct', label: 'direct' },
+      { id: 'nodemesh', label: 'nodemesh' },
+      { id: 'haproxy-hop', label: 'HAProxy hop' },
+    ],
+    peer: 'haproxy-hop',
+    subject: 'nodemesh',
+  },
+];
 
 function options(): { seconds: number; runs: number; connections: number; settleMs: number; name: string } {
   // --connections: idle connections held at once (half each way across nodes); 0 skips the memory phase.
@@ -263,6 +291,27 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodemesh-bench-'));
   onExit(() => fs.rmSync(dir, { recursive: true, force: true }));
   const machine = cpuBusy();
+  const results = path.join(BENCH, 'results');
+  fs.mkdirSync(results, { recursive: true });
+  // ISO 8601 basic format: sortable, and no ':' in a file name.
+  const file = path.join(results, `${started.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}.json`);
+  const runs: RunRecord[] = [];
+  /** What the results file holds; written after every run, so a benchmark that fails or is stopped leaves the runs it made. */
+  const record: Record<string, unknown> & { machine: Record<string, unknown> } = {
+    benchmark: 'proxy',
+    startedAt: started.toISOString(),
+    complete: false,
+    options: opts,
+    machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, kernel: os.release(), node: process.version, haproxy: spawnSync('haproxy', ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0] },
+    sections: SECTIONS,
+    runs,
+  };
+  const save = (): void => fs.writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
+  onExit(() => {
+    if (record.complete || record.failed) return;
+    record.failed = { step, error: 'ended before it finished (a signal, or a failure before the lab was up)' };
+    save();
+  });
 
   begin(`starting a two-node lab "${NAME}" with its controller and proxies`);
   await labDown(NAME);
@@ -371,48 +420,25 @@ async function main(): Promise<void> {
       );
     }
 
-    const runs: RunRecord[] = [];
+    record.memory = memory;
+    save();
     for (let r = 1; r <= opts.runs; r++) {
       for (const p of paths) {
         begin(`run ${r}/${opts.runs}: ${p.section === 'cross' ? 'across nodes' : 'on one node'}, ${p.id}`);
         const startedAt = new Date().toISOString();
         runs.push({ section: p.section, path: p.id, run: r, startedAt, figures: await measurePath(lab, p, opts.seconds) });
+        save();
       }
     }
     const afterRuns = { [n1.name]: rss(pid1).now, [n2.name]: rss(pid2).now };
     const busy = machine();
 
     const summary = summarize(runs);
-    const sections: SectionDef[] = [
-      {
-        id: 'cross',
-        title: `Across nodes: pod n1-p2 -> pod n2-p1. nodemesh: proxy n1, mTLS tunnel, proxy n2; HAProxy pair: n1 originates TLS 1.3 with a client certificate, n2 verifies and terminates it (mode tcp, nbthread 1 each); HAProxy hop: one plaintext instance in n1`,
-        paths: [
-          { id: 'direct', label: 'direct' },
-          { id: 'nodemesh', label: 'nodemesh' },
-          { id: 'haproxy-pair', label: 'HAProxy pair TLS' },
-          { id: 'haproxy-hop', label: 'HAProxy hop' },
-        ],
-        peer: 'haproxy-pair',
-        subject: 'nodemesh',
-      },
-      {
-        id: 'same',
-        title: `On one node: pod n1-p1 -> pod n1-p2. nodemesh: proxy n1 only (no tunnel); HAProxy hop: one plaintext instance in n1 (mode tcp, nbthread 1)`,
-        paths: [
-          { id: 'direct', label: 'direct' },
-          { id: 'nodemesh', label: 'nodemesh' },
-          { id: 'haproxy-hop', label: 'HAProxy hop' },
-        ],
-        peer: 'haproxy-hop',
-        subject: 'nodemesh',
-      },
-    ];
     const out: string[] = [];
     out.push(
       `L4 benchmark: median of ${opts.runs} runs (min–max), ${opts.seconds} s per measurement, ${os.cpus().length} cores; the machine was busy ${busy.busyCores.toFixed(2)} cores on average over the benchmark (this one included), load average ${busy.loadavgAtStart.map((x) => x.toFixed(2)).join(' ')} at the start, ${busy.loadavg.map((x) => x.toFixed(2)).join(' ')} at the end`,
     );
-    for (const s of sections) out.push('', ...sectionTable(s, summary));
+    for (const s of SECTIONS) out.push('', ...sectionTable(s, summary));
     out.push(
       '',
       '  rates: higher is better; latency and CPU: lower. Proxy CPU counts the path\'s proxies: both node proxies or both HAProxy instances across nodes.',
@@ -421,23 +447,13 @@ async function main(): Promise<void> {
     if (memory) out.push('', ...memoryLines(memory, idle, afterRuns));
     console.log(out.join('\n'));
 
-    const results = path.join(BENCH, 'results');
-    fs.mkdirSync(results, { recursive: true });
-    // ISO 8601 basic format: sortable, and no ':' in a file name.
-    const file = path.join(results, `${started.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}.json`);
-    const json = {
-      benchmark: 'proxy',
-      startedAt: started.toISOString(),
-      wallSeconds: (Date.now() - wallStart) / 1000,
-      options: opts,
-      machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, kernel: os.release(), node: process.version, haproxy: spawnSync('haproxy', ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0], ...busy },
-      sections,
-      runs,
-      summary,
-      memory: memory && { ...memory, idleMiB: idle, afterRunsMiB: afterRuns },
-    };
-    fs.writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
+    Object.assign(record, { complete: true, wallSeconds: (Date.now() - wallStart) / 1000, summary, machine: { ...record.machine, ...busy }, memory: memory && { ...memory, idleMiB: idle, afterRunsMiB: afterRuns } });
+    save();
     console.log(`\n  every run: ${path.relative(process.cwd(), file)} (${((Date.now() - wallStart) / 1000).toFixed(0)} s in all)`);
+  } catch (err) {
+    record.failed = { step, error: err instanceof Error ? err.message : String(err) };
+    save();
+    throw err;
   } finally {
     const r = await labDown(NAME);
     down = true;
