@@ -1,4 +1,4 @@
-/** What the benchmarks share: /proc readings, percentiles, deadlines, metrics text, cleanup on exit and signals. */
+/** What the benchmarks share: /proc readings (CPU, memory, listening ports), percentiles and medians with their spread, deadlines, metrics text, cleanup on exit and signals. */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
@@ -65,6 +65,24 @@ export async function until<T>(what: string, ms: number, probe: () => Promise<T 
     if (Date.now() > end) throw new DeadlineError(what, ms, describe());
     await new Promise((r) => setTimeout(r, stepMs));
   }
+}
+
+/** TCP ports in LISTEN in the network namespace `pid` lives in. */
+export function listeningPorts(pid: number): Set<number> {
+  const ports = new Set<number>();
+  for (const f of ['tcp', 'tcp6']) {
+    let text = '';
+    try {
+      text = fs.readFileSync(`/proc/${pid}/net/${f}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === '0A') ports.add(parseInt(cols[1]!.split(':')[1]!, 16));
+    }
+  }
+  return ports;
 }
 
 /**

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { labSpawn, type LabState } from '../src/lab';
-import { until } from './common';
+import { listeningPorts, until } from './common';
 
 /** The server name the terminating instance's certificate carries and the originating one checks. */
 const SERVER_NAME = 'haproxy-terminate.bench.invalid';
@@ -82,24 +82,6 @@ export function originateConfig(forwards: readonly Forward[], certs: BenchCerts)
 /** TLS 1.3 in, a client certificate from the CA required, plaintext out. */
 export function terminateConfig(forwards: readonly Forward[], certs: BenchCerts): string {
   return GLOBAL + forwards.map((f) => `listen ${f.name}\n  bind ${f.bind}:${f.port} ssl crt ${certs.server} ca-file ${certs.ca} verify required\n  server s ${f.to}:${f.toPort}\n`).join('');
-}
-
-/** TCP ports in LISTEN in the network namespace `pid` lives in. */
-function listeningPorts(pid: number): Set<number> {
-  const ports = new Set<number>();
-  for (const f of ['tcp', 'tcp6']) {
-    let text = '';
-    try {
-      text = fs.readFileSync(`/proc/${pid}/net/${f}`, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      if (cols[3] === '0A') ports.add(parseInt(cols[1]!.split(':')[1]!, 16));
-    }
-  }
-  return ports;
 }
 
 export interface RunningHaproxy {

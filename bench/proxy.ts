@@ -34,7 +34,7 @@ import { labDown, labSpawn, labUp, podWorkload, type LabState } from '../src/lab
 import { adminGet } from '../src/node-proxy/admin';
 import { Datapath } from '../src/node-proxy/datapath';
 import { PACKAGE_ROOT } from '../src/paths';
-import { cpuSeconds, DeadlineError, onExit, rss, until, withDeadline } from './common';
+import { cpuSeconds, DeadlineError, listeningPorts, onExit, rss, until, withDeadline } from './common';
 import { makeCerts, originateConfig, plainConfig, startHaproxy, terminateConfig, type Forward } from './haproxy';
 import { measureIdleConnections, type MemoryResult } from './proxy-memory';
 import { memoryLines, sectionTable, summarize, type Metric, type RunRecord, type SectionDef } from './proxy-report';
@@ -120,10 +120,11 @@ function run(lab: LabState, target: string, argv: string[], ms: number): Promise
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  const what = (argv[0] === process.execPath ? argv.slice(1) : argv).map((a, i) => (i === 0 ? path.basename(a) : a)).join(' ');
   const done = new Promise<string>((resolve, reject) =>
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${path.basename(argv[1] ?? argv[0]!)} ${argv.slice(2).join(' ')} in ${target} failed (exit ${code}): ${(err || out).trim()}`)))),
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${what} in ${target} failed (exit ${code}): ${(err || out).trim()}`)))),
   );
-  return withDeadline(done, ms, `${argv.join(' ')} in ${target}`).catch((e: unknown) => {
+  return withDeadline(done, ms, `${what} in ${target}`).catch((e: unknown) => {
     child.kill('SIGKILL');
     throw e;
   });
@@ -136,19 +137,6 @@ function serve(lab: LabState, target: string, argv: string[]): ChildProcess {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
   return child;
-}
-
-/** TCP ports in LISTEN in the network namespace of `pid`. */
-function listening(pid: number): Set<number> {
-  const ports = new Set<number>();
-  for (const f of ['tcp', 'tcp6']) {
-    const text = fs.existsSync(`/proc/${pid}/net/${f}`) ? fs.readFileSync(`/proc/${pid}/net/${f}`, 'utf8') : '';
-    for (const line of text.split('\n').slice(1)) {
-      const c = line.trim().split(/\s+/);
-      if (c[3] === '0A') ports.add(parseInt(c[1]!.split(':')[1]!, 16));
-    }
-  }
-  return ports;
 }
 
 interface ProxyStatus {
@@ -368,7 +356,7 @@ async function main(): Promise<void> {
     for (const [where, child, ports] of servers)
       await until(`a server in ${where} listening on ${ports.join(', ')}`, 10_000, () => {
         if (child.exitCode !== null) throw new Error(`a server in ${where} (ports ${ports.join(', ')}) exited (${child.exitCode})`);
-        const open = listening(child.pid!);
+        const open = listeningPorts(child.pid!);
         return ports.every((p) => open.has(p)) ? true : undefined;
       });
 
