@@ -1,4 +1,4 @@
-/** What the benchmarks share: /proc readings, percentiles, deadlines, metrics text, cleanup on exit and signals. */
+/** What the benchmarks share: /proc readings (CPU, memory, listening ports), percentiles and medians with their spread, deadlines, metrics text, cleanup on exit and signals. */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
@@ -67,6 +67,24 @@ export async function until<T>(what: string, ms: number, probe: () => Promise<T 
   }
 }
 
+/** TCP ports in LISTEN in the network namespace `pid` lives in. */
+export function listeningPorts(pid: number): Set<number> {
+  const ports = new Set<number>();
+  for (const f of ['tcp', 'tcp6']) {
+    let text = '';
+    try {
+      text = fs.readFileSync(`/proc/${pid}/net/${f}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === '0A') ports.add(parseInt(cols[1]!.split(':')[1]!, 16));
+    }
+  }
+  return ports;
+}
+
 /**
  * One sample of Prometheus text, `name{a="x"}` with labels in any order;
  * undefined when the process does not export it (a figure then reads "n/a").
@@ -123,3 +141,19 @@ for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const)
 
 export const mib = (x: number): string => `${x.toFixed(0)} MiB`;
 export const ms = (x: number): string => `${x.toFixed(1)} ms`;
+
+/** A figure over several runs: the median and the spread. */
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
+}
+
+/** Median, min and max of `xs` (NaN ones, figures a run could not give, left out); undefined when none is left. */
+export function spread(xs: readonly number[]): Spread | undefined {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return undefined;
+  const mid = s.length >> 1;
+  return { median: s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2, min: s[0]!, max: s.at(-1)!, runs: s.length };
+}

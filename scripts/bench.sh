@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# npm run bench: set up as for the tests, add the benchmark tools, run the benchmarks.
+# npm run bench: set up as for the tests, add the benchmark tools from Debian
+# (iperf3, haproxy; openssl and prlimit come with setup.sh's packages), run
+# the benchmarks: L4 and memory (bench/proxy.ts; its flags pass through, e.g.
+# npm run bench -- --seconds 1 --runs 1 --connections 1000), the controller's
+# config push, a proxy's memory at scale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,6 +11,7 @@ missing=()
 for tool in iperf3 haproxy; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "bench: missing ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 node dist/bench/proxy.js "$@"
