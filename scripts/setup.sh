@@ -21,6 +21,8 @@ need_cmd ip iproute2
 need_cmd setpriv util-linux
 need_cmd tcpdump tcpdump
 need_cmd openssl openssl
+# The benchmark's fair peer; its test (test/bench/haproxy.test.ts) runs with the suite.
+need_cmd haproxy haproxy
 need_file /usr/include/bpf/libbpf.h libbpf-dev
 need_file /usr/include/gelf.h libelf-dev
 need_file /usr/include/zlib.h zlib1g-dev
