@@ -1,5 +1,5 @@
 /** A lab made for one test and removed at its end (and on exit or signal). */
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -33,8 +33,9 @@ export async function testLab(t: Test, nodes = 2, podsPerNode = 2, mesh = false,
       const r = await labDown(name);
       if (r.errors.length) t.fail(`lab down ${name}: ${r.errors.join('; ')}`);
     },
-    // At exit only synchronous work runs: sweep from a child process.
-    () => void spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js'), 'lab', 'down', '--name', name], { stdio: 'inherit' }),
+    // At exit or on a signal only synchronous work runs: sweep from a child process of its own session, which
+    // finishes even when this one is killed right after (tap follows a timed-out file's SIGTERM with SIGKILL).
+    () => spawn(process.execPath, [path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js'), 'lab', 'down', '--name', name], { stdio: 'ignore', detached: true }).unref(),
   );
   return labUp({ name, nodes, podsPerNode, mesh, workloadCertLifetimeSeconds, nodeCertLifetimeSeconds });
 }

@@ -31,6 +31,7 @@ import type { BalancerCache } from './balancers';
 import { DialGuard } from './dial-guard';
 import { planOutbound } from './plan';
 import { planAttempt } from './planner';
+import { Splice, type Upstream } from './splice';
 
 export interface OutboundOptions {
   node: string;
@@ -264,30 +265,13 @@ export class OutboundServer {
     attempt();
   }
 
-  /** Pipes both ways (pipe() honours backpressure and forwards half-close) until both sides are done. */
-  #splice(client: net.Socket, upstream: Duplex & { setTimeout?(ms: number, cb: () => void): unknown }, conn: OpenConnection, done: () => void): void {
-    let reason = 'closed';
-    let closed = 0;
+  /** Both ways until both sides are done (./splice: backpressure, half-close, errors, the idle timeout). */
+  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, done: () => void): void {
     this.#upstreams.set(client, upstream);
-    const onClose = (): void => {
-      if (++closed < 2) return;
+    new Splice(client, upstream, this.#idleTimeout, (reason) => {
       this.#upstreams.delete(client);
       done();
       conn.close(reason, client.bytesRead, client.bytesWritten);
-    };
-    const fail = (why: string) => (err?: Error): void => {
-      if (reason === 'closed') reason = err ? `${why}: ${(err as NodeJS.ErrnoException).code ?? err.message}` : why;
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', fail('client error'));
-    upstream.on('error', fail('upstream error'));
-    client.setTimeout(this.#idleTimeout, () => fail('idle-timeout')());
-    upstream.setTimeout?.(this.#idleTimeout, () => fail('idle-timeout')());
-    client.once('close', onClose);
-    upstream.once('close', onClose);
-    client.pipe(upstream);
-    upstream.pipe(client);
-    client.resume();
+    });
   }
 }
