@@ -125,7 +125,8 @@ function compileValidators(): Record<KindName, ValidateFunction> {
   return out as Record<KindName, ValidateFunction>;
 }
 
-const VALIDATORS = compileValidators();
+// Compiled on first use: a process that only parses durations (the node proxy) does not build them.
+let validators: Record<KindName, ValidateFunction> | undefined;
 
 // --- problem lines ---
 
@@ -536,7 +537,7 @@ export function validateResource(doc: SourceDoc): { resource?: Resource; problem
   const what = describeDoc(value);
   const problems: Problem[] = envelopeProblems(value);
   if (info) {
-    const validate = VALIDATORS[info.kind];
+    const validate = (validators ??= compileValidators())[info.kind];
     if (!validate(value)) {
       const before = problems.length;
       for (const e of validate.errors ?? []) {
