@@ -148,9 +148,8 @@ export class NodeProxy {
   #admin!: AdminHandle;
   #metrics!: ProxyMetrics;
   readonly #balancers: BalancerCache;
-  /** Delivery to this node's pods from their clients' addresses; the netns each enrolled cookie came from. */
+  /** Delivery to this node's pods from their clients' addresses. */
   readonly #delivery: ClientAddressDelivery;
-  readonly #netnsOfCookie = new Map<bigint, string>();
   #certs!: WorkloadCertificates;
   readonly #pool = new HbonePool();
   #inbound: HboneServer | undefined;
@@ -183,15 +182,12 @@ export class NodeProxy {
           const cookie = await this.#datapath.enroll(netns, pod);
           // Before the pod's first delivery: a socket for a netns not yet prepared comes from the proxy's address.
           await this.#delivery.prepare(netns);
-          this.#netnsOfCookie.set(cookie, netns);
           return cookie;
         },
         update: (cookie, pod) => this.#datapath.enrollCookie(cookie, pod),
-        unenroll: (cookie) => {
+        unenroll: (cookie, netns) => {
           this.#datapath.unenrollCookie(cookie);
-          const netns = this.#netnsOfCookie.get(cookie);
-          this.#netnsOfCookie.delete(cookie);
-          if (netns) this.#delivery.release(netns);
+          this.#delivery.release(netns);
         },
       },
       certificates: { want: (id) => this.#certs.want(id), drop: (id) => this.#certs.drop(id), wanted: () => this.#certs.wanted() },

@@ -23,7 +23,8 @@ export interface EnrollmentOps {
   enroll(netns: string, pod: { index: number; flags: number }): Promise<bigint>;
   /** Updates an enrolled pod's index and flags. */
   update(cookie: bigint, pod: { index: number; flags: number }): void;
-  unenroll(cookie: bigint): void;
+  /** Unenrolls the pod enrolled from `netns` as `cookie`. */
+  unenroll(cookie: bigint, netns: string): void;
 }
 
 /** What the updater asks of the workload certificates. */
@@ -152,7 +153,7 @@ export class StateUpdater {
     for (const [key, e] of this.#enrolled) {
       // Gone, or moved to another netns: that one is enrolled below.
       if (want.get(key)?.netns === e.netns) continue;
-      ops.unenroll(e.cookie);
+      ops.unenroll(e.cookie, e.netns);
       this.#enrolled.delete(key);
       this.#byCookie.delete(e.cookie);
       this.#log.info({ workload: key }, 'unenrolled');

@@ -106,10 +106,13 @@ export class ClientAddressDelivery {
     const from = plainIp(source);
     const family = net.isIPv4(target) ? 4 : 6;
     if ((net.isIPv4(from) ? 4 : 6) !== family) return undefined;
+    let sock = -1;
     try {
+      sock = transparentSocket(fd, family, from, DELIVERY_ROUTING.mark);
       // allowHalfOpen: the destination's FIN must not also end the pod's direction.
-      return new net.Socket({ fd: transparentSocket(fd, family, from, DELIVERY_ROUTING.mark), allowHalfOpen: true, readable: true, writable: true });
+      return new net.Socket({ fd: sock, allowHalfOpen: true, readable: true, writable: true });
     } catch (err) {
+      if (sock >= 0) fs.closeSync(sock);
       this.#fallbacks++;
       if (!this.#fallbackLogged) {
         this.#fallbackLogged = true;
