@@ -76,6 +76,9 @@ t.test(`a controller under ulimit -n ${NOFILE} keeps serving through a connectio
   const flood = ['127.0.0.2', '127.0.0.3'].flatMap((a) => Array.from({ length: 400 }, () => silentTcp(port, a)));
   t.teardown(() => flood.forEach((x) => x.socket.destroy()));
   t.ok(await waitFor(() => flood.filter((x) => x.isClosed()).length === 800 - 2 * 8, 30_000), 'each address holds 8 handshakes, the rest are refused');
+  const metrics = async (): Promise<string> => (await httpGet(metricsPort, '/metrics')).body;
+  // Counted now: the later sessions come in rounds whose slots the server may free a moment after their clients finish TLS.
+  t.equal(sample(await metrics(), 'nodemesh_controller_listener_rejected_total', { listener: 'grpc', reason: 'handshake_limit' }), 800 - 2 * 8, 'refused handshakes are counted');
 
   const fresh = ControllerClient.fromCredentials(file, { timeoutMs: 5000 });
   t.teardown(() => fresh.close());
@@ -96,11 +99,9 @@ t.test(`a controller under ulimit -n ${NOFILE} keeps serving through a connectio
   for (let round = 0; round < 8; round++)
     sessions.push(...(await Promise.allSettled(Array.from({ length: 6 }, (_, i) => `127.0.1.${i + 1}`).flatMap((a) => Array.from({ length: 8 }, () => rawH2({ port, ca, localAddress: a }))))));
   t.teardown(() => sessions.forEach((x) => x.status === 'fulfilled' && x.value.socket.destroy()));
-  const metrics = async (): Promise<string> => (await httpGet(metricsPort, '/metrics')).body;
   const text = await metrics();
   t.ok(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'grpc', reason: 'total_limit' }) > 0, 'the total bound refused some');
   t.ok(sessions.some((x) => x.status === 'rejected'), 'and their clients saw it');
-  t.equal(sample(text, 'nodemesh_controller_listener_rejected_total', { listener: 'grpc', reason: 'handshake_limit' }), 800 - 2 * 8, 'refused handshakes are counted');
   const open = sample(text, 'nodemesh_controller_listener_connections', { listener: 'grpc' });
   t.ok(open < NOFILE, `${open} gRPC connections open, under the descriptor limit`);
   const r2 = await admin.apply([doc(workload(2))]);
