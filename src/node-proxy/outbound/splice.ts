@@ -13,12 +13,16 @@
 import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 
+import { corkForTurn } from '../coalesce';
+
 export type Upstream = Duplex & { setTimeout?(ms: number): unknown };
 
 export class Splice {
   readonly #client: net.Socket;
   readonly #upstream: Upstream;
   readonly #done: (reason: string) => void;
+  /** A tunnel stream arrives one HTTP/2 DATA frame at a time: its frames of one turn go to the client as one write (../coalesce). */
+  readonly #coalesce: boolean;
   #reason = 'closed';
   #open = 2;
 
@@ -27,6 +31,7 @@ export class Splice {
     this.#client = client;
     this.#upstream = upstream;
     this.#done = done;
+    this.#coalesce = 'session' in upstream;
     client.on('error', this.#clientError);
     upstream.on('error', this.#upstreamError);
     client.setTimeout(idleTimeoutMs);
@@ -54,6 +59,7 @@ export class Splice {
   };
 
   #upstreamData = (chunk: Buffer): void => {
+    if (this.#coalesce) corkForTurn(this.#client);
     if (!this.#client.write(chunk)) this.#upstream.pause();
   };
 

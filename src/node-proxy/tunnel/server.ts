@@ -40,6 +40,7 @@ import { formatHostPort } from '../../api/address';
 import { normalizeSerial, parseSpiffeId } from '../../api/identity';
 import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
+import { corkForTurn } from '../coalesce';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
 import { FORWARDED_HEADER, parseForwarded } from './forwarded';
 import { certificateUris, sniToIdentity } from './sni';
@@ -662,6 +663,8 @@ export class HboneServer {
       }
       done();
     });
+    // Before pipe()'s listener, so the frames of one read of the tunnel go out to the target together.
+    stream.on('data', () => corkForTurn(upstream));
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
   }
