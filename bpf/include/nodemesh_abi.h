@@ -148,4 +148,27 @@ enum nm_stat {
 	NM_STAT_MAX,
 };
 
+/* --- fastpath.bpf.o: the same-node fast path (docs/architecture.md, 'The same-node fast path') --- */
+
+/* Sockets the fast path holds at once: two per connection. */
+#define NM_FP_MAX_SOCKETS 65536
+
+/* Bytes the kernel may have taken from one socket and not yet put on its
+ * peer's send queue (the copy is asynchronous and the kernel bounds it by
+ * nothing else). Past it the direction goes back to the proxy, which copies
+ * it with backpressure like any other connection. */
+#define NM_FP_MAX_PENDING (1024 * 1024)
+
+/* nm_fp_pair.flags */
+#define NM_FP_BASE 1     /* base_seq holds the peer's write_seq at the first copy */
+#define NM_FP_PROXIED 2  /* pending went past NM_FP_MAX_PENDING: the proxy copies this direction from now on */
+
+/* nm_fp_pairs value, keyed by a socket's cookie: one direction of a connection. */
+struct nm_fp_pair {
+	__u64 peer;     /* cookie of the socket its segments go to */
+	__u64 bytes;    /* bytes received on this socket and handed to the peer's send queue */
+	__u32 base_seq; /* the peer's write_seq when the first segment was handed over */
+	__u32 flags;    /* NM_FP_* */
+};
+
 #endif /* NODEMESH_ABI_H */

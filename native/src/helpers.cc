@@ -3,7 +3,11 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -48,6 +52,45 @@ Napi::Value SocketCookie(const Napi::CallbackInfo& info) {
   if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0)
     return ThrowBpf(env, "socket_cookie", errno, "read SO_COOKIE of fd " + std::to_string(fd));
   return Napi::BigInt::New(env, cookie);
+}
+
+// tcpQueued(fd) -> bigint: every byte ever put on this TCP socket's send
+// queue, by anyone (the process's writes and the fast path's redirects):
+// acknowledged (tcpi_bytes_acked) plus still queued (SIOCOUTQ). The fast path
+// waits on it before a shutdown, so a FIN never overtakes the kernel's copy.
+Napi::Value TcpQueued(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t fd;
+  if (!ArgU32(info, 0, "tcp_queued", "socket fd", &fd)) return env.Undefined();
+  struct tcp_info ti;
+  memset(&ti, 0, sizeof(ti));
+  socklen_t len = sizeof(ti);
+  if (getsockopt(static_cast<int>(fd), IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+    return ThrowBpf(env, "tcp_queued", errno, "read TCP_INFO of fd " + std::to_string(fd));
+  if (len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))
+    return ThrowBpf(env, "tcp_queued", ENOTSUP, "this kernel's TCP_INFO has no tcpi_bytes_acked (Linux 4.1+)");
+  int outq = 0;
+  if (ioctl(static_cast<int>(fd), SIOCOUTQ, &outq) != 0)
+    return ThrowBpf(env, "tcp_queued", errno, "read SIOCOUTQ of fd " + std::to_string(fd));
+  return Napi::BigInt::New(env, static_cast<uint64_t>(ti.tcpi_bytes_acked) + static_cast<uint64_t>(outq));
+}
+
+// kickReceive(fd): runs the socket's data-ready callback once if data waits
+// in its receive queue. Setting SO_RCVLOWAT to its own value does that
+// (tcp_set_rcvlowat), and that callback is the fast path's once the socket
+// is in a sockmap: bytes that arrived before the socket joined it are sent
+// on instead of waiting for the next segment.
+Napi::Value KickReceive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t fd;
+  if (!ArgU32(info, 0, "kick_receive", "socket fd", &fd)) return env.Undefined();
+  int lowat = 1;
+  socklen_t len = sizeof(lowat);
+  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_RCVLOWAT, &lowat, &len) != 0)
+    return ThrowBpf(env, "kick_receive", errno, "read SO_RCVLOWAT of fd " + std::to_string(fd));
+  if (setsockopt(static_cast<int>(fd), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) != 0)
+    return ThrowBpf(env, "kick_receive", errno, "set SO_RCVLOWAT of fd " + std::to_string(fd));
+  return env.Undefined();
 }
 
 // Reads the netns cookie of a netns file. setns() only ever runs on a thread
@@ -184,6 +227,8 @@ Napi::Value NumPossibleCpus(const Napi::CallbackInfo& info) {
 void InitHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("cgroupId", Napi::Function::New(env, CgroupId, "cgroupId"));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
+  exports.Set("tcpQueued", Napi::Function::New(env, TcpQueued, "tcpQueued"));
+  exports.Set("kickReceive", Napi::Function::New(env, KickReceive, "kickReceive"));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
   exports.Set("probeProgType", Napi::Function::New(env, ProbeProgType, "probeProgType"));
   exports.Set("probeMapType", Napi::Function::New(env, ProbeMapType, "probeMapType"));

@@ -30,6 +30,7 @@ class Object : public Napi::ObjectWrap<Object> {
                            InstanceMethod("btfEnum", &Object::BtfEnum),
                            InstanceMethod("openMap", &Object::OpenMap),
                            InstanceMethod("attachCgroup", &Object::AttachCgroup),
+                           InstanceMethod("attachToMap", &Object::AttachToMap),
                            InstanceAccessor("loaded", &Object::Loaded, nullptr),
                            InstanceAccessor("closed", &Object::Closed, nullptr),
                        });
@@ -320,6 +321,28 @@ class Object : public Napi::ObjectWrap<Object> {
     close(cg_fd);
     if (link_fd < 0) return ThrowBpf(env, "link_attach", err, "attach " + name + " to " + cg, log);
     return NewLink(env, link_fd, "");
+  }
+
+  // attachToMap(program, map): attaches an sk_skb/sk_msg program to one of the
+  // object's sockmaps (bpf_prog_attach; its attach type from the section).
+  // The map holds the program from then on: no link, nothing to pin, and it
+  // is detached when the map is freed.
+  Napi::Value AttachToMap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string name, map_name;
+    if (!ArgString(info, 0, "map_attach", "program name", &name)) return env.Undefined();
+    if (!ArgString(info, 1, "map_attach", "map name", &map_name)) return env.Undefined();
+    int prog_fd = ProgramFd(env, name, "map_attach");
+    if (prog_fd < 0) return env.Undefined();
+    bpf_program* prog = bpf_object__find_program_by_name(obj_, name.c_str());
+    bpf_map* map = bpf_object__find_map_by_name(obj_, map_name.c_str());
+    if (map == nullptr) return ThrowBpf(env, "map_attach", ENOENT, "no map " + map_name + " in " + path_);
+    LogBegin();
+    int rc = bpf_prog_attach(prog_fd, bpf_map__fd(map), bpf_program__expected_attach_type(prog), 0);
+    int err = rc != 0 ? errno : 0;
+    std::string log = LogTake();
+    if (rc != 0) return ThrowBpf(env, "map_attach", err, "attach " + name + " to map " + map_name, log);
+    return env.Undefined();
   }
 
   std::string path_;

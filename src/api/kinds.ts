@@ -155,6 +155,12 @@ export interface MeshConfigSpec {
    * Each entry names a namespace and, optionally, a selector in it.
    */
   failOpen: readonly FailOpenEntry[];
+  /**
+   * Connections between two pods of one node, once authorized, are copied by
+   * the kernel (a sockmap) instead of the proxy: flows still get their bytes
+   * and close, and policy still decides each connection.
+   */
+  sameNodeFastPath: boolean;
 }
 
 export interface FailOpenEntry {
@@ -169,6 +175,7 @@ export const MESH_CONFIG_DEFAULTS: Readonly<MeshConfigSpec> = Object.freeze({
   defaultMtlsMode: 'PERMISSIVE' as const,
   certificateLifetimeSeconds: 24 * 3600,
   failOpen: Object.freeze([]) as readonly FailOpenEntry[],
+  sameNodeFastPath: false,
 });
 
 export type Workload = Resource<'Workload', WorkloadSpec>;

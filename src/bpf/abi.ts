@@ -105,6 +105,20 @@ export const DELIVERY_MASK = 0x0fff;
 export const STATS = ['redirected', 'excluded', 'not_enrolled', 'proxy_down', 'lookup_miss', 'map_full', 'closed', 'strict_drop', 'proxy_down_open', 'proxy_stale'] as const;
 export type StatName = (typeof STATS)[number];
 
+// --- fastpath.bpf.o: the same-node fast path ---
+
+export const FastPathPair = struct('nm_fp_pair', {
+  peer: 'u64',
+  bytes: 'u64',
+  base_seq: 'u32',
+  flags: 'u32',
+});
+/** nm_fp_pair.flags: the direction went back to the proxy (NM_FP_MAX_PENDING reached). */
+export const FP_PROXIED = 2;
+
+/** NM_FP_MAX_SOCKETS: sockets the fast path holds at once, two per connection. */
+export const FP_MAX_SOCKETS = 65536;
+
 /** Every shared struct, with the object (bpf/<object>.bpf.c) whose BTF has it. */
 export const ABI_STRUCTS: readonly { object: string; codec: Codec<unknown> }[] = [
   { object: 'selftest', codec: SelftestKey as Codec<unknown> },
@@ -117,4 +131,5 @@ export const ABI_STRUCTS: readonly { object: string; codec: Codec<unknown> }[] =
   { object: 'redirect', codec: Origin as Codec<unknown> },
   { object: 'redirect', codec: Tuple as Codec<unknown> },
   { object: 'redirect', codec: FlowEvent as Codec<unknown> },
+  { object: 'fastpath', codec: FastPathPair as Codec<unknown> },
 ];

@@ -42,6 +42,7 @@ export interface RawObject {
   btfEnum(name: string): Record<string, number> | null;
   openMap(name: string): RawMap;
   attachCgroup(program: string, cgroupPath: string): RawLink;
+  attachToMap(program: string, map: string): void;
 }
 
 export interface RawMapInfo {
@@ -110,6 +111,8 @@ export interface Addon {
   RingBuffer: new (map: RawMap, cb: (err: string | null, records: Buffer[] | null) => void) => RawRingBuffer;
   cgroupId(path: string): bigint;
   socketCookie(fd: number): bigint;
+  tcpQueued(fd: number): bigint;
+  kickReceive(fd: number): void;
   netnsCookie(path: string): Promise<bigint>;
   transparentSocket(netnsFd: number, family: 4 | 6, source: string, mark: number): number;
   netnsDelivery(path: string, on: boolean, mark: number, mask: number, table: number, priority: number): Promise<void>;

@@ -108,6 +108,14 @@ export class BpfObject {
     return new Link(call(() => this.#raw.attachCgroup(program, cgroupPath)));
   }
 
+  /**
+   * Attaches an sk_skb or sk_msg `program` to the object's sockmap `map`. The
+   * map holds it from then on (no link): it is detached when the map is freed.
+   */
+  attachToMap(program: string, map: string): void {
+    call(() => this.#raw.attachToMap(program, map));
+  }
+
   /** Releases the object's program and map fds (safe twice). Pins, links and maps handed out stay. */
   close(): void {
     this.#raw.close();

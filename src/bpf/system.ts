@@ -142,11 +142,27 @@ export function transparentSocket(netnsFd: number, family: 4 | 6, source: string
   return call(() => native().transparentSocket(netnsFd, family, source, mark));
 }
 
-/** The socket cookie of a connected socket (what the BPF programs key on). */
-export function socketCookie(socket: net.Socket): bigint {
+/** The file descriptor of a connected socket, or -1 (not connected, closed, or not a kernel socket). */
+export function socketFd(socket: net.Socket): number {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw bpfError('socket_cookie', 'EBADF', 'the socket has no file descriptor (not connected, or closed)', 9);
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/** The socket cookie of a connected socket (what the BPF programs key on). */
+export function socketCookie(socket: net.Socket | number): bigint {
+  const fd = typeof socket === 'number' ? socket : socketFd(socket);
+  if (fd < 0) throw bpfError('socket_cookie', 'EBADF', 'the socket has no file descriptor (not connected, or closed)', 9);
   return call(() => native().socketCookie(fd));
+}
+
+/** Every byte ever queued to send on a TCP socket fd, by the process or the kernel (acknowledged + SIOCOUTQ). */
+export function tcpQueued(fd: number): bigint {
+  return call(() => native().tcpQueued(fd));
+}
+
+/** Runs a socket fd's data-ready callback once if bytes wait in its receive queue (see the addon). */
+export function kickReceive(fd: number): void {
+  call(() => native().kickReceive(fd));
 }
 
 // --- the feature report ---

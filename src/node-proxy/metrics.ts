@@ -4,6 +4,8 @@
  */
 import * as prom from 'prom-client';
 
+import type { FastPath } from './datapath/fastpath';
+
 export const CONNECTION_LABELS = [
   'reporter',
   'source_workload',
@@ -86,6 +88,46 @@ export class ProxyMetrics {
         },
       });
     }
+  }
+
+  /** Exports the same-node fast path's counters (../datapath/fastpath), read at each scrape. */
+  fastPath(fp: FastPath): void {
+    new prom.Gauge({
+      name: 'nodemesh_fastpath_connections',
+      help: 'Same-node connections copied by the kernel now',
+      registers: [this.registry],
+      collect() {
+        this.set(fp.open);
+      },
+    });
+    new prom.Counter({
+      name: 'nodemesh_fastpath_joined_total',
+      help: 'Same-node connections handed to the kernel to copy',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(fp.stats().joined);
+      },
+    });
+    new prom.Counter({
+      name: 'nodemesh_fastpath_fallback_total',
+      help: 'Same-node connections the proxy copied itself because the kernel could not take them (buffered: bytes already waiting in the proxy; full: the fast path holds its maximum; no-fd, error)',
+      labelNames: ['reason'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(fp.stats().fallback)) this.inc({ reason }, n);
+      },
+    });
+    new prom.Counter({
+      name: 'nodemesh_fastpath_proxied_total',
+      help: 'Fast-path connections of which one direction went back to the proxy: its reader was slower than the kernel may queue for it (1 MiB)',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(fp.stats().proxied);
+      },
+    });
   }
 
   /** An upgrade's predecessor reported its totals so far (each report replaces its last: they only grow). */

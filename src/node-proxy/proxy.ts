@@ -28,6 +28,7 @@ import { VERSION } from '../version';
 import { startAdmin, type AdminHandle, type HandoverSide, type LiveAtHandover, type PredecessorReports, type Prepared } from './admin';
 import { abi } from '../bpf';
 import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
+import { FastPath } from './datapath/fastpath';
 import { ConnectionRecorder, FlowTable } from './flows';
 import { NodeSession, WORKLOAD_CERTS_FILE, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
@@ -141,6 +142,8 @@ export class NodeProxy {
   readonly #log: Logger;
   readonly #opts: ProxyOptions;
   #datapath!: Datapath;
+  /** The same-node fast path, or undefined where the kernel cannot (the proxy copies those connections). */
+  #fastPath: FastPath | undefined;
   #session!: NodeSession;
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
@@ -250,6 +253,15 @@ export class NodeProxy {
 
     this.#datapath = Datapath.install({ node: o.node, cgroup: o.cgroup, proxyIp: o.proxyIp, proxyIp6: o.proxyIp6, proxyPort: o.outboundPort ?? 15001, failOpen: o.failOpen ?? false });
     this.#metrics = new ProxyMetrics(() => this.#datapath.counters());
+    try {
+      this.#fastPath = FastPath.open();
+      this.#metrics.fastPath(this.#fastPath);
+    } catch (err) {
+      this.#log.warn(
+        { err: (err as Error).message },
+        'the same-node fast path is unavailable (needs sockmap and sk_skb programs: CONFIG_BPF_STREAM_PARSER): the proxy copies same-node connections itself',
+      );
+    }
     // From before this process counts anything: its /metrics carry on from the old one's, never below them.
     const reports = o.upgrade?.reports;
     reports?.subscribe(
@@ -319,6 +331,7 @@ export class NodeProxy {
       idleTimeoutMs: o.idleTimeoutMs,
       limits: limits.outbound,
       reporter,
+      ...(this.#fastPath ? { fastPath: this.#fastPath } : {}),
     });
     this.#allowAcceptQueueMigration();
     // Found now, not once a config arrives (which may be never while the controller is down). An upgrade's new process
@@ -721,6 +734,7 @@ export class NodeProxy {
     this.#lastGood?.close();
     this.#certs?.close();
     this.#delivery.close();
+    this.#fastPath?.close();
     await this.#admin?.close();
     this.#session?.close();
     this.#datapath?.close();

@@ -351,7 +351,7 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
       apiVersion: V,
       kind: 'MeshConfig',
       metadata: { name: 'default' },
-      spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'ALLOW_ANY' }, defaultMtlsMode: 'PERMISSIVE', certificateLifetimeSeconds: 86400, failOpen: [] },
+      spec: { trustDomain: 'example.org', outboundTrafficPolicy: { mode: 'ALLOW_ANY' }, defaultMtlsMode: 'PERMISSIVE', certificateLifetimeSeconds: 86400, failOpen: [], sameNodeFastPath: false },
     },
   },
   {
@@ -366,6 +366,7 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
         defaultMtlsMode: 'STRICT',
         certificateLifetimeSeconds: 3600,
         failOpen: [{ namespace: 'kube-system' }, { namespace: 'default', selector: { matchLabels: { app: 'legacy' } } }],
+        sameNodeFastPath: true,
       },
     },
     want: {
@@ -378,6 +379,7 @@ const GOOD: { name: string; value: Record<string, unknown>; want: Resource }[] =
         defaultMtlsMode: 'STRICT',
         certificateLifetimeSeconds: 3600,
         failOpen: [{ namespace: 'kube-system' }, { namespace: 'default', selector: { matchLabels: { app: 'legacy' } } }],
+        sameNodeFastPath: true,
       },
     },
   },

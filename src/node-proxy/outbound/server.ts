@@ -19,6 +19,7 @@ import type { Duplex } from 'node:stream';
 import { formatHostPort } from '../../api/address';
 import type { Logger } from '../../log';
 import type { Origin } from '../datapath';
+import type { FastPair, FastPath } from '../datapath/fastpath';
 import type { ConnectionFacts, ConnectionRecorder, OpenConnection } from '../flows';
 import { LISTENER_DEFAULTS, ListenerGuard, ListenerReporter, peerAddress, type ListenerLimits } from '../listeners';
 import { connectionLabels, type ConnectionLabels } from '../metrics';
@@ -61,6 +62,12 @@ export interface OutboundOptions {
   /** Connections in total and per source pod (default LISTENER_DEFAULTS.outbound). */
   limits?: ListenerLimits['outbound'];
   reporter?: ListenerReporter;
+  /**
+   * The same-node fast path (../datapath/fastpath), when the kernel has it:
+   * an authorized plaintext connection to a pod of this node is copied by the
+   * kernel while MeshConfig `sameNodeFastPath` is on.
+   */
+  fastPath?: FastPath;
 }
 
 const UNKNOWN = 'unknown';
@@ -235,7 +242,12 @@ export class OutboundServer {
             return;
           }
           if (target.endpoint && b) b.started(target.endpoint.id);
-          this.#splice(client, upstream, conn, () => {
+          // A pod of this node, straight (no tunnel): the kernel may copy it (docs/architecture.md, 'The same-node fast path').
+          const fast =
+            !tunneled && w?.node === o.node && o.fastPath && o.view().mesh.sameNodeFastPath && 'remoteAddress' in upstream
+              ? o.fastPath.join(client, upstream as net.Socket)
+              : undefined;
+          this.#splice(client, upstream, conn, typeof fast === 'object' ? fast : undefined, () => {
             if (target.endpoint && b) b.finished(target.endpoint.id);
           });
         },
@@ -266,12 +278,20 @@ export class OutboundServer {
   }
 
   /** Both ways until both sides are done (./splice: backpressure, half-close, errors, the idle timeout). */
-  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, done: () => void): void {
+  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, fast: FastPair | undefined, done: () => void): void {
     this.#upstreams.set(client, upstream);
-    new Splice(client, upstream, this.#idleTimeout, (reason) => {
-      this.#upstreams.delete(client);
-      done();
-      conn.close(reason, client.bytesRead, client.bytesWritten);
-    });
+    new Splice(
+      client,
+      upstream,
+      this.#idleTimeout,
+      (reason) => {
+        this.#upstreams.delete(client);
+        done();
+        // What the kernel copied never passed through the process's counters.
+        const k = fast?.leave();
+        conn.close(reason, client.bytesRead + (k?.aToB ?? 0), client.bytesWritten + (k?.bToA ?? 0));
+      },
+      fast,
+    );
   }
 }
