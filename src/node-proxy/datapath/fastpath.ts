@@ -137,6 +137,11 @@ export class FastPath {
     }
   }
 
+  /** The kernel ids of the sockhash and the pairs map (for bpftool, and the test that they go with the process). */
+  mapIds(): number[] {
+    return [this.#socks.info.id, this.#pairs.info.id];
+  }
+
   /** Connections in the fast path now. */
   get open(): number {
     return this.#open;

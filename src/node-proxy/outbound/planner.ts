@@ -6,7 +6,7 @@
  * The listener then connects, or records the refusal. Pure, so every branch
  * has a table test without sockets or root.
  */
-import type { CompiledPolicySet, Decision, DialVerdict } from '../policy';
+import type { CompiledPolicySet, Decision, DialVerdict, ConnectionFacts as PolicyFacts } from '../policy';
 import type { Target } from '../upstream';
 
 export type { Target };
@@ -32,7 +32,7 @@ export type AttemptPlan =
   /** Refused here: the dial guard, a policy, or a tunnel without a source identity. */
   | { kind: 'deny'; target: Target; tunneled: boolean; reason: string; policy?: string }
   /** Connect: through a tunnel (the destination's proxy decides) or straight (`decision` allowed it, or none applies to a passthrough). */
-  | { kind: 'connect'; target: Target; tunneled: boolean; decision?: Decision };
+  | { kind: 'connect'; target: Target; tunneled: boolean; decision?: Decision; input?: PolicyFacts };
 
 export function planAttempt(i: AttemptInput): AttemptPlan {
   const t = i.target;
@@ -48,10 +48,12 @@ export function planAttempt(i: AttemptInput): AttemptPlan {
   if (!dial.allowed) return { kind: 'deny', target: t, tunneled, reason: dial.reason };
   // A passthrough has no mesh workload: no policy selects it.
   if (!w) return { kind: 'connect', target: t, tunneled };
-  const decision = i.policies.evaluate({
+  const input: PolicyFacts = {
     source: { principal: i.source.identity, namespace: i.source.namespace, ip: i.source.ip },
     destination: { namespace: w.namespace, labels: w.labels, ip: t.address, port: t.port },
-  });
+  };
+  const decision = i.policies.evaluate(input);
   if (!decision.allowed) return { kind: 'deny', target: t, tunneled, reason: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) };
-  return { kind: 'connect', target: t, tunneled, decision };
+  // What it was decided on, kept so a policy change can ask again (OutboundServer.recheck).
+  return { kind: 'connect', target: t, tunneled, decision, input };
 }

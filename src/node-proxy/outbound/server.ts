@@ -23,7 +23,7 @@ import type { FastPair, FastPath } from '../datapath/fastpath';
 import type { ConnectionFacts, ConnectionRecorder, OpenConnection } from '../flows';
 import { LISTENER_DEFAULTS, ListenerGuard, ListenerReporter, peerAddress, type ListenerLimits } from '../listeners';
 import { connectionLabels, type ConnectionLabels } from '../metrics';
-import type { CompiledPolicySet } from '../policy';
+import type { CompiledPolicySet, ConnectionFacts as PolicyFacts } from '../policy';
 import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import { blameOf, type Target, type UpstreamConnector } from '../upstream';
@@ -81,6 +81,8 @@ export class OutboundServer {
   readonly #upstreams = new Map<net.Socket, Duplex>();
   readonly #guard: ListenerGuard;
   readonly #dialGuard: DialGuard;
+  /** Straight connections this proxy authorized, with what it decided on: recheck() asks again when policies change. */
+  readonly #authorized = new Map<Splice, PolicyFacts>();
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -247,7 +249,7 @@ export class OutboundServer {
             !tunneled && w?.node === o.node && o.fastPath && o.view().mesh.sameNodeFastPath && 'remoteAddress' in upstream
               ? o.fastPath.join(client, upstream as net.Socket)
               : undefined;
-          this.#splice(client, upstream, conn, typeof fast === 'object' ? fast : undefined, () => {
+          this.#splice(client, upstream, conn, typeof fast === 'object' ? fast : undefined, step.input, () => {
             if (target.endpoint && b) b.finished(target.endpoint.id);
           });
         },
@@ -278,14 +280,15 @@ export class OutboundServer {
   }
 
   /** Both ways until both sides are done (./splice: backpressure, half-close, errors, the idle timeout). */
-  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, fast: FastPair | undefined, done: () => void): void {
+  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, fast: FastPair | undefined, input: PolicyFacts | undefined, done: () => void): void {
     this.#upstreams.set(client, upstream);
-    new Splice(
+    const splice = new Splice(
       client,
       upstream,
       this.#idleTimeout,
       (reason) => {
         this.#upstreams.delete(client);
+        this.#authorized.delete(splice);
         done();
         // What the kernel copied never passed through the process's counters.
         const k = fast?.leave();
@@ -293,5 +296,25 @@ export class OutboundServer {
       },
       fast,
     );
+    if (input) this.#authorized.set(splice, input);
+  }
+
+  /**
+   * Asks the policies again for every open connection this proxy authorized
+   * (straight ones: a tunnel's destination proxy decides its own) and cuts
+   * those they now deny, as ztunnel does, whether the proxy or the kernel
+   * copies their bytes. Their flows close with the reason and the policy.
+   * Returns how many were cut.
+   */
+  recheck(policies: CompiledPolicySet): number {
+    let cut = 0;
+    for (const [splice, input] of this.#authorized) {
+      const d = policies.evaluate(input);
+      if (d.allowed) continue;
+      this.#authorized.delete(splice);
+      splice.cut(`denied: ${d.reason}${d.policy ? ` by ${d.policy}` : ''} (policy changed while connected)`);
+      cut++;
+    }
+    return cut;
   }
 }

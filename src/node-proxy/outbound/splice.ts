@@ -206,6 +206,12 @@ export class Splice {
     this.#done(this.#reason);
   };
 
+  /** Cuts both sides now, with the reason the report gives (a policy that now denies it). */
+  cut(reason: string): void {
+    if (this.#reason === 'closed') this.#reason = reason;
+    this.destroy();
+  }
+
   /** Cuts both sides now (a drain deadline). */
   destroy(): void {
     this.#client.destroy();

@@ -7,6 +7,7 @@
  * and RST where it belongs) and that the kernel, not the process, copied the
  * bytes: the process read none of them, the kernel's counters have them all.
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 
@@ -15,6 +16,7 @@ import t, { type Test } from 'tap';
 import { FastPath, type FastPair } from '../../../src/node-proxy/datapath/fastpath';
 import { Splice } from '../../../src/node-proxy/outbound/splice';
 import { bpfTest } from '../../helpers/bpf';
+import { fixture } from '../../helpers/child';
 import { waitFor } from '../../helpers/wait';
 
 interface Rig {
@@ -190,6 +192,20 @@ bpfTest(t, 'the same-node fast path', async (t) => {
     t.equal(r.client.destroyed, false, 'busy for 4 idle timeouts in a row, still open');
     t.equal(r.accepted.bytesRead, 0, 'and the process read none of it');
     t.equal((await r.ended).why, 'idle-timeout', 'idle, it is cut');
+  });
+
+  await t.test('a proxy killed with connections in the fast path leaves nothing in the kernel', async (t) => {
+    const child = spawn(process.execPath, [fixture('fastpath-holder.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(() => child.kill('SIGKILL'));
+    const line = await new Promise<string>((resolve, reject) => {
+      child.stdout.once('data', (d: Buffer) => resolve(d.toString()));
+      child.once('exit', (code) => reject(new Error(`fastpath-holder exited ${code}`)));
+    });
+    const { maps } = JSON.parse(line) as { maps: number[] };
+    const exists = (id: number): boolean => spawnSync('bpftool', ['map', 'show', 'id', String(id)]).status === 0;
+    t.ok(maps.every(exists), `its maps ${maps.join(', ')} exist while it runs`);
+    child.kill('SIGKILL');
+    t.ok(await waitFor(() => !maps.some(exists), 10_000, 100), 'once it is killed, the kernel has freed them (and with them the program)');
   });
 
   await t.test('nothing stays in the maps after the connections closed', async (t) => {
