@@ -31,6 +31,9 @@ struct tcp_sock {
 	__u32 write_seq;
 } __attribute__((preserve_access_index));
 
+/* Set by the proxy at load (FastPath.open); NM_FP_MAX_PENDING unless told. */
+const volatile __u32 max_pending = NM_FP_MAX_PENDING;
+
 /* Socket cookie -> the socket (the proxy's end of a fast-path connection). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -77,7 +80,7 @@ int nm_fp_verdict(struct __sk_buff *skb)
 	}
 	/* Taken but not yet on the peer's send queue (u32 sequence arithmetic). */
 	pending = (__u32)p->bytes - (seq - p->base_seq);
-	if (pending + skb->len > NM_FP_MAX_PENDING) {
+	if (pending + skb->len > max_pending) {
 		p->flags |= NM_FP_PROXIED;
 		return SK_PASS;
 	}

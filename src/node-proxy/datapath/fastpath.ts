@@ -126,8 +126,8 @@ export class FastPath {
    * a BpfError naming what the kernel lacks (sockmap, sk_skb programs:
    * CONFIG_BPF_STREAM_PARSER) when it cannot.
    */
-  static open(): FastPath {
-    const obj = loadObject(bpfObjectPath('fastpath'));
+  static open(opts: { maxPendingBytes?: number } = {}): FastPath {
+    const obj = loadObject(bpfObjectPath('fastpath'), opts.maxPendingBytes ? { globals: { max_pending: opts.maxPendingBytes } } : {});
     try {
       obj.attachToMap('nm_fp_verdict', 'nm_fp_socks');
       return new FastPath(obj);
