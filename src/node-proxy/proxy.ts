@@ -632,7 +632,7 @@ export class NodeProxy {
     // Nor are this node's own revoked certificates presented again (one kept on disk from before the revocation included).
     if (view.revokedSerials.size) this.#certs?.revoked(revoked);
     // Connections a policy now denies end now, not at their own close.
-    const denied = this.#outbound?.recheck(this.#updater.policies) ?? 0;
+    const denied = (this.#outbound?.recheck(this.#updater.policies) ?? 0) + (this.#inbound?.reauthorize() ?? 0);
     if (denied) this.#log.info({ denied, version: view.version }, 'open connections the new policies deny were closed');
     this.#metrics.configVersion.set(view.version);
   }

@@ -267,6 +267,8 @@ export class HboneServer {
   readonly #handshakes: HandshakeGuard;
   /** Streams open over every session (each holds a connection to a pod). */
   #streams = 0;
+  /** Each spliced stream's request and how to cut it, so reauthorize() can ask again when policies change. */
+  readonly #spliced = new Map<InboundRequest, (reason: string) => void>();
   /** The peer address of each accepted socket, read at accept: a destroyed socket no longer says. */
   readonly #peers = new WeakMap<net.Socket, string>();
   #closing: Promise<void> | undefined;
@@ -354,6 +356,31 @@ export class HboneServer {
       cut++;
     }
     return cut;
+  }
+
+  /**
+   * Asks authorize() again for every stream connected to a pod, and cuts
+   * those it now refuses (a policy applied after they opened, the workload
+   * gone): RST_STREAM to the source proxy, RST to the pod. Their 'closed'
+   * events carry `denied: <reason> by <policy> (policy changed while
+   * connected)`. A decision that is not immediate (a promise) leaves its
+   * stream as it is. Returns how many were cut.
+   */
+  reauthorize(): number {
+    let n = 0;
+    for (const [req, cutStream] of this.#spliced) {
+      let d: InboundDecision | Promise<InboundDecision>;
+      try {
+        d = this.#o.authorize(req);
+      } catch (err) {
+        d = authorizeFailed(err);
+      }
+      if (isPromise(d) || d.accept) continue;
+      this.#spliced.delete(req);
+      cutStream(`denied: ${d.reason}${d.policy ? ` by ${d.policy}` : ''} (policy changed while connected)`);
+      n++;
+    }
+    return n;
   }
 
   /** Open tunnel connections and TLS handshakes in flight. */
@@ -631,8 +658,15 @@ export class HboneServer {
     let open = 2;
     let upstreamEnded = false;
     const done = (): void => {
-      if (--open === 0) this.#closed(req, decision, reason ?? 'closed', upstream.bytesWritten, upstream.bytesRead);
+      if (--open > 0) return;
+      this.#spliced.delete(req);
+      this.#closed(req, decision, reason ?? 'closed', upstream.bytesWritten, upstream.bytesRead);
     };
+    this.#spliced.set(req, (why) => {
+      reason ??= why;
+      if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+      cut(upstream);
+    });
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       reason ??= `upstream error: ${errName(err)}`;
       if (!stream.closed) stream.close(NGHTTP2_CONNECT_ERROR);
