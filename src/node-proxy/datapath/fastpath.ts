@@ -51,20 +51,21 @@ export class FastPair {
   readonly #fp: FastPath;
   readonly #a: bigint;
   readonly #b: bigint;
-  readonly #fdA: number;
-  readonly #fdB: number;
+  /** The sockets themselves, not their fds: a closed socket's fd number can belong to another by the next look. */
+  readonly #sockA: net.Socket;
+  readonly #sockB: net.Socket;
   /** What each side had queued to send before it joined (the process's own writes). */
   readonly #baseA: bigint;
   readonly #baseB: bigint;
   #left = false;
 
   /** @internal FastPath.join() makes them. */
-  constructor(fp: FastPath, a: bigint, b: bigint, fdA: number, fdB: number, baseA: bigint, baseB: bigint) {
+  constructor(fp: FastPath, a: bigint, b: bigint, sockA: net.Socket, sockB: net.Socket, baseA: bigint, baseB: bigint) {
     this.#fp = fp;
     this.#a = a;
     this.#b = b;
-    this.#fdA = fdA;
-    this.#fdB = fdB;
+    this.#sockA = sockA;
+    this.#sockB = sockB;
     this.#baseA = baseA;
     this.#baseB = baseB;
   }
@@ -83,7 +84,9 @@ export class FastPair {
    * True once the other socket is closed (nothing more can reach it).
    */
   settled(from: 'a' | 'b', written: number): boolean {
-    const [src, fd, base] = from === 'a' ? [this.#a, this.#fdB, this.#baseB] : [this.#b, this.#fdA, this.#baseA];
+    const [src, to, base] = from === 'a' ? [this.#a, this.#sockB, this.#baseB] : [this.#b, this.#sockA, this.#baseA];
+    const fd = to.destroyed ? -1 : socketFd(to);
+    if (fd < 0) return true;
     let queued: bigint;
     try {
       queued = tcpQueued(fd);
@@ -215,7 +218,7 @@ export class FastPath {
     } catch {
       // Closed meanwhile: its close reaches the splice as usual.
     }
-    return new FastPair(this, ca, cb, fdA, fdB, baseA, baseB);
+    return new FastPair(this, ca, cb, a, b, baseA, baseB);
   }
 
   /** @internal one direction's entry, by its source socket's cookie. */

@@ -191,6 +191,7 @@ export class OutboundServer {
     }
 
     const attempt = (): void => {
+      const policies = o.policies();
       const step = planAttempt({
         node: o.node,
         target: next(),
@@ -198,7 +199,7 @@ export class OutboundServer {
         source: { identity: src?.identity, namespace: src?.namespace, ip: sourceIp },
         tunnels: o.upstream.tunnels,
         dialCheck: (a) => this.#dialGuard.check(a),
-        policies: o.policies(),
+        policies,
       });
       if (step.kind === 'none') {
         const destination = { service: service?.name, namespace: service?.namespace, address: '', originalAddress: original };
@@ -233,6 +234,12 @@ export class OutboundServer {
 
       o.upstream.connect({ target, tunneled, source: { identity: src?.identity, ip: sourceIp } }, b).then(
         (upstream) => {
+          // Policies that changed while it connected were not asked about it (recheck() knows only spliced ones): ask now.
+          const late = step.input && o.policies() !== policies ? o.policies().evaluate(step.input) : undefined;
+          if (late && !late.allowed) {
+            upstream.destroy();
+            return deny(late.reason, late.policy, 'none');
+          }
           const conn = rec.opened(facts, {
             reason: decision?.reason ?? (tunneled ? 'allowed-by-destination' : plan.kind === 'passthrough' ? 'passthrough' : 'allowed'),
             ...(decision?.policy ? { policy: decision.policy } : {}),

@@ -269,6 +269,9 @@ export class HboneServer {
   #streams = 0;
   /** Each spliced stream's request and how to cut it, so reauthorize() can ask again when policies change. */
   readonly #spliced = new Map<InboundRequest, (reason: string) => void>();
+  /** Counts reauthorize() calls: a stream decided before the latest one and spliced after it is asked again at splice. */
+  #generation = 0;
+  readonly #decidedIn = new WeakMap<InboundRequest, number>();
   /** The peer address of each accepted socket, read at accept: a destroyed socket no longer says. */
   readonly #peers = new WeakMap<net.Socket, string>();
   #closing: Promise<void> | undefined;
@@ -367,20 +370,28 @@ export class HboneServer {
    * stream as it is. Returns how many were cut.
    */
   reauthorize(): number {
+    this.#generation++;
     let n = 0;
     for (const [req, cutStream] of this.#spliced) {
-      let d: InboundDecision | Promise<InboundDecision>;
-      try {
-        d = this.#o.authorize(req);
-      } catch (err) {
-        d = authorizeFailed(err);
-      }
-      if (isPromise(d) || d.accept) continue;
+      const why = this.#refusedNow(req);
+      if (why === undefined) continue;
       this.#spliced.delete(req);
-      cutStream(`denied: ${d.reason}${d.policy ? ` by ${d.policy}` : ''} (policy changed while connected)`);
+      cutStream(why);
       n++;
     }
     return n;
+  }
+
+  /** Asks authorize() about an open stream again: the close reason if it now refuses it, undefined if not (or not at once). */
+  #refusedNow(req: InboundRequest): string | undefined {
+    let d: InboundDecision | Promise<InboundDecision>;
+    try {
+      d = this.#o.authorize(req);
+    } catch (err) {
+      d = authorizeFailed(err);
+    }
+    if (isPromise(d) || d.accept) return undefined;
+    return `denied: ${d.reason}${d.policy ? ` by ${d.policy}` : ''} (policy changed while connected)`;
   }
 
   /** Open tunnel connections and TLS handshakes in flight. */
@@ -539,6 +550,7 @@ export class HboneServer {
       this.#closed(req, decision, `denied: ${decision.reason}`);
       return;
     }
+    this.#decidedIn.set(req, this.#generation);
     if (decision.handle) this.#handOff(req, stream, decision, decision.handle);
     else this.#connect(req, stream, decision);
   }
@@ -662,11 +674,12 @@ export class HboneServer {
       this.#spliced.delete(req);
       this.#closed(req, decision, reason ?? 'closed', upstream.bytesWritten, upstream.bytesRead);
     };
-    this.#spliced.set(req, (why) => {
+    const cutStream = (why: string): void => {
       reason ??= why;
       if (!stream.closed) stream.close(NGHTTP2_CANCEL);
       cut(upstream);
-    });
+    };
+    this.#spliced.set(req, cutStream);
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       reason ??= `upstream error: ${errName(err)}`;
       if (!stream.closed) stream.close(NGHTTP2_CONNECT_ERROR);
@@ -701,6 +714,12 @@ export class HboneServer {
     stream.on('data', () => corkForTurn(upstream));
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
+    // Policies changed while it connected: reauthorize() did not see it yet, so it is asked now.
+    const why = this.#decidedIn.get(req) !== this.#generation ? this.#refusedNow(req) : undefined;
+    if (why !== undefined) {
+      this.#spliced.delete(req);
+      cutStream(why);
+    }
   }
 }
 
