@@ -14,7 +14,8 @@
  * peer's send queue (the peer's write_seq says how far it got), that
  * direction is passed up to the proxy for good, and the proxy, which waits
  * for the kernel's copy to settle before writing, copies it with ordinary TCP
- * backpressure. A segment for a socket whose peer is gone is passed up too.
+ * backpressure. A segment for a socket whose peer is gone (or not in yet)
+ * sends its direction up the same way.
  *
  * Nothing is pinned: the maps belong to the proxy process, and when it exits
  * the kernel frees them and detaches this program, so a dead proxy leaves
@@ -50,6 +51,19 @@ struct {
 	__type(value, struct nm_fp_pair);
 } nm_fp_pairs SEC(".maps");
 
+/* Up to the proxy, for good and counted. For good: a byte passed up is copied
+ * by the proxy later, so no later byte of this direction may take the
+ * kernel's shorter way past it (the peer missing for a moment while the two
+ * sockets join is enough for that). Counted: the proxy reads this many bytes
+ * from the socket before it believes its end (a segment passed up can wait
+ * in the kernel's queue behind others while the FIN is already seen). */
+static __always_inline int pass_up(struct nm_fp_pair *p, struct __sk_buff *skb)
+{
+	p->flags |= NM_FP_PROXIED;
+	p->passed += skb->len;
+	return SK_PASS;
+}
+
 SEC("sk_skb/stream_verdict")
 int nm_fp_verdict(struct __sk_buff *skb)
 {
@@ -59,34 +73,37 @@ int nm_fp_verdict(struct __sk_buff *skb)
 	struct tcp_sock *tp;
 	__u32 seq, pending;
 
-	/* Not ours, or already the proxy's: up to the proxy. */
-	if (!p || (p->flags & NM_FP_PROXIED))
-		return SK_PASS;
-	/* A bare FIN: TCP has already taken its state; there is nothing to copy, and
-	 * handed over it would be sent after the proxy shut the peer (EPIPE there). */
+	/* A bare FIN: TCP has already taken its state (the proxy reads the end
+	 * from it), and there is nothing to copy. Passed on, an empty segment is
+	 * worse than useless: redirected it would be sent after the proxy shut
+	 * the peer, and queued behind other segments of this socket the kernel
+	 * counts its zero bytes as a broken pipe, stops the socket's queue for
+	 * good and fails it with EPIPE. */
 	if (skb->len == 0)
 		return SK_DROP;
+	if (!p)
+		return SK_PASS; /* not ours */
+	if (p->flags & NM_FP_PROXIED)
+		return pass_up(p, skb);
 	peer = bpf_map_lookup_elem(&nm_fp_socks, &p->peer);
 	if (!peer)
-		return SK_PASS; /* the peer is gone: the proxy reads it */
+		return pass_up(p, skb); /* the peer is gone: the proxy reads it */
 	tp = bpf_skc_to_tcp_sock(peer);
 	seq = tp ? tp->write_seq : 0;
 	bpf_sk_release(peer);
 	if (!tp)
-		return SK_PASS;
+		return pass_up(p, skb);
 	if (!(p->flags & NM_FP_BASE)) {
 		p->base_seq = seq;
 		p->flags |= NM_FP_BASE;
 	}
 	/* Taken but not yet on the peer's send queue (u32 sequence arithmetic). */
 	pending = (__u32)p->bytes - (seq - p->base_seq);
-	if (pending + skb->len > max_pending) {
-		p->flags |= NM_FP_PROXIED;
-		return SK_PASS;
-	}
+	if (pending + skb->len > max_pending)
+		return pass_up(p, skb);
 	/* Egress of the peer: its send queue, after what is already there. */
 	if (bpf_sk_redirect_hash(skb, &nm_fp_socks, &p->peer, 0) != SK_PASS)
-		return SK_PASS;
+		return pass_up(p, skb);
 	p->bytes += skb->len;
 	return SK_PASS;
 }

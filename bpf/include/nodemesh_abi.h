@@ -167,6 +167,7 @@ enum nm_stat {
 struct nm_fp_pair {
 	__u64 peer;     /* cookie of the socket its segments go to */
 	__u64 bytes;    /* bytes received on this socket and handed to the peer's send queue */
+	__u64 passed;   /* bytes received on this socket and passed up to the proxy instead */
 	__u32 base_seq; /* the peer's write_seq when the first segment was handed over */
 	__u32 flags;    /* NM_FP_* */
 };

@@ -93,6 +93,20 @@ Napi::Value KickReceive(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// recvInto(fd, buffer) -> n: one non-blocking recv(2) into the buffer: n > 0
+// bytes, 0 at the end, -EAGAIN when nothing waits, another -errno on error.
+// The fast path reads with it what the kernel passed up to a socket after
+// the process saw that socket's end (see src/node-proxy/datapath/fastpath.ts).
+Napi::Value RecvInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t fd;
+  if (!ArgU32(info, 0, "recv", "socket fd", &fd)) return env.Undefined();
+  if (info.Length() < 2 || !info[1].IsBuffer()) return ThrowBpf(env, "recv", EINVAL, "the second argument must be a Buffer");
+  auto buf = info[1].As<Napi::Buffer<uint8_t>>();
+  ssize_t n = recv(static_cast<int>(fd), buf.Data(), buf.Length(), MSG_DONTWAIT);
+  return Napi::Number::New(env, n >= 0 ? static_cast<double>(n) : -static_cast<double>(errno));
+}
+
 // Reads the netns cookie of a netns file. setns() only ever runs on a thread
 // made for it, which ends right after, so no thread of Node's (main or pool)
 // ever changes namespace.
@@ -228,6 +242,7 @@ void InitHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("cgroupId", Napi::Function::New(env, CgroupId, "cgroupId"));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
   exports.Set("tcpQueued", Napi::Function::New(env, TcpQueued, "tcpQueued"));
+  exports.Set("recvInto", Napi::Function::New(env, RecvInto, "recvInto"));
   exports.Set("kickReceive", Napi::Function::New(env, KickReceive, "kickReceive"));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
   exports.Set("probeProgType", Napi::Function::New(env, ProbeProgType, "probeProgType"));

@@ -110,6 +110,7 @@ export type StatName = (typeof STATS)[number];
 export const FastPathPair = struct('nm_fp_pair', {
   peer: 'u64',
   bytes: 'u64',
+  passed: 'u64',
   base_seq: 'u32',
   flags: 'u32',
 });

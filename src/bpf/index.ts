@@ -18,6 +18,7 @@ export {
   parseMounts,
   probeFeatures,
   kickReceive,
+  recvInto,
   socketCookie,
   socketFd,
   tcpQueued,

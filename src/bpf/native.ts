@@ -113,6 +113,7 @@ export interface Addon {
   socketCookie(fd: number): bigint;
   tcpQueued(fd: number): bigint;
   kickReceive(fd: number): void;
+  recvInto(fd: number, buf: Buffer): number;
   netnsCookie(path: string): Promise<bigint>;
   transparentSocket(netnsFd: number, family: 4 | 6, source: string, mark: number): number;
   netnsDelivery(path: string, on: boolean, mark: number, mask: number, table: number, priority: number): Promise<void>;

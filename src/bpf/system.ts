@@ -160,6 +160,11 @@ export function tcpQueued(fd: number): bigint {
   return call(() => native().tcpQueued(fd));
 }
 
+/** One non-blocking recv(2) into `buf`: bytes read, 0 at the end, or a negative errno (-11: nothing waits). */
+export function recvInto(fd: number, buf: Buffer): number {
+  return call(() => native().recvInto(fd, buf));
+}
+
 /** Runs a socket fd's data-ready callback once if bytes wait in its receive queue (see the addon). */
 export function kickReceive(fd: number): void {
   call(() => native().kickReceive(fd));

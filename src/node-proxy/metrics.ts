@@ -121,7 +121,7 @@ export class ProxyMetrics {
     });
     new prom.Counter({
       name: 'nodemesh_fastpath_proxied_total',
-      help: 'Fast-path connections of which one direction went back to the proxy: its reader was slower than the kernel may queue for it (1 MiB)',
+      help: 'Fast-path connections of which a direction went back to the proxy: its reader was slower than the kernel may queue for it (1 MiB)',
       registers: [this.registry],
       collect() {
         this.reset();

@@ -26,7 +26,7 @@
  */
 import type * as net from 'node:net';
 
-import { abi, kickReceive, loadObject, scalar, socketCookie, socketFd, tcpQueued, type BpfMap, type BpfObject } from '../../bpf';
+import { abi, kickReceive, loadObject, recvInto, scalar, socketCookie, socketFd, tcpQueued, type BpfMap, type BpfObject } from '../../bpf';
 import { bpfObjectPath } from '../../paths';
 
 /** Why a connection was not joined (counted as nodemesh_fastpath_fallback_total{reason}). */
@@ -57,6 +57,11 @@ export class FastPair {
   /** What each side had queued to send before it joined (the process's own writes). */
   readonly #baseA: bigint;
   readonly #baseB: bigint;
+  /** What the process had read from each side when it joined, and read with drain() since. */
+  readonly #readBaseA: number;
+  readonly #readBaseB: number;
+  #drainedA = 0;
+  #drainedB = 0;
   #left = false;
 
   /** @internal FastPath.join() makes them. */
@@ -68,6 +73,8 @@ export class FastPair {
     this.#sockB = sockB;
     this.#baseA = baseA;
     this.#baseB = baseB;
+    this.#readBaseA = sockA.bytesRead;
+    this.#readBaseB = sockB.bytesRead;
   }
 
   /** Bytes the kernel has copied so far from a to b, and from b to a; `proxied` when a direction went back to the proxy. */
@@ -98,23 +105,52 @@ export class FastPair {
   }
 
   /**
+   * Bytes the kernel passed up to the process from `from`'s socket that the
+   * process has not read yet (after that socket's end, drain() reads them).
+   */
+  unread(from: 'a' | 'b', sock: net.Socket): number {
+    const e = this.#fp.entry(from === 'a' ? this.#a : this.#b);
+    const read = from === 'a' ? sock.bytesRead - this.#readBaseA + this.#drainedA : sock.bytesRead - this.#readBaseB + this.#drainedB;
+    return e ? Number(e.passed) - read : 0;
+  }
+
+  /**
+   * Reads (recv(2), not blocking) what the kernel passed up to `from`'s
+   * socket after the process saw its end: null when nothing is owed or
+   * nothing has arrived yet.
+   */
+  drain(from: 'a' | 'b', sock: net.Socket): Buffer | null {
+    const owed = this.unread(from, sock);
+    const fd = owed > 0 && !sock.destroyed ? socketFd(sock) : -1;
+    if (fd < 0) return null;
+    const buf = Buffer.allocUnsafe(Math.min(owed, 64 * 1024));
+    const n = recvInto(fd, buf);
+    if (n <= 0) return null;
+    if (from === 'a') this.#drainedA += n;
+    else this.#drainedB += n;
+    return buf.subarray(0, n);
+  }
+
+  /**
    * Forgets the pair once both sockets closed (the kernel took them out of the
-   * sockhash itself) and returns the bytes copied each way, once; later calls
-   * return zeros.
+   * sockhash itself) and returns, once, the bytes each way that the sockets'
+   * own counters do not show (the kernel's copy and what drain() read);
+   * later calls return zeros.
    */
   leave(): FastPairBytes {
     if (this.#left) return { aToB: 0, bToA: 0, proxied: false };
     this.#left = true;
     const bytes = this.bytes();
     this.#fp.forget(this.#a, this.#b, bytes.proxied);
-    return bytes;
+    // What drain() read never reached the sockets' own counters either.
+    return { aToB: bytes.aToB + this.#drainedA, bToA: bytes.bToA + this.#drainedB, proxied: bytes.proxied };
   }
 }
 
 export class FastPath {
   readonly #obj: BpfObject;
   readonly #socks: BpfMap<bigint, bigint>;
-  readonly #pairs: BpfMap<bigint, { peer: bigint; bytes: bigint; base_seq: number; flags: number }>;
+  readonly #pairs: BpfMap<bigint, { peer: bigint; bytes: bigint; passed: bigint; base_seq: number; flags: number }>;
   readonly #stats: FastPathStats = { joined: 0, proxied: 0, fallback: { 'no-fd': 0, buffered: 0, full: 0, error: 0 } };
   #open = 0;
 
@@ -194,19 +230,21 @@ export class FastPath {
       return 'error';
     }
     try {
-      this.#pairs.set(ca, { peer: cb, bytes: 0n, base_seq: 0, flags: 0 }, 'noexist');
-      this.#pairs.set(cb, { peer: ca, bytes: 0n, base_seq: 0, flags: 0 }, 'noexist');
+      this.#pairs.set(ca, { peer: cb, bytes: 0n, passed: 0n, base_seq: 0, flags: 0 }, 'noexist');
+      this.#pairs.set(cb, { peer: ca, bytes: 0n, passed: 0n, base_seq: 0, flags: 0 }, 'noexist');
     } catch {
       this.#pairs.delete(ca);
       this.#pairs.delete(cb);
       return 'full';
     }
     // From the first insert on, that socket's segments go through the verdict: to its peer once
-    // the peer is in too, to the proxy (which writes them on) until then. A socket that joined is
-    // never taken out while open (that would drop what the verdict queued for the proxy).
+    // the peer is in too, up to the proxy for good if one comes before (the verdict then leaves
+    // that direction to the proxy). The upstream goes in first: the pod's socket, whose bytes are
+    // the first to flow, finds its peer there. A socket that joined is never taken out while open
+    // (that would drop what the verdict queued for the proxy).
     try {
-      this.#socks.set(ca, BigInt(fdA));
       this.#socks.set(cb, BigInt(fdB));
+      this.#socks.set(ca, BigInt(fdA));
     } catch {
       this.#pairs.delete(ca);
       this.#pairs.delete(cb);
@@ -222,7 +260,7 @@ export class FastPath {
   }
 
   /** @internal one direction's entry, by its source socket's cookie. */
-  entry(c: bigint): { bytes: bigint; flags: number } | undefined {
+  entry(c: bigint): { bytes: bigint; passed: bigint; flags: number } | undefined {
     return this.#pairs.get(c);
   }
 

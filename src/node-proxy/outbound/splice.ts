@@ -31,21 +31,16 @@ export class Splice {
   #open = 2;
   /**
    * The same-node fast path (../datapath/fastpath): the kernel copies the
-   * bytes (client = a, upstream = b). What still reaches 'data' (a direction
-   * the kernel gave back, a peer gone) and each FIN wait until the kernel's
-   * copy that way has reached the other socket, so nothing overtakes it.
+   * bytes (client = a, upstream = b), and each way's leftovers go through a
+   * KernelWay (below).
    */
   readonly #fast: FastPair | undefined;
+  readonly #up: KernelWay | undefined;
+  readonly #down: KernelWay | undefined;
   readonly #idleMs: number;
-  /** Fast path: bytes this process wrote to each side itself, what waits for the kernel, and the last byte count seen by the idle check. */
-  #toUp = 0;
-  #toClient = 0;
-  #heldUp: Buffer | null = null;
-  #heldClient: Buffer | null = null;
-  #endUp = false;
-  #endClient = false;
   #pollMs = 1;
   #poll: NodeJS.Timeout | undefined;
+  /** The kernel's byte count at the last idle check. */
   #seen = -1;
 
   /** `done` is called once, after both sides closed, with why it ended ('closed' when neither failed). */
@@ -55,6 +50,10 @@ export class Splice {
     this.#done = done;
     this.#fast = fast;
     this.#idleMs = idleTimeoutMs;
+    if (fast) {
+      this.#up = new KernelWay(fast, 'a', client, upstream);
+      this.#down = new KernelWay(fast, 'b', upstream, client);
+    }
     this.#coalesce = 'session' in upstream;
     client.on('error', this.#clientError);
     upstream.on('error', this.#upstreamError);
@@ -79,59 +78,48 @@ export class Splice {
   }
 
   #clientData = (chunk: Buffer): void => {
-    if (this.#fast) {
-      if (this.#heldUp || !this.#fast.settled('a', this.#toUp)) return this.#hold('up', chunk);
-      this.#toUp += chunk.length;
+    if (this.#up) {
+      if (!this.#up.data(chunk)) this.#schedule();
+      return;
     }
     if (!this.#upstream.write(chunk)) this.#client.pause();
   };
 
   #upstreamData = (chunk: Buffer): void => {
-    if (this.#fast) {
-      if (this.#heldClient || !this.#fast.settled('b', this.#toClient)) return this.#hold('client', chunk);
-      this.#toClient += chunk.length;
+    if (this.#down) {
+      if (!this.#down.data(chunk)) this.#schedule();
+      return;
     }
     if (this.#coalesce) corkForTurn(this.#client);
     if (!this.#client.write(chunk)) this.#upstream.pause();
   };
 
   #upstreamDrain = (): void => {
-    if (!this.#heldUp) this.#client.resume();
+    if (!this.#up?.holding) this.#client.resume();
   };
 
   #clientDrain = (): void => {
-    if (!this.#heldClient) this.#upstream.resume();
+    if (!this.#down?.holding) this.#upstream.resume();
   };
 
   // A FIN ends the other side's direction only: the other way stays open (both allow half-open).
   #clientEnd = (): void => {
-    if (this.#fast && (this.#heldUp || !this.#fast.settled('a', this.#toUp))) {
-      this.#endUp = true;
-      return this.#schedule();
+    if (this.#up) {
+      if (!this.#up.end()) this.#schedule();
+      return;
     }
     this.#upstream.end();
   };
 
   #upstreamEnd = (): void => {
-    if (this.#fast && (this.#heldClient || !this.#fast.settled('b', this.#toClient))) {
-      this.#endClient = true;
-      return this.#schedule();
+    if (this.#down) {
+      if (!this.#down.end()) this.#schedule();
+      return;
     }
     this.#client.end();
   };
 
-  /** Fast path: keeps a chunk (its source paused) until the kernel's copy that way has settled. */
-  #hold(to: 'up' | 'client', chunk: Buffer): void {
-    if (to === 'up') {
-      this.#heldUp = this.#heldUp ? Buffer.concat([this.#heldUp, chunk]) : chunk;
-      this.#client.pause();
-    } else {
-      this.#heldClient = this.#heldClient ? Buffer.concat([this.#heldClient, chunk]) : chunk;
-      this.#upstream.pause();
-    }
-    this.#schedule();
-  }
-
+  /** Fast path: looks again, with a growing pause, while a way waits for the kernel's copy. */
   #schedule(): void {
     if (this.#poll || this.#open === 0) return;
     this.#poll = setTimeout(this.#settle, this.#pollMs);
@@ -140,38 +128,10 @@ export class Splice {
 
   #settle = (): void => {
     this.#poll = undefined;
-    const fast = this.#fast!;
-    let waiting = false;
-    if (this.#heldUp || this.#endUp) {
-      if (fast.settled('a', this.#toUp)) {
-        const held = this.#heldUp;
-        this.#heldUp = null;
-        if (held) {
-          this.#toUp += held.length;
-          if (this.#upstream.write(held)) this.#client.resume();
-        }
-        if (this.#endUp) {
-          this.#endUp = false;
-          this.#upstream.end();
-        }
-      } else waiting = true;
-    }
-    if (this.#heldClient || this.#endClient) {
-      if (fast.settled('b', this.#toClient)) {
-        const held = this.#heldClient;
-        this.#heldClient = null;
-        if (held) {
-          this.#toClient += held.length;
-          if (this.#client.write(held)) this.#upstream.resume();
-        }
-        if (this.#endClient) {
-          this.#endClient = false;
-          this.#client.end();
-        }
-      } else waiting = true;
-    }
-    if (waiting) this.#schedule();
-    else this.#pollMs = 1;
+    const upDone = this.#up!.settle();
+    const downDone = this.#down!.settle();
+    if (upDone && downDone) this.#pollMs = 1;
+    else this.#schedule();
   };
 
   #clientError = (err: Error): void => this.#fail('client error', err);
@@ -216,5 +176,76 @@ export class Splice {
   destroy(): void {
     this.#client.destroy();
     this.#upstream.destroy();
+  }
+}
+
+/**
+ * One way of a fast-path connection, from `src` to `dst`, for what the
+ * kernel does not copy itself: a chunk that reached the process (the kernel
+ * gave the way back, or the peer is gone) is written only once the kernel's
+ * own copy that way has reached `dst` (so it cannot overtake it), and the
+ * end of `src` is passed on only once every byte the kernel passed up has
+ * been read (a passed-up segment can still wait in the kernel when the FIN
+ * is seen: those are read with recv(2) here) and written, and the kernel's
+ * copy has settled. Each call says whether the way is clear (true) or waits
+ * (false: call settle() again later).
+ */
+class KernelWay {
+  readonly #pair: FastPair;
+  readonly #from: 'a' | 'b';
+  readonly #src: net.Socket | Upstream;
+  readonly #dst: net.Socket | Upstream;
+  /** Bytes this process wrote to dst itself. */
+  #written = 0;
+  #held: Buffer | null = null;
+  #ended = false;
+
+  constructor(pair: FastPair, from: 'a' | 'b', src: net.Socket | Upstream, dst: net.Socket | Upstream) {
+    this.#pair = pair;
+    this.#from = from;
+    this.#src = src;
+    this.#dst = dst;
+  }
+
+  get holding(): boolean {
+    return this.#held !== null;
+  }
+
+  data(chunk: Buffer): boolean {
+    if (this.#held || !this.#pair.settled(this.#from, this.#written)) {
+      this.#held = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
+      this.#src.pause();
+      return false;
+    }
+    if (!this.#write(chunk)) this.#src.pause();
+    return true;
+  }
+
+  end(): boolean {
+    this.#ended = true;
+    return this.settle();
+  }
+
+  settle(): boolean {
+    if (this.#ended) {
+      // After the end the process no longer reads src: what the kernel passed up since is read here.
+      for (let c: Buffer | null; !this.#held && (c = this.#pair.drain(this.#from, this.#src as net.Socket)) !== null; ) this.data(c);
+    }
+    if (this.#held) {
+      if (!this.#pair.settled(this.#from, this.#written)) return false;
+      const held = this.#held;
+      this.#held = null;
+      if (this.#write(held) && !this.#ended) this.#src.resume();
+    }
+    if (!this.#ended) return true;
+    if (this.#pair.unread(this.#from, this.#src as net.Socket) > 0 || !this.#pair.settled(this.#from, this.#written)) return false;
+    this.#ended = false;
+    this.#dst.end();
+    return true;
+  }
+
+  #write(chunk: Buffer): boolean {
+    this.#written += chunk.length;
+    return this.#dst.write(chunk);
   }
 }
