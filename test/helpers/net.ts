@@ -14,6 +14,14 @@ export async function acceptServer(): Promise<{ server: net.Server; port: number
   return { server, port: (server.address() as net.AddressInfo).port, accepted: () => n };
 }
 
+/** A loopback listener for the test's life whose sockets allow half-open and arrive paused, as the proxy's listeners take them. */
+export async function listenPaused(t: Test, handler: (s: net.Socket) => void): Promise<number> {
+  const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, handler);
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => srv.close());
+  return (srv.address() as net.AddressInfo).port;
+}
+
 /** A loopback port nothing listens on (bound, read, released). */
 export async function unusedPort(): Promise<number> {
   const s = net.createServer();

@@ -17,6 +17,7 @@ import { FastPath, type FastPair } from '../../../src/node-proxy/datapath/fastpa
 import { Splice } from '../../../src/node-proxy/outbound/splice';
 import { bpfTest } from '../../helpers/bpf';
 import { fixture } from '../../helpers/child';
+import { echoTarget, listenPaused } from '../../helpers/net';
 import { waitFor } from '../../helpers/wait';
 
 interface Rig {
@@ -40,15 +41,9 @@ interface RigOptions {
 }
 
 async function rig(t: Test, fp: FastPath, o: RigOptions = {}): Promise<Rig> {
-  const listen = async (handler: (s: net.Socket) => void): Promise<number> => {
-    const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, handler);
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => srv.close());
-    return (srv.address() as net.AddressInfo).port;
-  };
   let onServer!: (s: net.Socket) => void;
   const gotServer = new Promise<net.Socket>((resolve) => (onServer = resolve));
-  const serverPort = await listen((s) => {
+  const serverPort = await listenPaused(t, (s) => {
     s.on('error', () => {});
     if (o.banner) s.write(o.banner);
     if (!o.serverPaused) s.resume();
@@ -58,7 +53,7 @@ async function rig(t: Test, fp: FastPath, o: RigOptions = {}): Promise<Rig> {
   const ended = new Promise<Awaited<Rig['ended']>>((resolve) => (onEnded = resolve));
   let onJoined!: (r: { accepted: net.Socket; upstream: net.Socket; pair: FastPair }) => void;
   const joined = new Promise<{ accepted: net.Socket; upstream: net.Socket; pair: FastPair }>((resolve) => (onJoined = resolve));
-  const proxyPort = await listen((accepted) => {
+  const proxyPort = await listenPaused(t, (accepted) => {
     const upstream = net.connect({ host: '127.0.0.1', port: serverPort, allowHalfOpen: true });
     upstream.once('connect', () => {
       const go = (): void => {
@@ -134,27 +129,20 @@ bpfTest(t, 'the same-node fast path', async (t) => {
   });
 
   await t.test('30 echoes of 4 MB in 64 KB writes each come back whole and in order (the kernel hands some back to the proxy mid-way)', async (t) => {
-    const echo = net.createServer({ allowHalfOpen: true }, (s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => echo.close());
-    const proxy = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (accepted) => {
-      const up = net.connect({ host: '127.0.0.1', port: (echo.address() as net.AddressInfo).port, allowHalfOpen: true });
+    const echo = await echoTarget(t);
+    const proxyPort = await listenPaused(t, (accepted) => {
+      const up = net.connect({ ...echo, allowHalfOpen: true });
       up.once('connect', () => {
         const pair = fp.join(accepted, up);
         if (typeof pair === 'string') throw new Error(`not joined: ${pair}`);
         new Splice(accepted, up, 30_000, () => pair.leave(), pair);
       });
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => proxy.close());
     const data = randomBytes(4 << 20);
     const want = sha(data);
     let whole = 0;
     for (let i = 0; i < 30; i++) {
-      const c = net.connect({ host: '127.0.0.1', port: (proxy.address() as net.AddressInfo).port, allowHalfOpen: true });
+      const c = net.connect({ host: '127.0.0.1', port: proxyPort, allowHalfOpen: true });
       c.on('error', () => {});
       const back = readAll(c);
       await new Promise((resolve) => c.once('connect', resolve));

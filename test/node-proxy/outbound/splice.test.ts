@@ -11,6 +11,7 @@ import * as net from 'node:net';
 import t, { type Test } from 'tap';
 
 import { Splice } from '../../../src/node-proxy/outbound/splice';
+import { listenPaused } from '../../helpers/net';
 
 interface Rig {
   /** The pod's end. */
@@ -24,15 +25,9 @@ interface Rig {
 
 /** client <-> [accepted | Splice | upstream] <-> server */
 async function rig(t: Test, idleTimeoutMs = 30_000): Promise<Rig> {
-  const listen = async (handler: (s: net.Socket) => void): Promise<number> => {
-    const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, handler);
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => srv.close());
-    return (srv.address() as net.AddressInfo).port;
-  };
   let onServer!: (s: net.Socket) => void;
   const gotServer = new Promise<net.Socket>((resolve) => (onServer = resolve));
-  const serverPort = await listen((s) => {
+  const serverPort = await listenPaused(t, (s) => {
     s.on('error', () => {});
     s.resume();
     onServer(s);
@@ -41,7 +36,7 @@ async function rig(t: Test, idleTimeoutMs = 30_000): Promise<Rig> {
   let onEnded!: (why: string) => void;
   const ended = new Promise<string>((resolve) => (onEnded = resolve));
   // As the outbound listener does: the accepted socket waits, paused, until its upstream is connected.
-  const proxyPort = await listen((accepted) => {
+  const proxyPort = await listenPaused(t, (accepted) => {
     const upstream = net.connect({ host: '127.0.0.1', port: serverPort, allowHalfOpen: true });
     upstream.once('connect', () => {
       new Splice(accepted, upstream, idleTimeoutMs, (why) => {
