@@ -144,6 +144,8 @@ export class NodeProxy {
   #datapath!: Datapath;
   /** The same-node fast path, or undefined where the kernel cannot (the proxy copies those connections). */
   #fastPath: FastPath | undefined;
+  /** Why there is no fast path, for /status. */
+  #fastPathError = '';
   #session!: NodeSession;
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
@@ -257,6 +259,7 @@ export class NodeProxy {
       this.#fastPath = FastPath.open();
       this.#metrics.fastPath(this.#fastPath);
     } catch (err) {
+      this.#fastPathError = (err as Error).message;
       this.#log.warn(
         { err: (err as Error).message },
         'the same-node fast path is unavailable (needs sockmap and sk_skb programs: CONFIG_BPF_STREAM_PARSER): the proxy copies same-node connections itself',
@@ -685,6 +688,9 @@ export class NodeProxy {
       tunnels: this.#pool.stats(),
       tunnelListener: this.#inbound?.load,
       delivery: this.#delivery.status(),
+      fastPath: this.#fastPath
+        ? { available: true, enabled: this.#updater.view.mesh.sameNodeFastPath, open: this.#fastPath.open, ...this.#fastPath.stats() }
+        : { available: false, error: this.#fastPathError },
       connections: { live: this.flows.liveCount },
       workloads: this.#updater.enrolled().map(([cookie, w]) => ({ workload: w.key, identity: w.identity, netnsCookie: String(cookie) })),
       services: this.#updater.view.services.size,

@@ -8,11 +8,14 @@
  *   any connection the proxy copies), and the flow says why;
  * - switched off, new connections are copied by the proxy again.
  */
+import * as path from 'node:path';
+
 import { t } from 'tap';
 
 import { ControllerClient } from '../../src/controller/client';
 import { adminGet, adminSocketOf } from '../../src/node-proxy/admin';
 import type { Flow } from '../../src/node-proxy/flows/flow-table';
+import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 import { fixture } from '../helpers/child';
 import { doc, sample } from '../helpers/controller';
@@ -20,6 +23,7 @@ import { labProcess, labRun, testLab } from '../helpers/lab';
 import { waitFor } from '../helpers/wait';
 
 const A = 'nodemesh.io/v1alpha1';
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
 
 bpfTest(t, 'the same-node fast path in a lab', async (t) => {
   const lab = await testLab(t, 1, 2, true);
@@ -80,6 +84,11 @@ bpfTest(t, 'the same-node fast path in a lab', async (t) => {
     const r = await labRun(lab, client.name, [process.execPath, fixture('mesh-client.js'), 'echo', server.ip, '8080', '16']);
     t.match(r.stdout, /error|"received":0/, 'a new connection is refused too');
     await admin.delete([{ kind: 'AuthorizationPolicy', namespace: 'default', name: 'no-p2' }]);
+  });
+
+  await t.test('nodemesh status --node says so', async (t) => {
+    const r = await labRun(lab, node.name, [process.execPath, BIN, 'status', '--node', node.name]);
+    t.match(r.stdout, /fast path {3}on: 0 open, \d+ joined, \d+ handed back to the proxy/, r.stdout);
   });
 
   await t.test('switched off, the proxy copies new connections itself', async (t) => {

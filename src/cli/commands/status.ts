@@ -88,6 +88,17 @@ interface ProxyStatus {
   config?: { summary?: string };
   /** Where its pods see mesh clients connect from (proxies that say). */
   delivery?: { mode: 'client' | 'proxy'; pods: number; failed: number; firstFailure?: string; fallbacks: number };
+  /** The same-node fast path (proxies that say). */
+  fastPath?: { available: boolean; error?: string; enabled?: boolean; open?: number; joined?: number; proxied?: number; fallback?: Record<string, number> };
+}
+
+function formatFastPath(f: NonNullable<ProxyStatus['fastPath']>): string {
+  if (!f.available) return `unavailable in this kernel (${f.error ?? 'see the log'}): the proxy copies same-node connections`;
+  const fell = Object.entries(f.fallback ?? {}).filter(([, n]) => n > 0);
+  return [
+    `${f.enabled ? 'on' : 'off (MeshConfig sameNodeFastPath)'}: ${f.open ?? 0} open, ${f.joined ?? 0} joined, ${f.proxied ?? 0} handed back to the proxy`,
+    ...(fell.length ? [`not joined: ${fell.map(([why, n]) => `${n} ${why}`).join(', ')}`] : []),
+  ].join('; ');
 }
 
 function formatDelivery(d: NonNullable<ProxyStatus['delivery']>): string {
@@ -114,6 +125,7 @@ function formatProxy(p: ProxyStatus): string {
     `  config      ${p.services} services, ${p.policies} authorization policies, ${p.workloads.length} local workloads${p.config?.summary ? `; ${p.config.summary}` : ''}`,
     `  connections ${p.connections.live} open; tunnels: ${p.tunnels.sessions} connections, ${p.tunnels.streams} streams`,
     ...(p.delivery ? [`  delivery    ${formatDelivery(p.delivery)}`] : []),
+    ...(p.fastPath ? [`  fast path   ${formatFastPath(p.fastPath)}`] : []),
     ...p.workloads.map((w) => `  workload    ${w.workload}  ${w.identity}`),
     ...p.workloadCertificates.map(
       (c) => `  certificate ${c.identity}  ${c.notAfter ? `valid until ${c.notAfter}` : 'NONE yet'}, renewed ${c.renewals}×${c.lastError ? `; last error: ${c.lastError}` : ''}`,
