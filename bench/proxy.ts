@@ -33,6 +33,7 @@ import { ControllerClient } from '../src/controller/client';
 import { labDown, labSpawn, labUp, podWorkload, type LabState } from '../src/lab';
 import { adminGet } from '../src/node-proxy/admin';
 import { Datapath } from '../src/node-proxy/datapath';
+import { PROXY_ENV } from '../src/node-proxy/memory-reclaim';
 import { PACKAGE_ROOT } from '../src/paths';
 import { cpuSeconds, DeadlineError, listeningPorts, onExit, rss, until, withDeadline } from './common';
 import { makeCerts, originateConfig, plainConfig, startHaproxy, terminateConfig, type Forward } from './haproxy';
@@ -171,6 +172,8 @@ function roomFor(perProxy: number): { room: number; fds: number } {
 async function roomyProxy(lab: LabState, node: string, room: number, dir: string): Promise<number> {
   const old = await proxyStatus(lab, node);
   const argv = fs.readFileSync(`/proc/${old.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  // The runtime's flags (between it and the script) and the proxy's.
+  const nodeFlags = argv.slice(1, argv.indexOf(BIN));
   const flags = argv.slice(argv.indexOf('proxy') + 1);
   const log = path.join(dir, `proxy-${node}.log`);
   const fd = fs.openSync(log, 'a');
@@ -178,8 +181,8 @@ async function roomyProxy(lab: LabState, node: string, room: number, dir: string
   const child = labSpawn(
     lab,
     node,
-    ['prlimit', `--nofile=${hardFileLimit()}`, process.execPath, BIN, 'proxy', ...flags, '--max-outbound-connections', r, '--max-outbound-connections-per-pod', r, '--max-tunnel-streams', r, '--upgrade', '--upgrade-drain', '5s'],
-    { stdio: ['ignore', fd, fd] },
+    ['prlimit', `--nofile=${hardFileLimit()}`, process.execPath, ...nodeFlags, BIN, 'proxy', ...flags, '--max-outbound-connections', r, '--max-outbound-connections-per-pod', r, '--max-tunnel-streams', r, '--upgrade', '--upgrade-drain', '5s'],
+    { stdio: ['ignore', fd, fd], env: { ...PROXY_ENV } },
   );
   fs.closeSync(fd);
   onExit(() => {
