@@ -21,7 +21,7 @@
  * written to bench/results/<date-time>.json as it ends (with the failed step,
  * if one fails).
  *
- *   npm run bench [-- --seconds 3 --runs 3 --connections 10000 --settle 90]
+ *   npm run bench [-- --seconds 2 --runs 3 --connections 10000 --settle 30]
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -40,7 +40,7 @@ import { makeCerts, originateConfig, plainConfig, startHaproxy, terminateConfig,
 import { measureIdleConnections, type MemoryResult } from './proxy-memory';
 import { memoryLines, sectionTable, summarize, type Metric, type RunRecord, type SectionDef } from './proxy-report';
 
-const USAGE = 'usage: npm run bench [-- --seconds 3] [--runs 3] [--connections 10000] [--settle 90] [--name bench]';
+const USAGE = 'usage: npm run bench [-- --seconds 2] [--runs 3] [--connections 10000] [--settle 30] [--name bench]';
 const A = 'nodemesh.io/v1alpha1';
 const BENCH = path.join(PACKAGE_ROOT, 'bench');
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
@@ -88,10 +88,10 @@ function options(): { seconds: number; runs: number; connections: number; settle
   try {
     values = parseArgs({
       options: {
-        seconds: { type: 'string', default: '3' },
+        seconds: { type: 'string', default: '2' },
         runs: { type: 'string', default: '3' },
         connections: { type: 'string', default: '10000' },
-        settle: { type: 'string', default: '90' },
+        settle: { type: 'string', default: '30' },
         name: { type: 'string', default: 'bench' },
       },
     }).values;
