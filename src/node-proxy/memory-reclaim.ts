@@ -14,8 +14,8 @@
  * resident), then malloc_trim through the addon. It blocks the event loop
  * for the collection (tens of ms at a 50 MB heap), so it runs only when
  * nothing closed for `quietMs`, after at least `minCloses` closes, and at
- * most once per `minIntervalMs`; and once after start, for the garbage of
- * start-up.
+ * most once per `minIntervalMs`, then once more `followUpMs` later; and once
+ * after start, for the garbage of start-up.
  */
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
@@ -44,6 +44,12 @@ export const RECLAIM_DEFAULTS = Object.freeze({
   checkMs: 1_000,
   /** After start: the garbage of loading the config and the first certificates. */
   afterStartMs: 2_000,
+  /**
+   * Once more after a reclaim for closes: the tunnel sessions those
+   * connections used close a few seconds after their last stream
+   * (POOL_DEFAULTS.surplusIdleMs in ./tunnel/client.ts), and leave theirs.
+   */
+  followUpMs: 10_000,
 });
 
 type Gc = (options: { type: 'major'; execution: 'sync'; flavor: 'last-resort' }) => void;
@@ -66,7 +72,7 @@ function gc(): Gc | null {
 
 export interface ReclaimResult {
   at: string;
-  why: 'start' | 'closes';
+  why: 'start' | 'closes' | 'follow-up';
   rssBeforeBytes: number;
   rssAfterBytes: number;
   ms: number;
@@ -94,6 +100,7 @@ export interface ReclaimerOptions {
   minIntervalMs?: number;
   checkMs?: number;
   afterStartMs?: number;
+  followUpMs?: number;
 }
 
 export class MemoryReclaimer {
@@ -104,6 +111,7 @@ export class MemoryReclaimer {
   #lastSeen: number;
   #changedAt = Date.now();
   #lastAt = 0;
+  #followUpAt: number | undefined;
   #count = 0;
   #last: ReclaimResult | undefined;
 
@@ -134,6 +142,11 @@ export class MemoryReclaimer {
       this.#changedAt = now;
       return;
     }
+    if (this.#followUpAt !== undefined && now >= this.#followUpAt) {
+      this.#followUpAt = undefined;
+      this.#run('follow-up');
+      return;
+    }
     if (closed - this.#closedAtLast < this.#o.minCloses || now - this.#changedAt < this.#o.quietMs || now - this.#lastAt < this.#o.minIntervalMs) return;
     this.#run('closes');
   }
@@ -142,6 +155,7 @@ export class MemoryReclaimer {
     this.#closedAtLast = this.#o.closed();
     this.#lastAt = Date.now();
     this.#count++;
+    if (why === 'closes') this.#followUpAt = this.#lastAt + this.#o.followUpMs;
     this.#last = reclaimMemory(why);
     this.#o.onReclaim?.(this.#last);
   }
