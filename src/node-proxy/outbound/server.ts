@@ -27,6 +27,7 @@ import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import { blameOf, type Target, type UpstreamConnector } from '../upstream';
 import type { TunnelError } from '../tunnel';
+import type { Balancer } from '../lb';
 import type { BalancerCache } from './balancers';
 import { DialGuard } from './dial-guard';
 import { planOutbound } from './plan';
@@ -64,6 +65,7 @@ export interface OutboundOptions {
 }
 
 const UNKNOWN = 'unknown';
+const ignore = (): void => {};
 
 export class OutboundServer {
   readonly server: net.Server;
@@ -111,10 +113,18 @@ export class OutboundServer {
     return cut;
   }
 
-  #accept(client: net.Socket): void {
+  /**
+   * Its own function (as #splice is): a listener made in #accept would keep
+   * that call's whole scope for as long as the connection is open.
+   */
+  #track(client: net.Socket): void {
     this.#sockets.add(client);
     client.once('close', () => this.#sockets.delete(client));
-    client.on('error', () => {});
+    client.on('error', ignore);
+  }
+
+  #accept(client: net.Socket): void {
+    this.#track(client);
     const o = this.#o;
     const rec = o.recorder;
     const origin = o.originOf(client);
@@ -234,10 +244,9 @@ export class OutboundServer {
             conn.close('client closed before the upstream connected', client.bytesRead, 0);
             return;
           }
-          if (target.endpoint && b) b.started(target.endpoint.id);
-          this.#splice(client, upstream, conn, () => {
-            if (target.endpoint && b) b.finished(target.endpoint.id);
-          });
+          const picked = target.endpoint && b ? { balancer: b, id: target.endpoint.id } : undefined;
+          picked?.balancer.started(picked.id);
+          this.#splice(client, upstream, conn, picked);
         },
         (err: NodeJS.ErrnoException) => {
           const blame = blameOf(err);
@@ -265,12 +274,18 @@ export class OutboundServer {
     attempt();
   }
 
-  /** Both ways until both sides are done (./splice: backpressure, half-close, errors, the idle timeout). */
-  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, done: () => void): void {
+  /**
+   * Both ways until both sides are done (./splice: backpressure, half-close,
+   * errors, the idle timeout); then the balancer hears the endpoint it picked
+   * is done. Called with values, not a callback: one made in #accept would
+   * keep that connection's whole planning scope (the plan, the retry state,
+   * every closure of the attempt) for as long as the connection is open.
+   */
+  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, picked: { balancer: Balancer; id: string } | undefined): void {
     this.#upstreams.set(client, upstream);
     new Splice(client, upstream, this.#idleTimeout, (reason) => {
       this.#upstreams.delete(client);
-      done();
+      picked?.balancer.finished(picked.id);
       conn.close(reason, client.bytesRead, client.bytesWritten);
     });
   }

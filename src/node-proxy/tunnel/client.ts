@@ -482,6 +482,22 @@ export class HbonePool {
     );
   }
 
+  /**
+   * Counts the stream until it closes. Its own function: a listener made in
+   * #request would keep that call's whole scope (the dial, its credentials
+   * and callbacks, the answer's handlers) for as long as the stream lives.
+   */
+  #track(s: PooledSession, req: http2.ClientHttp2Stream): void {
+    s.streams.add(req);
+    this.#streamCount++;
+    req.on('error', ignore);
+    req.once('close', () => {
+      s.streams.delete(req);
+      this.#streamCount--;
+      this.#release(s);
+    });
+  }
+
   #request(s: PooledSession, d: TunnelDial, authority: string, forwarded: string | undefined, deadline: number): Promise<stream.Duplex> {
     return new Promise((resolve, reject) => {
       let req: http2.ClientHttp2Stream;
@@ -495,14 +511,7 @@ export class HbonePool {
         reject(s.failure ?? this.#classify(s, err));
         return;
       }
-      s.streams.add(req);
-      this.#streamCount++;
-      req.on('error', ignore);
-      req.once('close', () => {
-        s.streams.delete(req);
-        this.#streamCount--;
-        this.#release(s);
-      });
+      this.#track(s, req);
 
       let settled = false;
       const finish = (err?: TunnelError): void => {
