@@ -22,6 +22,7 @@
  * if one fails).
  *
  *   npm run bench [-- --seconds 2 --runs 3 --connections 10000 --settle 30]
+ *   node dist/bench/proxy.js --runs 0     (the memory phase alone, about a minute)
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -83,7 +84,7 @@ const SECTIONS: SectionDef[] = [
 ];
 
 function options(): { seconds: number; runs: number; connections: number; settleMs: number; name: string } {
-  // --connections: idle connections held at once (half each way across nodes); 0 skips the memory phase.
+  // --connections: idle connections held at once (half each way across nodes); 0 skips the memory phase. --runs 0: only the memory phase.
   let values;
   try {
     values = parseArgs({
@@ -103,7 +104,7 @@ function options(): { seconds: number; runs: number; connections: number; settle
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${flag} must be a whole number from ${min} to ${max}, not ${JSON.stringify(values[flag])}\n${USAGE}`);
     return n;
   };
-  return { seconds: int('seconds', 1, 600), runs: int('runs', 1, 50), connections: int('connections', 0, 30_000), settleMs: int('settle', 1, 3600) * 1000, name: values.name! };
+  return { seconds: int('seconds', 1, 600), runs: int('runs', 0, 50), connections: int('connections', 0, 30_000), settleMs: int('settle', 1, 3600) * 1000, name: values.name! };
 }
 
 /** The step running now, so a failure says which one. */
@@ -426,11 +427,12 @@ async function main(): Promise<void> {
 
     const summary = summarize(runs);
     const out: string[] = [];
-    out.push(
+    // --runs 0: the memory phase alone (a quick look while working on it); no table.
+    if (opts.runs > 0) out.push(
       `L4 benchmark: median of ${opts.runs} runs (min–max), ${opts.seconds} s per measurement, ${os.cpus().length} cores; the machine was busy ${busy.busyCores.toFixed(2)} cores on average over the benchmark (this one included), load average ${busy.loadavgAtStart.map((x) => x.toFixed(2)).join(' ')} at the start, ${busy.loadavg.map((x) => x.toFixed(2)).join(' ')} at the end`,
     );
-    for (const s of SECTIONS) out.push('', ...sectionTable(s, summary));
-    out.push(
+    if (opts.runs > 0) for (const s of SECTIONS) out.push('', ...sectionTable(s, summary));
+    if (opts.runs > 0) out.push(
       '',
       '  rates: higher is better; latency and CPU: lower. Proxy CPU counts the path\'s proxies: both node proxies or both HAProxy instances across nodes.',
       '  HAProxy mode http (the L7 comparison) is not measured yet: nodemesh has no L7 (docs/architecture.md, \'Not built yet\').',
