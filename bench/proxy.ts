@@ -395,7 +395,13 @@ async function main(): Promise<void> {
       { section: 'same', id: 'nodemesh', client: 'n1-p1', iperf: [VIP_SAME, PORT.iperf], rr: [VIP_SAME, PORT.rr], pids: [pid1] },
       { section: 'same', id: 'haproxy-hop', client: 'n1-p1', iperf: [n1.ip, HOP_SAME.iperf], rr: [n1.ip, HOP_SAME.rr], pids: [hop.pid] },
     ];
-    const idle = { [n1.name]: rss(pid1).now, [n2.name]: rss(pid2).now };
+    // Idle means after the proxy's own start-up clean-up (its first memory reclaim, 2 s after ready; see src/node-proxy/memory-reclaim.ts), if it says it made one within 10 s.
+    begin('waiting for both proxies to settle after their start (their first memory reclaim in /status)');
+    for (const node of [n1.name, n2.name])
+      await until(`the proxy of ${node} settling`, 10_000, async () => (((await proxyStatus(lab, node)) as ProxyStatus & { memory?: { reclaims?: number } }).memory?.reclaims ?? 0) >= 1 || undefined).catch(() => undefined);
+    const idleRss = { [n1.name]: rss(pid1), [n2.name]: rss(pid2) };
+    const idle = Object.fromEntries(Object.entries(idleRss).map(([n, r]) => [n, r.now]));
+    const idleSplit = Object.fromEntries(Object.entries(idleRss).map(([n, r]) => [n, { anon: r.anon, file: r.file }]));
 
     let memory: MemoryResult | undefined;
     if (opts.connections > 0) {
@@ -437,10 +443,10 @@ async function main(): Promise<void> {
       '  rates: higher is better; latency and CPU: lower. Proxy CPU counts the path\'s proxies: both node proxies or both HAProxy instances across nodes.',
       '  HAProxy mode http (the L7 comparison) is not measured yet: nodemesh has no L7 (docs/architecture.md, \'Not built yet\').',
     );
-    if (memory) out.push('', ...memoryLines(memory, idle, afterRuns));
+    if (memory) out.push('', ...memoryLines(memory, idle, afterRuns, idleSplit));
     console.log(out.join('\n'));
 
-    Object.assign(record, { complete: true, wallSeconds: (Date.now() - wallStart) / 1000, summary, machine: { ...record.machine, ...busy }, memory: memory && { ...memory, idleMiB: idle, afterRunsMiB: afterRuns } });
+    Object.assign(record, { complete: true, wallSeconds: (Date.now() - wallStart) / 1000, summary, machine: { ...record.machine, ...busy }, memory: memory && { ...memory, idleMiB: idle, idleSplitMiB: idleSplit, afterRunsMiB: afterRuns } });
     save();
     console.log(`\n  every run: ${path.relative(process.cwd(), file)} (${((Date.now() - wallStart) / 1000).toFixed(0)} s in all)`);
   } catch (err) {
