@@ -23,11 +23,16 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / clockTicks();
 }
 
-/** Resident memory now and at its peak (VmRSS, VmHWM), in MiB. */
-export function rss(pid: number): { now: number; peak: number } {
+/**
+ * Resident memory now and at its peak (VmRSS, VmHWM), in MiB, and what of it
+ * is the process's own (RssAnon: heaps, malloc) and what is mapped from files
+ * (RssFile: the runtime's code and data, clean pages shared with every
+ * process running the same binary).
+ */
+export function rss(pid: number): { now: number; peak: number; anon: number; file: number } {
   const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const kib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? NaN);
-  return { now: kib('VmRSS') / 1024, peak: kib('VmHWM') / 1024 };
+  return { now: kib('VmRSS') / 1024, peak: kib('VmHWM') / 1024, anon: kib('RssAnon') / 1024, file: kib('RssFile') / 1024 };
 }
 
 /** The p-th percentile of ascending `sorted` (nearest rank). */

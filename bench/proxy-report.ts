@@ -86,9 +86,10 @@ export function sectionTable(def: SectionDef, summary: Summary): string[] {
   return lines;
 }
 
-export function memoryLines(m: MemoryResult, idle: Record<string, number>, afterRuns: Record<string, number>): string[] {
+export function memoryLines(m: MemoryResult, idle: Record<string, number>, afterRuns: Record<string, number>, idleSplit: Record<string, { anon: number; file: number }> = {}): string[] {
   const lines = [`Node proxy memory (RSS; target: <= 60 MB idle, <= 10 KB per idle connection)`];
-  lines.push(`  idle, freshly started: ${Object.entries(idle).map(([n, v]) => `${n} ${v.toFixed(0)} MiB`).join(', ')}; after the idle connections and all the runs: ${Object.entries(afterRuns).map(([n, v]) => `${n} ${v.toFixed(0)} MiB`).join(', ')}`);
+  const split = (n: string): string => (idleSplit[n] ? ` (${idleSplit[n].anon.toFixed(0)} its own, ${idleSplit[n].file.toFixed(0)} mapped from the runtime's files)` : '');
+  lines.push(`  idle, freshly started: ${Object.entries(idle).map(([n, v]) => `${n} ${v.toFixed(0)} MiB${split(n)}`).join(', ')}; after the idle connections and all the runs: ${Object.entries(afterRuns).map(([n, v]) => `${n} ${v.toFixed(0)} MiB`).join(', ')}`);
   lines.push(
     `  ${m.connections} idle connections held at once through the mesh across nodes, each through both proxies (${m.sets.map((s) => `${s.held} ${s.client} -> ${s.host}:${s.port} opened in ${(s.openMs / 1000).toFixed(1)} s`).join(', ')}); per connection = RSS delta / ${m.connections}:`,
   );

@@ -21,7 +21,8 @@
  * written to bench/results/<date-time>.json as it ends (with the failed step,
  * if one fails).
  *
- *   npm run bench [-- --seconds 3 --runs 3 --connections 10000 --settle 90]
+ *   npm run bench [-- --seconds 2 --runs 3 --connections 10000 --settle 30]
+ *   node dist/bench/proxy.js --runs 0     (the memory phase alone, about a minute)
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -33,13 +34,14 @@ import { ControllerClient } from '../src/controller/client';
 import { labDown, labSpawn, labUp, podWorkload, type LabState } from '../src/lab';
 import { adminGet } from '../src/node-proxy/admin';
 import { Datapath } from '../src/node-proxy/datapath';
+import { PROXY_ENV } from '../src/node-proxy/memory-reclaim';
 import { PACKAGE_ROOT } from '../src/paths';
 import { cpuSeconds, DeadlineError, listeningPorts, onExit, rss, until, withDeadline } from './common';
 import { makeCerts, originateConfig, plainConfig, startHaproxy, terminateConfig, type Forward } from './haproxy';
 import { measureIdleConnections, type MemoryResult } from './proxy-memory';
 import { memoryLines, sectionTable, summarize, type Metric, type RunRecord, type SectionDef } from './proxy-report';
 
-const USAGE = 'usage: npm run bench [-- --seconds 3] [--runs 3] [--connections 10000] [--settle 90] [--name bench]';
+const USAGE = 'usage: npm run bench [-- --seconds 2] [--runs 3] [--connections 10000] [--settle 30] [--name bench]';
 const A = 'nodemesh.io/v1alpha1';
 const BENCH = path.join(PACKAGE_ROOT, 'bench');
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'nodemesh.js');
@@ -82,15 +84,15 @@ const SECTIONS: SectionDef[] = [
 ];
 
 function options(): { seconds: number; runs: number; connections: number; settleMs: number; name: string } {
-  // --connections: idle connections held at once (half each way across nodes); 0 skips the memory phase.
+  // --connections: idle connections held at once (half each way across nodes); 0 skips the memory phase. --runs 0: only the memory phase.
   let values;
   try {
     values = parseArgs({
       options: {
-        seconds: { type: 'string', default: '3' },
+        seconds: { type: 'string', default: '2' },
         runs: { type: 'string', default: '3' },
         connections: { type: 'string', default: '10000' },
-        settle: { type: 'string', default: '90' },
+        settle: { type: 'string', default: '30' },
         name: { type: 'string', default: 'bench' },
       },
     }).values;
@@ -102,7 +104,7 @@ function options(): { seconds: number; runs: number; connections: number; settle
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${flag} must be a whole number from ${min} to ${max}, not ${JSON.stringify(values[flag])}\n${USAGE}`);
     return n;
   };
-  return { seconds: int('seconds', 1, 600), runs: int('runs', 1, 50), connections: int('connections', 0, 30_000), settleMs: int('settle', 1, 3600) * 1000, name: values.name! };
+  return { seconds: int('seconds', 1, 600), runs: int('runs', 0, 50), connections: int('connections', 0, 30_000), settleMs: int('settle', 1, 3600) * 1000, name: values.name! };
 }
 
 /** The step running now, so a failure says which one. */
@@ -171,6 +173,8 @@ function roomFor(perProxy: number): { room: number; fds: number } {
 async function roomyProxy(lab: LabState, node: string, room: number, dir: string): Promise<number> {
   const old = await proxyStatus(lab, node);
   const argv = fs.readFileSync(`/proc/${old.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  // The runtime's flags (between it and the script) and the proxy's.
+  const nodeFlags = argv.slice(1, argv.indexOf(BIN));
   const flags = argv.slice(argv.indexOf('proxy') + 1);
   const log = path.join(dir, `proxy-${node}.log`);
   const fd = fs.openSync(log, 'a');
@@ -178,8 +182,8 @@ async function roomyProxy(lab: LabState, node: string, room: number, dir: string
   const child = labSpawn(
     lab,
     node,
-    ['prlimit', `--nofile=${hardFileLimit()}`, process.execPath, BIN, 'proxy', ...flags, '--max-outbound-connections', r, '--max-outbound-connections-per-pod', r, '--max-tunnel-streams', r, '--upgrade', '--upgrade-drain', '5s'],
-    { stdio: ['ignore', fd, fd] },
+    ['prlimit', `--nofile=${hardFileLimit()}`, process.execPath, ...nodeFlags, BIN, 'proxy', ...flags, '--max-outbound-connections', r, '--max-outbound-connections-per-pod', r, '--max-tunnel-streams', r, '--upgrade', '--upgrade-drain', '5s'],
+    { stdio: ['ignore', fd, fd], env: { ...PROXY_ENV } },
   );
   fs.closeSync(fd);
   onExit(() => {
@@ -391,7 +395,13 @@ async function main(): Promise<void> {
       { section: 'same', id: 'nodemesh', client: 'n1-p1', iperf: [VIP_SAME, PORT.iperf], rr: [VIP_SAME, PORT.rr], pids: [pid1] },
       { section: 'same', id: 'haproxy-hop', client: 'n1-p1', iperf: [n1.ip, HOP_SAME.iperf], rr: [n1.ip, HOP_SAME.rr], pids: [hop.pid] },
     ];
-    const idle = { [n1.name]: rss(pid1).now, [n2.name]: rss(pid2).now };
+    // Idle means after the proxy's own start-up clean-up (its first memory reclaim, 2 s after ready; see src/node-proxy/memory-reclaim.ts), if it says it made one within 10 s.
+    begin('waiting for both proxies to settle after their start (their first memory reclaim in /status)');
+    for (const node of [n1.name, n2.name])
+      await until(`the proxy of ${node} settling`, 10_000, async () => (((await proxyStatus(lab, node)) as ProxyStatus & { memory?: { reclaims?: number } }).memory?.reclaims ?? 0) >= 1 || undefined).catch(() => undefined);
+    const idleRss = { [n1.name]: rss(pid1), [n2.name]: rss(pid2) };
+    const idle = Object.fromEntries(Object.entries(idleRss).map(([n, r]) => [n, r.now]));
+    const idleSplit = Object.fromEntries(Object.entries(idleRss).map(([n, r]) => [n, { anon: r.anon, file: r.file }]));
 
     let memory: MemoryResult | undefined;
     if (opts.connections > 0) {
@@ -423,19 +433,20 @@ async function main(): Promise<void> {
 
     const summary = summarize(runs);
     const out: string[] = [];
-    out.push(
+    // --runs 0: the memory phase alone (a quick look while working on it); no table.
+    if (opts.runs > 0) out.push(
       `L4 benchmark: median of ${opts.runs} runs (min–max), ${opts.seconds} s per measurement, ${os.cpus().length} cores; the machine was busy ${busy.busyCores.toFixed(2)} cores on average over the benchmark (this one included), load average ${busy.loadavgAtStart.map((x) => x.toFixed(2)).join(' ')} at the start, ${busy.loadavg.map((x) => x.toFixed(2)).join(' ')} at the end`,
     );
-    for (const s of SECTIONS) out.push('', ...sectionTable(s, summary));
-    out.push(
+    if (opts.runs > 0) for (const s of SECTIONS) out.push('', ...sectionTable(s, summary));
+    if (opts.runs > 0) out.push(
       '',
       '  rates: higher is better; latency and CPU: lower. Proxy CPU counts the path\'s proxies: both node proxies or both HAProxy instances across nodes.',
       '  HAProxy mode http (the L7 comparison) is not measured yet: nodemesh has no L7 (docs/architecture.md, \'Not built yet\').',
     );
-    if (memory) out.push('', ...memoryLines(memory, idle, afterRuns));
+    if (memory) out.push('', ...memoryLines(memory, idle, afterRuns, idleSplit));
     console.log(out.join('\n'));
 
-    Object.assign(record, { complete: true, wallSeconds: (Date.now() - wallStart) / 1000, summary, machine: { ...record.machine, ...busy }, memory: memory && { ...memory, idleMiB: idle, afterRunsMiB: afterRuns } });
+    Object.assign(record, { complete: true, wallSeconds: (Date.now() - wallStart) / 1000, summary, machine: { ...record.machine, ...busy }, memory: memory && { ...memory, idleMiB: idle, idleSplitMiB: idleSplit, afterRunsMiB: afterRuns } });
     save();
     console.log(`\n  every run: ${path.relative(process.cwd(), file)} (${((Date.now() - wallStart) / 1000).toFixed(0)} s in all)`);
   } catch (err) {

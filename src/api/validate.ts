@@ -15,6 +15,7 @@ import { Composer, LineCounter, Parser, type CST } from 'yaml';
 import { MeshError } from '../errors';
 import { PACKAGE_ROOT } from '../paths';
 import { parseCidr } from './address';
+import { DURATION_RE, parseDurationMs } from './duration';
 import {
   API_VERSION,
   KIND_NAMES,
@@ -28,6 +29,8 @@ import {
   type WorkloadSpec,
 } from './kinds';
 import { formatBytes, isWellFormed, LIMITS, quote, shown } from './limits';
+
+export { parseDurationMs };
 
 /** One document of an input file, before validation. */
 export interface SourceDoc {
@@ -53,7 +56,6 @@ export const SCHEMA_DIR = path.join(PACKAGE_ROOT, 'src', 'api', 'schemas');
 
 // --- formats (ajv strict mode rejects formats it does not know; no ajv-formats dependency) ---
 
-const DURATION_RE = /^([0-9]{1,5}(h|m|s|ms)){1,4}$/;
 const DATE_TIME_RE = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
 function isIp(s: string): boolean {
@@ -73,15 +75,6 @@ export function isCidr(s: string): boolean {
   const len = s.slice(slash + 1);
   if (family === 0 || !/^(0|[1-9][0-9]{0,2})$/.test(len)) return false;
   return Number(len) <= (family === 4 ? 32 : 128) && parseCidr(s) !== undefined;
-}
-
-/** Milliseconds in a Gateway API duration (`1h30m`, `500ms`); undefined when malformed. */
-export function parseDurationMs(text: string): number | undefined {
-  if (!DURATION_RE.test(text)) return undefined;
-  const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1 };
-  let ms = 0;
-  for (const m of text.matchAll(/([0-9]+)(ms|h|m|s)/g)) ms += Number(m[1]) * unit[m[2]!]!;
-  return ms;
 }
 
 const FORMAT_MESSAGES: Record<string, string> = {

@@ -12,6 +12,7 @@ export {
   findCgroup2Mount,
   isBpffs,
   isCgroup2,
+  mallocTrim,
   mountBpffs,
   netnsCookie,
   netnsDelivery,

@@ -123,6 +123,8 @@ export interface Addon {
   bpfAccess(): number;
   libbpfVersion(): string;
   numPossibleCpus(): number;
+  /** malloc_trim(0): whether malloc gave memory back to the kernel. */
+  mallocTrim(): boolean;
 }
 
 let addon: Addon | undefined;

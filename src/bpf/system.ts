@@ -170,6 +170,11 @@ export function kickReceive(fd: number): void {
   call(() => native().kickReceive(fd));
 }
 
+/** malloc_trim(0): hands the memory malloc holds free back to the kernel; whether any was returned. */
+export function mallocTrim(): boolean {
+  return native().mallocTrim();
+}
+
 // --- the feature report ---
 
 /** Program and map types nodemesh's data path needs. */

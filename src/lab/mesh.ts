@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { API_VERSION } from '../api/kinds';
 import { ControllerClient } from '../controller/client';
 import { adminGet, adminSocketOf, PROXY_RUN_DIR } from '../node-proxy/admin';
+import { PROXY_ENV, PROXY_NODE_FLAGS } from '../node-proxy/memory-reclaim';
 import { PACKAGE_ROOT } from '../paths';
 import { LabError } from './errors';
 import type { LabMesh, LabState } from './state';
@@ -38,10 +39,10 @@ async function until<T>(what: string, log: string, timeoutMs: number, probe: () 
   }
 }
 
-function startDetached(argv: string[], logFile: string): number {
+function startDetached(argv: string[], logFile: string, env?: Readonly<Record<string, string>>): number {
   const fd = fs.openSync(logFile, 'a');
   try {
-    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', fd, fd] });
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
     child.unref();
     if (child.pid === undefined) throw new LabError('NM_ERR_LAB_MESH', `cannot start ${argv.join(' ')}`);
     return child.pid;
@@ -109,6 +110,7 @@ export async function startLabMesh(
           'nsenter',
           `--net=/run/netns/${node.netns}`,
           process.execPath,
+          ...PROXY_NODE_FLAGS,
           BIN,
           'proxy',
           '--node', node.name,
@@ -120,6 +122,7 @@ export async function startLabMesh(
           '--proxy-ip6', node.ip6,
         ],
         proxyLog,
+        PROXY_ENV,
       );
       mesh.proxies.push({ node: node.name, log: proxyLog, stateDir, adminSocket: adminSocketOf(node.name) });
       record(mesh);

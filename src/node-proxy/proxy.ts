@@ -30,6 +30,7 @@ import { abi } from '../bpf';
 import { Datapath, DEFAULT_WATCHDOG_MS, failMode, HEARTBEAT_MS, type FlowRecord } from './datapath';
 import { FastPath } from './datapath/fastpath';
 import { ConnectionRecorder, FlowTable } from './flows';
+import { MemoryReclaimer } from './memory-reclaim';
 import { NodeSession, WORKLOAD_CERTS_FILE, WorkloadCertificates } from './identity';
 import { inboundServer } from './inbound';
 import { fdBudget, fdBudgetProblem, LISTENER_DEFAULTS, ListenerReporter, type ListenerLimits } from './listeners';
@@ -160,6 +161,7 @@ export class NodeProxy {
   #inbound: HboneServer | undefined;
   #events: { close(): void } | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
+  #reclaimer: MemoryReclaimer | undefined;
   #lastGood!: LastGoodStore;
   #source: ConfigSource = 'none';
   /** Why the kept config is not served, when it is not. */
@@ -423,6 +425,10 @@ export class NodeProxy {
     this.#markReady();
     this.#metrics.ready.set(1);
     this.#log.info({ version: this.state.version, source: this.#source, ports: this.ports }, 'proxy ready');
+    this.#reclaimer = new MemoryReclaimer({
+      closed: () => this.flows.closedCount,
+      onReclaim: (r) => this.#log.info({ why: r.why, rssMB: +(r.rssBeforeBytes / 1e6).toFixed(1), nowMB: +(r.rssAfterBytes / 1e6).toFixed(1), ms: +r.ms.toFixed(1) }, 'memory given back'),
+    });
   }
 
   /**
@@ -707,7 +713,11 @@ export class NodeProxy {
         lastGood: this.#lastGood?.saved ?? null,
         ...(this.#lastGoodError && this.#source !== 'disk' ? { lastGoodError: this.#lastGoodError } : {}),
       },
-      memory: (({ rss, heapUsed }) => ({ rssBytes: rss, heapUsedBytes: heapUsed }))(process.memoryUsage()),
+      // Where the RSS is: the V8 heap (used and reserved), memory V8 objects hold outside it (Buffers among it), and the rest is native (TLS, HTTP/2, malloc's free lists).
+      memory: {
+        ...(({ rss, heapUsed, heapTotal, external, arrayBuffers }) => ({ rssBytes: rss, heapUsedBytes: heapUsed, heapTotalBytes: heapTotal, externalBytes: external, arrayBuffersBytes: arrayBuffers }))(process.memoryUsage()),
+        ...(this.#reclaimer?.status() ?? { reclaims: 0, last: null }),
+      },
       datapath: this.#datapath ? { counters: this.#datapath.counters(), config: this.#datapath.config() } : null,
     };
   }
@@ -724,6 +734,7 @@ export class NodeProxy {
   async close(drainMs = 2_000): Promise<void> {
     this.#ready = false;
     clearInterval(this.#heartbeat);
+    this.#reclaimer?.close();
     try {
       if (this.#holdsReady) this.#datapath?.setReady(false);
     } catch {

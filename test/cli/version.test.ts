@@ -5,7 +5,7 @@ import * as path from 'node:path';
 
 import { t } from 'tap';
 
-import { COMMANDS } from '../../src/cli/main';
+import { commands } from '../../src/cli/main';
 import { PACKAGE_ROOT } from '../../src/paths';
 import { bpfTest } from '../helpers/bpf';
 
@@ -20,6 +20,7 @@ function nodemesh(args: string[], wrap: string[] = []): { code: number | null; s
 t.test('--help answers for nodemesh and every subcommand', async (t) => {
   const top = nodemesh(['--help']);
   t.equal(top.code, 0);
+  const COMMANDS = commands();
   for (const c of COMMANDS) {
     t.ok(top.stdout.includes(`\n  ${c.name.padEnd(Math.max(...COMMANDS.map((x) => x.name.length)))}  ${c.summary}\n`), `listed: ${c.name}`);
     const r = nodemesh([c.name, '--help']);

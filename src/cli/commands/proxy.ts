@@ -10,7 +10,7 @@ import { adminGet, adminSocketOf, prepareUpgrade, PROXY_RUN_DIR, UpgradeError, t
 import { formatFlow, type Flow } from '../../node-proxy/flows';
 import { readBootstrapToken, TOKEN_ENV } from '../../node-proxy/identity';
 import { LIMITS } from '../../api/limits';
-import { parseDurationMs } from '../../api/validate';
+import { parseDurationMs } from '../../api/duration';
 import { limitsFromFlags, listenerFlagOptions } from '../../node-proxy/listeners';
 import { NodeProxy, PROXY_DEFAULTS, type ProxyOptions } from '../../node-proxy/proxy';
 import { defineCommand, EXIT, termination, UsageError, type Io } from '../command';

@@ -81,9 +81,15 @@ export class FlowTable {
   #requestHead = 0;
   #nextId = 1;
   #head = 0;
+  #closedCount = 0;
   readonly #followers = new Set<(e: FlowEvent) => void>();
 
-  constructor(capacity = 10_000) {
+  /**
+   * `capacity`: closed flows kept. Each costs about 1.4 KB of heap (its
+   * facts, labels and time strings): 10,000 held 14 MB after a wave of
+   * idle connections closed, most of a proxy's idle heap.
+   */
+  constructor(capacity = 1_000) {
     this.#capacity = capacity;
   }
 
@@ -101,6 +107,11 @@ export class FlowTable {
     return this.#live.size;
   }
 
+  /** Flows closed since start (a counter: it only grows). */
+  get closedCount(): number {
+    return this.#closedCount;
+  }
+
   open(init: Omit<Flow, 'id' | 'start' | 'bytesSent' | 'bytesReceived'>): Flow {
     const flow: Flow = { ...init, id: this.#nextId++, start: new Date().toISOString(), bytesSent: 0, bytesReceived: 0 };
     this.#live.set(flow.id, flow);
@@ -110,6 +121,7 @@ export class FlowTable {
 
   close(flow: Flow, closeReason: string, bytesSent: number, bytesReceived: number): void {
     if (!this.#live.delete(flow.id)) return;
+    this.#closedCount++;
     const end = new Date();
     flow.end = end.toISOString();
     flow.durationMs = end.getTime() - Date.parse(flow.start);

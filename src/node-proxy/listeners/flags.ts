@@ -3,7 +3,7 @@
  * table (flag -> place in ListenerLimits, count or duration), so the flag
  * list, its help and its parsing cannot drift apart.
  */
-import { parseDurationMs } from '../../api/validate';
+import { parseDurationMs } from '../../api/duration';
 import { MeshError } from '../../errors';
 import { LISTENER_DEFAULTS, listenerLimits, type ListenerLimits, type ListenerOverrides } from './limits';
 

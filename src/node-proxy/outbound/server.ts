@@ -28,6 +28,7 @@ import type { MeshView, WorkloadView } from '../state';
 import { normalizeIp } from '../state';
 import { blameOf, type Target, type UpstreamConnector } from '../upstream';
 import type { TunnelError } from '../tunnel';
+import type { Balancer } from '../lb';
 import type { BalancerCache } from './balancers';
 import { DialGuard } from './dial-guard';
 import { planOutbound } from './plan';
@@ -71,6 +72,7 @@ export interface OutboundOptions {
 }
 
 const UNKNOWN = 'unknown';
+const ignore = (): void => {};
 
 export class OutboundServer {
   readonly server: net.Server;
@@ -120,10 +122,18 @@ export class OutboundServer {
     return cut;
   }
 
-  #accept(client: net.Socket): void {
+  /**
+   * Its own function (as #splice is): a listener made in #accept would keep
+   * that call's whole scope for as long as the connection is open.
+   */
+  #track(client: net.Socket): void {
     this.#sockets.add(client);
     client.once('close', () => this.#sockets.delete(client));
-    client.on('error', () => {});
+    client.on('error', ignore);
+  }
+
+  #accept(client: net.Socket): void {
+    this.#track(client);
     const o = this.#o;
     const rec = o.recorder;
     const origin = o.originOf(client);
@@ -250,15 +260,14 @@ export class OutboundServer {
             conn.close('client closed before the upstream connected', client.bytesRead, 0);
             return;
           }
-          if (target.endpoint && b) b.started(target.endpoint.id);
+          const picked = target.endpoint && b ? { balancer: b, id: target.endpoint.id } : undefined;
+          picked?.balancer.started(picked.id);
           // A pod of this node, straight (no tunnel): the kernel may copy it (docs/architecture.md, 'The same-node fast path').
           const fast =
             !tunneled && w?.node === o.node && o.fastPath && o.view().mesh.sameNodeFastPath && 'remoteAddress' in upstream
               ? o.fastPath.join(client, upstream as net.Socket)
               : undefined;
-          this.#splice(client, upstream, conn, typeof fast === 'object' ? fast : undefined, step.input, () => {
-            if (target.endpoint && b) b.finished(target.endpoint.id);
-          });
+          this.#splice(client, upstream, conn, picked, typeof fast === 'object' ? fast : undefined, step.input);
         },
         (err: NodeJS.ErrnoException) => {
           const blame = blameOf(err);
@@ -286,8 +295,22 @@ export class OutboundServer {
     attempt();
   }
 
-  /** Both ways until both sides are done (./splice: backpressure, half-close, errors, the idle timeout). */
-  #splice(client: net.Socket, upstream: Upstream, conn: OpenConnection, fast: FastPair | undefined, input: PolicyFacts | undefined, done: () => void): void {
+  /**
+   * Both ways until both sides are done (./splice: backpressure, half-close,
+   * errors, the idle timeout); then the balancer hears the endpoint it picked
+   * is done. Called with values, not a callback: one made in #accept would
+   * keep that connection's whole planning scope (the plan, the retry state,
+   * every closure of the attempt) for as long as the connection is open.
+   * `input` is what the policies decided it on, kept for recheck().
+   */
+  #splice(
+    client: net.Socket,
+    upstream: Upstream,
+    conn: OpenConnection,
+    picked: { balancer: Balancer; id: string } | undefined,
+    fast: FastPair | undefined,
+    input: PolicyFacts | undefined,
+  ): void {
     this.#upstreams.set(client, upstream);
     const splice = new Splice(
       client,
@@ -296,7 +319,7 @@ export class OutboundServer {
       (reason) => {
         this.#upstreams.delete(client);
         this.#authorized.delete(splice);
-        done();
+        picked?.balancer.finished(picked.id);
         // What the kernel copied never passed through the process's counters.
         const k = fast?.leave();
         conn.close(reason, client.bytesRead + (k?.aToB ?? 0), client.bytesWritten + (k?.bToA ?? 0));

@@ -107,6 +107,12 @@ export interface TunnelDial {
 export const POOL_DEFAULTS = Object.freeze({
   maxStreamsPerConnection: 100,
   idleMs: 60_000,
+  /**
+   * For an idle session that is not its key's first usable one: a wave of
+   * connections opened one session per 100 streams, and each holds its TLS
+   * and HTTP/2 state (and the peer's session its own) until it closes.
+   */
+  surplusIdleMs: 5_000,
   timeoutMs: 10_000,
 });
 
@@ -164,13 +170,16 @@ export class HbonePool {
   #closed = false;
   readonly #closing = new Set<Promise<void>>();
 
-  constructor(opts: { maxStreamsPerConnection?: number; idleMs?: number } = {}) {
+  readonly #surplusIdleMs: number;
+
+  constructor(opts: { maxStreamsPerConnection?: number; idleMs?: number; surplusIdleMs?: number } = {}) {
     const max = opts.maxStreamsPerConnection ?? POOL_DEFAULTS.maxStreamsPerConnection;
     if (!Number.isSafeInteger(max) || max < 1) {
       throw new TunnelError('NM_ERR_TUNNEL_BAD_ARGUMENT', `hbone: maxStreamsPerConnection must be a positive integer, got ${String(max)}`);
     }
     this.#maxStreams = max;
     this.#idleMs = opts.idleMs ?? POOL_DEFAULTS.idleMs;
+    this.#surplusIdleMs = Math.min(this.#idleMs, opts.surplusIdleMs ?? POOL_DEFAULTS.surplusIdleMs);
   }
 
   stats(): { sessions: number; streams: number } {
@@ -296,9 +305,10 @@ export class HbonePool {
   #release(s: PooledSession): void {
     s.reserved--;
     if (s.reserved > 0 || !s.usable) return;
-    // An idle session must not keep the process alive, and goes after idleMs.
+    // An idle session must not keep the process alive, and goes after idleMs; one beside its key's first usable session, after surplusIdleMs.
     s.h2.unref();
-    s.idleTimer = setTimeout(() => this.#retire(s), this.#idleMs);
+    const first = this.#sessions.get(s.key)?.find((x) => x.usable);
+    s.idleTimer = setTimeout(() => this.#retire(s), first === s ? this.#idleMs : this.#surplusIdleMs);
     s.idleTimer.unref();
   }
 
@@ -472,6 +482,22 @@ export class HbonePool {
     );
   }
 
+  /**
+   * Counts the stream until it closes. Its own function: a listener made in
+   * #request would keep that call's whole scope (the dial, its credentials
+   * and callbacks, the answer's handlers) for as long as the stream lives.
+   */
+  #track(s: PooledSession, req: http2.ClientHttp2Stream): void {
+    s.streams.add(req);
+    this.#streamCount++;
+    req.on('error', ignore);
+    req.once('close', () => {
+      s.streams.delete(req);
+      this.#streamCount--;
+      this.#release(s);
+    });
+  }
+
   #request(s: PooledSession, d: TunnelDial, authority: string, forwarded: string | undefined, deadline: number): Promise<stream.Duplex> {
     return new Promise((resolve, reject) => {
       let req: http2.ClientHttp2Stream;
@@ -485,14 +511,7 @@ export class HbonePool {
         reject(s.failure ?? this.#classify(s, err));
         return;
       }
-      s.streams.add(req);
-      this.#streamCount++;
-      req.on('error', ignore);
-      req.once('close', () => {
-        s.streams.delete(req);
-        this.#streamCount--;
-        this.#release(s);
-      });
+      this.#track(s, req);
 
       let settled = false;
       const finish = (err?: TunnelError): void => {

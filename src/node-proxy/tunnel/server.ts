@@ -486,8 +486,7 @@ export class HboneServer {
       respond(stream, { ':status': 503, [REASON_HEADER]: headerSafe(`overloaded: ${this.#streams} tunnel streams open on this node (--max-tunnel-streams)`) }, true);
       return;
     }
-    this.#streams++;
-    stream.once('close', () => this.#streams--);
+    this.#count(stream);
     const method = headers[':method'];
     if (method !== 'CONNECT') {
       respond(stream, { ':status': 405, allow: 'CONNECT', [REASON_HEADER]: headerSafe(`method ${String(method)} not allowed: the tunnel speaks only CONNECT`) }, true);
@@ -525,6 +524,12 @@ export class HboneServer {
     } else {
       this.#decided(req, stream, decision);
     }
+  }
+
+  /** Its own function: a listener made where the stream's headers are read would keep that whole scope (the raw headers among it) for the stream's life. */
+  #count(stream: http2.ServerHttp2Stream): void {
+    this.#streams++;
+    stream.once('close', () => this.#streams--);
   }
 
   #emit(e: InboundStreamEvent): void {

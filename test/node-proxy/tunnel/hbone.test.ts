@@ -486,6 +486,21 @@ t.test('an idle session is closed after idleMs and no longer holds the pool', as
   t.equal((await readAll(again)).toString(), 'y', 'a new session replaces it');
 });
 
+t.test('after a wave of streams only the first session stays idle: the others close after surplusIdleMs', async (t) => {
+  const h = await startServer(t);
+  const tgt = await target(t, echo);
+  const pool = newPool(t, { maxStreamsPerConnection: 2, idleMs: 60_000, surplusIdleMs: 50 });
+  const streams = await Promise.all([1, 2, 3, 4, 5].map(() => pool.connect(dialOf(h.port, tgt))));
+  t.equal(pool.stats().sessions, 3, 'five streams at two per session: three sessions');
+  for (const st of streams) st.end('x');
+  await Promise.all(streams.map(readAll));
+  t.ok(await waitFor(() => pool.stats().sessions === 1), 'the surplus ones closed once idle');
+  const again = await pool.connect(dialOf(h.port, tgt));
+  again.end('y');
+  t.equal((await readAll(again)).toString(), 'y', 'the one kept carries the next stream');
+  t.equal(pool.stats().sessions, 1, 'on the session kept');
+});
+
 t.test('resets travel both ways and never crash the process', async (t) => {
   const h = await startServer(t);
   const pool = newPool(t);
