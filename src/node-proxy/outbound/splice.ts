@@ -14,6 +14,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 
 import { corkForTurn } from '../coalesce';
+import { forwarded } from '../scavenge';
 
 export type Upstream = Duplex & { setTimeout?(ms: number): unknown };
 
@@ -55,10 +56,12 @@ export class Splice {
   }
 
   #clientData = (chunk: Buffer): void => {
+    forwarded(chunk.length);
     if (!this.#upstream.write(chunk)) this.#client.pause();
   };
 
   #upstreamData = (chunk: Buffer): void => {
+    forwarded(chunk.length);
     if (this.#coalesce) corkForTurn(this.#client);
     if (!this.#client.write(chunk)) this.#upstream.pause();
   };

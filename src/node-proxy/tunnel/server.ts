@@ -42,6 +42,7 @@ import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
 import { corkForTurn } from '../coalesce';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
+import { forwarded } from '../scavenge';
 import { FORWARDED_HEADER, parseForwarded } from './forwarded';
 import { certificateUris, sniToIdentity } from './sni';
 
@@ -664,7 +665,11 @@ export class HboneServer {
       done();
     });
     // Before pipe()'s listener, so the frames of one read of the tunnel go out to the target together.
-    stream.on('data', () => corkForTurn(upstream));
+    stream.on('data', (chunk: Buffer) => {
+      forwarded(chunk.length);
+      corkForTurn(upstream);
+    });
+    upstream.on('data', (chunk: Buffer) => forwarded(chunk.length));
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
   }
