@@ -285,6 +285,8 @@ export class HboneServer {
     // The default context has no certificate, so a ClientHello without our SNI fails; every real handshake gets its context from SNICallback.
     this.#tls = tls.createServer({
       minVersion: 'TLSv1.3',
+      // As the tunnel client's socket: a stream's small frames (a reply, a WINDOW_UPDATE) are not held back for an ACK (Nagle).
+      noDelay: true,
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['h2'],
