@@ -164,6 +164,8 @@ const PEM_CERT = '-----BEGIN CERTIFICATE-----';
 const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const PORT_RE = /^[0-9]{1,5}$/;
 const ignore = (): void => {};
+/** One function for every stream's target socket, not a closure each. */
+const countForwarded = (chunk: Buffer): void => forwarded(chunk.length);
 
 function errName(err: unknown): string {
   if (err && typeof err === 'object') {
@@ -671,7 +673,7 @@ export class HboneServer {
       forwarded(chunk.length);
       corkForTurn(upstream);
     });
-    upstream.on('data', (chunk: Buffer) => forwarded(chunk.length));
+    upstream.on('data', countForwarded);
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
   }
