@@ -92,7 +92,8 @@ export class OutboundServer {
     const limits = opts.limits ?? LISTENER_DEFAULTS.outbound;
     this.#idleTimeout = opts.idleTimeoutMs ?? limits.idleTimeoutMs;
     this.#guard = new ListenerGuard('outbound', limits, opts.reporter ?? new ListenerReporter());
-    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => this.#accept(sock));
+    // noDelay: a pod's small write (a request, a reply) goes on at once, not after the ACK of the one before (Nagle).
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (sock) => this.#accept(sock));
   }
 
   listen(port: number, host = '::'): Promise<number> {

@@ -15,6 +15,7 @@ import type { Duplex } from 'node:stream';
 
 import { corkForTurn } from '../coalesce';
 import type { FastPair } from '../datapath/fastpath';
+import { forwarded } from '../scavenge';
 
 export type Upstream = Duplex & { setTimeout?(ms: number): unknown };
 
@@ -78,6 +79,7 @@ export class Splice {
   }
 
   #clientData = (chunk: Buffer): void => {
+    forwarded(chunk.length);
     if (this.#up) {
       if (!this.#up.data(chunk)) this.#schedule();
       return;
@@ -86,6 +88,7 @@ export class Splice {
   };
 
   #upstreamData = (chunk: Buffer): void => {
+    forwarded(chunk.length);
     if (this.#down) {
       if (!this.#down.data(chunk)) this.#schedule();
       return;

@@ -42,6 +42,7 @@ import { MeshError } from '../../errors';
 import { peerKey } from '../../net';
 import { corkForTurn } from '../coalesce';
 import { guardSession, h2SessionOptions, HandshakeGuard, headerListSize, ListenerGuard, ListenerReporter, LISTENER_DEFAULTS, peerAddress, type ListenerLimits } from '../listeners';
+import { forwarded } from '../scavenge';
 import { FORWARDED_HEADER, parseForwarded } from './forwarded';
 import { certificateUris, sniToIdentity } from './sni';
 
@@ -163,6 +164,8 @@ const PEM_CERT = '-----BEGIN CERTIFICATE-----';
 const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const PORT_RE = /^[0-9]{1,5}$/;
 const ignore = (): void => {};
+/** One function for every stream's target socket, not a closure each. */
+const countForwarded = (chunk: Buffer): void => forwarded(chunk.length);
 
 function errName(err: unknown): string {
   if (err && typeof err === 'object') {
@@ -289,6 +292,8 @@ export class HboneServer {
     // The default context has no certificate, so a ClientHello without our SNI fails; every real handshake gets its context from SNICallback.
     this.#tls = tls.createServer({
       minVersion: 'TLSv1.3',
+      // As the tunnel client's socket: a stream's small frames (a reply, a WINDOW_UPDATE) are not held back for an ACK (Nagle).
+      noDelay: true,
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['h2'],
@@ -716,7 +721,11 @@ export class HboneServer {
       done();
     });
     // Before pipe()'s listener, so the frames of one read of the tunnel go out to the target together.
-    stream.on('data', () => corkForTurn(upstream));
+    stream.on('data', (chunk: Buffer) => {
+      forwarded(chunk.length);
+      corkForTurn(upstream);
+    });
+    upstream.on('data', countForwarded);
     stream.pipe(upstream, { end: false });
     upstream.pipe(stream);
     // Policies changed while it connected: reauthorize() did not see it yet, so it is asked now.
