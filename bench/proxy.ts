@@ -8,7 +8,9 @@
  *     them with client certificates, see ./haproxy); and through one
  *     plaintext HAProxy hop in n1;
  *   - on one node, pod n1-p1 -> pod n1-p2: directly, through nodemesh (one
- *     proxy, no tunnel) and through one HAProxy hop, its fair peer;
+ *     proxy, no tunnel), the same with the kernel fast path (MeshConfig
+ *     sameNodeFastPath, switched on for that path only) and through one
+ *     HAProxy hop, its fair peer;
  *   - per path: one TCP stream (iperf3), a new connection per request and
  *     round trips on 16 connections (64 B each way, with p99), 1 KB
  *     request/response at 1,000/s (latency), and the CPU of the path's proxies
@@ -72,10 +74,11 @@ const SECTIONS: SectionDef[] = [
   },
   {
     id: 'same',
-    title: `On one node: pod n1-p1 -> pod n1-p2. nodemesh: proxy n1 only (no tunnel); HAProxy hop: one plaintext instance in n1 (mode tcp, nbthread 1)`,
+    title: `On one node: pod n1-p1 -> pod n1-p2. nodemesh: proxy n1 only (no tunnel); kernel fast path: the same with MeshConfig sameNodeFastPath on (the kernel copies, off by default); HAProxy hop: one plaintext instance in n1 (mode tcp, nbthread 1)`,
     paths: [
       { id: 'direct', label: 'direct' },
       { id: 'nodemesh', label: 'nodemesh' },
+      { id: 'nodemesh-fast', label: 'kernel fast path' },
       { id: 'haproxy-hop', label: 'HAProxy hop' },
     ],
     peer: 'haproxy-hop',
@@ -216,6 +219,24 @@ interface PathDef {
   rr: [string, number];
   /** The processes doing the path's proxying, whose CPU is counted. */
   pids: number[];
+  /** Measured with MeshConfig sameNodeFastPath on (switched back off after). */
+  fastPath?: boolean;
+}
+
+/** Switches MeshConfig sameNodeFastPath and waits (bounded) until `node`'s proxy says it took it. */
+async function fastPath(lab: LabState, node: string, on: boolean): Promise<void> {
+  step = `MeshConfig sameNodeFastPath ${on ? 'on' : 'off'}`;
+  const admin = ControllerClient.fromCredentials(lab.mesh!.controller.credentials);
+  try {
+    await admin.apply([{ source: 'bench', index: 1, json: JSON.stringify({ apiVersion: A, kind: 'MeshConfig', metadata: { name: 'default' }, spec: { sameNodeFastPath: on } }) }]);
+  } finally {
+    admin.close();
+  }
+  const said = async (): Promise<{ available: boolean; enabled?: boolean; error?: string } | undefined> =>
+    ((await proxyStatus(lab, node)) as ProxyStatus & { fastPath?: { available: boolean; enabled?: boolean; error?: string } }).fastPath;
+  const f = await said();
+  if (on && f && !f.available) throw new Error(`the proxy of ${node} has no fast path: ${f.error ?? 'see its log'}`);
+  await until(`the proxy of ${node} taking sameNodeFastPath ${on}`, 10_000, async () => ((await said())?.enabled === on ? true : undefined));
 }
 
 async function measurePath(lab: LabState, p: PathDef, seconds: number): Promise<Partial<Record<Metric, number>>> {
@@ -393,6 +414,7 @@ async function main(): Promise<void> {
       { section: 'cross', id: 'haproxy-hop', client: 'n1-p2', iperf: [n1.ip, HOP_CROSS.iperf], rr: [n1.ip, HOP_CROSS.rr], pids: [hop.pid] },
       { section: 'same', id: 'direct', client: 'n1-p1', iperf: [same.ip, PORT.iperfDirect], rr: [same.ip, PORT.rrDirect], pids: [] },
       { section: 'same', id: 'nodemesh', client: 'n1-p1', iperf: [VIP_SAME, PORT.iperf], rr: [VIP_SAME, PORT.rr], pids: [pid1] },
+      { section: 'same', id: 'nodemesh-fast', client: 'n1-p1', iperf: [VIP_SAME, PORT.iperf], rr: [VIP_SAME, PORT.rr], pids: [pid1], fastPath: true },
       { section: 'same', id: 'haproxy-hop', client: 'n1-p1', iperf: [n1.ip, HOP_SAME.iperf], rr: [n1.ip, HOP_SAME.rr], pids: [hop.pid] },
     ];
     // Idle means after the proxy's own start-up clean-up (its first memory reclaim, 2 s after ready; see src/node-proxy/memory-reclaim.ts), if it says it made one within 10 s.
@@ -423,8 +445,10 @@ async function main(): Promise<void> {
     for (let r = 1; r <= opts.runs; r++) {
       for (const p of paths) {
         begin(`run ${r}/${opts.runs}: ${p.section === 'cross' ? 'across nodes' : 'on one node'}, ${p.id}`);
+        if (p.fastPath) await fastPath(lab, n1.name, true);
         const startedAt = new Date().toISOString();
         runs.push({ section: p.section, path: p.id, run: r, startedAt, figures: await measurePath(lab, p, opts.seconds) });
+        if (p.fastPath) await fastPath(lab, n1.name, false);
         save();
       }
     }
