@@ -40,6 +40,7 @@ import { BalancerCache, DialGuard, OutboundServer } from './outbound';
 import { ClientAddressDelivery, UpstreamConnector } from './upstream';
 import { applyLastGood, ConfigStream, describeLink, LastGoodError, LastGoodStore, removeStaleTemps, StateUpdater, type MeshView } from './state';
 import { ConfigState } from './state';
+import type { CompiledPolicySet } from './policy';
 
 export interface ProxyOptions {
   node: string;
@@ -147,6 +148,8 @@ export class NodeProxy {
   #fastPath: FastPath | undefined;
   /** Why there is no fast path, for /status. */
   #fastPathError = '';
+  /** The policy set open connections were last asked about (#onCommit). */
+  #policiesAsked: CompiledPolicySet | undefined;
   #session!: NodeSession;
   #stream!: ConfigStream;
   #outbound!: OutboundServer;
@@ -640,9 +643,13 @@ export class NodeProxy {
     if (cut) this.#log.warn({ event: 'security', cut, revoked: view.revokedSerials.size }, 'tunnels of revoked certificates closed');
     // Nor are this node's own revoked certificates presented again (one kept on disk from before the revocation included).
     if (view.revokedSerials.size) this.#certs?.revoked(revoked);
-    // Connections a policy now denies end now, not at their own close.
-    const denied = (this.#outbound?.recheck(this.#updater.policies) ?? 0) + (this.#inbound?.reauthorize() ?? 0);
-    if (denied) this.#log.info({ denied, version: view.version }, 'open connections the new policies deny were closed');
+    // Connections a policy now denies end now, not at their own close. Only when the policies changed (a version that
+    // touches none keeps the compiled set): asking about every open connection costs one evaluation each.
+    if (this.#updater.policies !== this.#policiesAsked) {
+      this.#policiesAsked = this.#updater.policies;
+      const denied = (this.#outbound?.recheck(this.#updater.policies) ?? 0) + (this.#inbound?.reauthorize() ?? 0);
+      if (denied) this.#log.info({ denied, version: view.version }, 'open connections the new policies deny were closed');
+    }
     this.#metrics.configVersion.set(view.version);
   }
 
