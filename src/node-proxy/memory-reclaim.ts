@@ -18,10 +18,8 @@
  * most once per `minIntervalMs`, then once more `followUpMs` later; and once
  * after start, for the garbage of start-up.
  */
-import * as v8 from 'node:v8';
-import * as vm from 'node:vm';
-
 import { mallocTrim } from '../bpf';
+import { v8Gc } from './v8-gc';
 
 /**
  * How a node proxy process is best started: `node ${PROXY_NODE_FLAGS} bin/nodemesh.js proxy …`
@@ -55,24 +53,6 @@ export const RECLAIM_DEFAULTS = Object.freeze({
   followUpMs: 10_000,
 });
 
-type Gc = (options: { type: 'major'; execution: 'sync'; flavor: 'last-resort' }) => void;
-
-let gcFn: Gc | null | undefined;
-
-/** V8's gc(): the one --expose-gc gives, or one from a context made with the flag set now; null when neither works. */
-function gc(): Gc | null {
-  if (gcFn !== undefined) return gcFn;
-  const exposed = (globalThis as { gc?: Gc }).gc;
-  if (typeof exposed === 'function') return (gcFn = exposed);
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    gcFn = vm.runInNewContext('gc') as Gc;
-  } catch {
-    gcFn = null;
-  }
-  return gcFn;
-}
-
 export interface ReclaimResult {
   at: string;
   why: 'start' | 'closes' | 'follow-up';
@@ -85,7 +65,7 @@ export interface ReclaimResult {
 export function reclaimMemory(why: ReclaimResult['why']): ReclaimResult {
   const start = performance.now();
   const before = process.memoryUsage.rss();
-  gc()?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+  v8Gc()?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
   try {
     mallocTrim();
   } catch {

@@ -14,40 +14,21 @@
  * marking and sweeping). A scavenge visits only what is still young and
  * live, 0.3-0.8 ms in a lab proxy, and frees those buffers first.
  *
- * V8 gives a minor GC only through its `gc` function: it is taken once from
- * a context of its own (`--expose-gc` is set for that moment only, so no
- * other context, the proxy's own included, gets a `gc`). Where V8 will not
- * give it, counting is all this does.
+ * V8 gives a minor GC only through its `gc` function (./v8-gc). Where V8
+ * will not give it, counting is all this does.
  */
-import * as v8 from 'node:v8';
-import * as vm from 'node:vm';
+import { v8Gc } from './v8-gc';
 
 /** Below that room of 10 MB: a scavenge every 16 MB came too late each time, and every one of them went with a full GC. */
 export const SCAVENGE_EVERY = 4 << 20;
 
-type MinorGc = (options: { type: 'minor' }) => void;
-
-let gc: MinorGc | null | undefined;
 let counted = 0;
 let scheduled = false;
-
-function minorGc(): MinorGc | null {
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    const fn: unknown = vm.runInNewContext('gc');
-    return typeof fn === 'function' ? (fn as MinorGc) : null;
-  } catch {
-    return null;
-  } finally {
-    v8.setFlagsFromString('--no-expose-gc');
-  }
-}
 
 function scavenge(): void {
   scheduled = false;
   counted = 0;
-  if (gc === undefined) gc = minorGc();
-  gc?.({ type: 'minor' });
+  v8Gc()?.({ type: 'minor' });
 }
 
 /**
